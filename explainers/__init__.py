@@ -1,0 +1,1 @@
+"""explainers (built in later issues)."""

@@ -1,0 +1,125 @@
+"""The ``monoscope`` command line (click). Every command is a thin wrapper over a Python function."""
+
+import functools
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import click
+
+from harness.errors import MonoscopeError
+
+
+def _log(message: str) -> None:
+    click.echo(message, err=True)
+
+
+def user_errors(command: Callable[..., Any]) -> Callable[..., Any]:
+    """Turn a MonoscopeError into one line on stderr and exit code 2."""
+
+    @functools.wraps(command)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return command(*args, **kwargs)
+        except MonoscopeError as error:
+            click.echo(f"error: {error}", err=True)
+            sys.exit(2)
+
+    return wrapper
+
+
+def parse_shard(text: str | None) -> tuple[int, int] | None:
+    """Return (i, n) for a shard spec "i/n", or None."""
+    if text is None:
+        return None
+    try:
+        index, count = (int(part) for part in text.split("/"))
+    except ValueError:
+        raise MonoscopeError(f"bad shard {text!r}", "write --shard i/n, e.g. --shard 0/2") from None
+    if not 0 <= index < count:
+        raise MonoscopeError(f"shard {text!r} is out of range", "i must be in 0..n-1")
+    return index, count
+
+
+@click.group()
+@click.version_option(package_name="monoscope")
+def main() -> None:
+    """monoscope: automated-interpretability evaluation of sparse dictionaries."""
+
+
+@main.command()
+@click.option("--run-dir", type=click.Path(path_type=Path), default=Path("runs/demo"), show_default=True)
+@click.option("--tokens", type=int, default=None, help="Token budget (default: the demo's 262,144).")
+def demo(run_dir: Path, tokens: int | None) -> None:
+    """Run the whole evaluation on the embedded model, corpus and default dictionaries."""
+    from harness.demo import run_demo
+
+    user_errors(run_demo)(run_dir, tokens=tokens, log=_log)
+
+
+@main.command()
+@click.option("--run-dir", type=click.Path(path_type=Path), required=True, help="Where the corpus and activations are kept.")
+@click.option("--out", type=click.Path(path_type=Path), required=True, help="Directory for the SAELens-format dictionary.")
+@click.option("--model", default="embedded", show_default=True)
+@click.option("--layer", type=int, default=None, help="Block whose residual stream is encoded (default: middle).")
+@click.option("--corpus", default="python-stdlib", show_default=True)
+@click.option("--tokens", type=int, default=262_144, show_default=True)
+@click.option("--d-sae", type=int, required=True, help="Number of features.")
+@click.option("--sparsity", "sparsity_coefficient", type=float, default=1.5, show_default=True, help="λ of the recipe.")
+@click.option("--epochs", type=int, default=1, show_default=True)
+@click.option("--device", default="cpu", show_default=True)
+@click.option("--dtype", default="float32", show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True)
+@user_errors
+def train(run_dir: Path, out: Path, **options: Any) -> None:
+    """Train one dictionary with the Scaling Monosemanticity recipe and report L0, FVE and dead fraction."""
+    from harness.commands import train_command
+
+    train_command(run_dir, out, log=_log, **options)
+
+
+@main.command()
+@click.option("--run-dir", type=click.Path(path_type=Path), required=True)
+@click.option("--dictionary", "dictionaries", multiple=True, required=True, help="SAELens dir, .safetensors, neurons:L or residual-basis:L (repeatable).")
+@click.option("--hook", default=None, help="Hook of a plain .safetensors dictionary.")
+@click.option("--model", default="embedded", show_default=True)
+@click.option("--corpus", default="python-stdlib", show_default=True)
+@click.option("--tokens", type=int, default=262_144, show_default=True)
+@click.option("--context-length", type=int, default=64, show_default=True)
+@click.option("--batch-size", type=int, default=32, show_default=True)
+@click.option("--device", default="cpu", show_default=True)
+@click.option("--dtype", default="float32", show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--shard", default=None, help="Index only chunk shard i of n (i/n); merge with 'monoscope merge-index'.")
+@user_errors
+def index(run_dir: Path, dictionaries: tuple[str, ...], shard: str | None, **options: Any) -> None:
+    """Build the activation index of one or more dictionaries in one streaming pass (resumable)."""
+    from harness.commands import index_command
+
+    index_command(run_dir, list(dictionaries), parse_shard(shard), log=_log, **options)
+
+
+@main.command("merge-index")
+@click.argument("out", type=click.Path(path_type=Path))
+@click.argument("shards", nargs=-1, required=True, type=click.Path(path_type=Path))
+@user_errors
+def merge_index(out: Path, shards: tuple[Path, ...]) -> None:
+    """Merge shard indexes over disjoint chunks into OUT (exact, order-free)."""
+    from harness.commands import merge_command
+
+    merge_command(out, list(shards), log=_log)
+
+
+@main.command("show-unit")
+@click.argument("index_path", type=click.Path(path_type=Path))
+@click.argument("unit", type=int)
+@click.option("--corpus-file", type=click.Path(path_type=Path), default=None, help="corpus.npy of the run (default: next to the index).")
+@click.option("--model", default="embedded", show_default=True, help="Model whose tokenizer decodes the tokens.")
+@click.option("--limit", type=int, default=10, show_default=True)
+@user_errors
+def show_unit(index_path: Path, unit: int, corpus_file: Path | None, model: str, limit: int) -> None:
+    """Print a unit's statistics and its top contexts with the target token marked."""
+    from harness.commands import show_unit_command
+
+    click.echo(show_unit_command(index_path, unit, corpus_file, model, limit))

@@ -1,0 +1,354 @@
+"""Sparse dictionaries: load, save, encode and decode.
+
+A dictionary maps the activation at one hook to unit activations. Supported:
+- SAELens-format directories (``cfg.json`` + ``sae_weights.safetensors``) with
+  ReLU ("standard"), JumpReLU and TopK encoders;
+- plain safetensors files with the same keys (``W_enc [d_in, d_sae]``, ``b_enc``,
+  ``W_dec [d_sae, d_in]``, ``b_dec``, optional ``threshold``, optional scalar ``k``);
+- SAELens releases by ID (``saelens:RELEASE/SAE_ID``; needs the hub and sae-lens);
+- ``neurons:L``: the identity over the MLP hidden activations of block L;
+- ``residual-basis:L``: the identity over the residual stream after block L.
+
+Units are named ``<dictionary name>/<index>``.
+"""
+
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from harness.errors import MonoscopeError
+from harness.storage import atomic_write_bytes, atomic_write_json
+
+ARCHITECTURES = ("relu", "jumprelu", "topk", "identity")
+NORMALIZATIONS = ("none", "constant_norm_rescale", "layer_norm", "expected_average_only_in")
+WEIGHTS_FILE = "sae_weights.safetensors"
+CONFIG_FILE = "cfg.json"
+STATS_FILE = "monoscope_stats.json"
+
+
+@dataclass(frozen=True, eq=False)
+class Dictionary:
+    """Encoder/decoder weights of one dictionary and how to apply them."""
+
+    name: str
+    hook_name: str
+    architecture: str
+    d_in: int
+    d_sae: int
+    W_enc: torch.Tensor | None = None  # [d_in, d_sae]
+    b_enc: torch.Tensor | None = None  # [d_sae]
+    W_dec: torch.Tensor | None = None  # [d_sae, d_in]
+    b_dec: torch.Tensor | None = None  # [d_in]
+    threshold: torch.Tensor | None = None  # [d_sae], JumpReLU only
+    k: int | None = None  # TopK only
+    apply_b_dec_to_input: bool = False
+    normalize_activations: str = "none"
+    input_scale: float = 1.0  # "expected_average_only_in": inputs are multiplied by this
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+    def unit_name(self, index: int) -> str:
+        """Return the name of unit ``index``, e.g. ``sae-4k/1234``."""
+        return f"{self.name}/{index}"
+
+
+def _normalize_in(dictionary: Dictionary, x: torch.Tensor) -> tuple[torch.Tensor, Any]:
+    mode = dictionary.normalize_activations
+    if mode == "constant_norm_rescale":
+        scale = math.sqrt(dictionary.d_in) / x.norm(dim=-1, keepdim=True).clamp_min(1e-8)
+        return x * scale, scale
+    if mode == "layer_norm":
+        mean = x.mean(dim=-1, keepdim=True)
+        std = x.std(dim=-1, keepdim=True)
+        return (x - mean) / (std + 1e-5), (mean, std)
+    if mode == "expected_average_only_in":
+        return x * dictionary.input_scale, dictionary.input_scale
+    return x, None
+
+
+def _normalize_out(dictionary: Dictionary, x_hat: torch.Tensor, state: Any) -> torch.Tensor:
+    mode = dictionary.normalize_activations
+    if mode == "constant_norm_rescale":
+        return x_hat / state
+    if mode == "layer_norm":
+        mean, std = state
+        return x_hat * (std + 1e-5) + mean
+    if mode == "expected_average_only_in":
+        return x_hat / state
+    return x_hat
+
+
+def encode(dictionary: Dictionary, x: torch.Tensor) -> torch.Tensor:
+    """Return unit activations [..., d_sae] for hook activations ``x`` [..., d_in]."""
+    if dictionary.architecture == "identity":
+        return x
+    x, _ = _normalize_in(dictionary, x.to(dictionary.W_enc.dtype))
+    if dictionary.apply_b_dec_to_input:
+        x = x - dictionary.b_dec
+    hidden_pre = x @ dictionary.W_enc + dictionary.b_enc
+    if dictionary.architecture == "relu":
+        return torch.relu(hidden_pre)
+    if dictionary.architecture == "jumprelu":
+        return torch.relu(hidden_pre) * (hidden_pre > dictionary.threshold)
+    values, indices = hidden_pre.topk(dictionary.k, dim=-1)
+    return torch.zeros_like(hidden_pre).scatter(-1, indices, torch.relu(values))
+
+
+def decode(dictionary: Dictionary, features: torch.Tensor, x: torch.Tensor | None = None) -> torch.Tensor:
+    """Return the reconstruction [..., d_in] of ``features``.
+
+    Per-token normalisations (constant_norm_rescale, layer_norm) are undone with
+    the statistics of the original input ``x``, which is then required.
+    """
+    if dictionary.architecture == "identity":
+        return features
+    x_hat = features @ dictionary.W_dec + dictionary.b_dec
+    if dictionary.normalize_activations in ("constant_norm_rescale", "layer_norm"):
+        if x is None:
+            raise ValueError(f"decoding with {dictionary.normalize_activations} needs the original input")
+        _, state = _normalize_in(dictionary, x.to(x_hat.dtype))
+        return _normalize_out(dictionary, x_hat, state)
+    if dictionary.normalize_activations == "expected_average_only_in":
+        return _normalize_out(dictionary, x_hat, dictionary.input_scale)
+    return x_hat
+
+
+def identity_dictionary(kind: str, layer: int, width: int) -> Dictionary:
+    """Return the identity dictionary over MLP neurons ("neurons") or residual basis directions."""
+    if kind == "neurons":
+        return Dictionary(name=f"mlp.{layer}", hook_name=f"blocks.{layer}.mlp.hook_post", architecture="identity", d_in=width, d_sae=width)
+    return Dictionary(name=f"resid.{layer}", hook_name=f"blocks.{layer}.hook_resid_post", architecture="identity", d_in=width, d_sae=width)
+
+
+def _architecture_from_config(cfg: dict[str, Any], has_threshold: bool) -> tuple[str, int | None]:
+    declared = str(cfg.get("architecture", cfg.get("activation_fn_str", "standard"))).lower()
+    kwargs = cfg.get("activation_fn_kwargs") or {}
+    k = cfg.get("k", kwargs.get("k"))
+    if declared in ("standard", "relu"):
+        if cfg.get("activation_fn_str", "relu") == "topk":
+            declared = "topk"
+        else:
+            return "relu", None
+    if declared == "jumprelu":
+        if not has_threshold:
+            raise MonoscopeError("JumpReLU dictionary has no 'threshold' tensor", "add the threshold to the weights file")
+        return "jumprelu", None
+    if declared == "topk":
+        if k is None:
+            raise MonoscopeError("TopK dictionary has no k in cfg.json", "set 'k' or activation_fn_kwargs.k")
+        return "topk", int(k)
+    raise MonoscopeError(f"unsupported dictionary architecture {declared!r}", "use standard (ReLU), jumprelu or topk")
+
+
+def _validate(dictionary: Dictionary, source: str) -> Dictionary:
+    d_in, d_sae = dictionary.d_in, dictionary.d_sae
+    expected = {"W_enc": (d_in, d_sae), "b_enc": (d_sae,), "W_dec": (d_sae, d_in), "b_dec": (d_in,)}
+    if dictionary.threshold is not None:
+        expected["threshold"] = (d_sae,)
+    for key, shape in expected.items():
+        tensor = getattr(dictionary, key)
+        if tuple(tensor.shape) != shape:
+            raise MonoscopeError(
+                f"{key} in {source} has shape {tuple(tensor.shape)}, expected {shape} for d_in={d_in}, d_sae={d_sae}",
+                "check that the file belongs to this dictionary",
+            )
+        if not torch.isfinite(tensor).all():
+            raise MonoscopeError(f"{key} in {source} contains NaN or infinite values", "retrain or re-download the dictionary")
+    if dictionary.k is not None and not 0 < dictionary.k <= d_sae:
+        raise MonoscopeError(f"TopK k={dictionary.k} in {source} is outside 1..{d_sae}", "fix k in cfg.json")
+    if dictionary.normalize_activations not in NORMALIZATIONS:
+        raise MonoscopeError(
+            f"unsupported normalize_activations {dictionary.normalize_activations!r} in {source}",
+            f"use one of {', '.join(NORMALIZATIONS)}",
+        )
+    return dictionary
+
+
+def _read_weights(path: Path) -> dict[str, torch.Tensor]:
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    if not path.exists():
+        raise MonoscopeError(f"dictionary weights {str(path)!r} not found", "check the path")
+    try:
+        tensors = load_file(str(path))
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise MonoscopeError(f"cannot read {str(path)!r} as safetensors ({exc})", "the file is corrupt: re-save or re-download it") from exc
+    missing = [key for key in ("W_enc", "b_enc", "W_dec", "b_dec") if key not in tensors]
+    if missing:
+        raise MonoscopeError(f"{str(path)!r} lacks tensors {missing}", "a dictionary needs W_enc, b_enc, W_dec and b_dec")
+    return {key: value.float() for key, value in tensors.items()}
+
+
+def load_saelens_directory(path: Path, name: str | None = None) -> Dictionary:
+    """Return the dictionary stored in a SAELens-format directory."""
+    config_path = path / CONFIG_FILE
+    if not config_path.exists():
+        raise MonoscopeError(f"{str(path)!r} has no {CONFIG_FILE}", "a SAELens directory holds cfg.json and sae_weights.safetensors")
+    try:
+        cfg = json.loads(config_path.read_text())
+    except json.JSONDecodeError as exc:
+        raise MonoscopeError(f"{str(config_path)!r} is not valid JSON ({exc.msg})", "fix or regenerate cfg.json") from exc
+    tensors = _read_weights(path / WEIGHTS_FILE)
+    architecture, k = _architecture_from_config(cfg, "threshold" in tensors)
+    hook_name = cfg.get("hook_name") or cfg.get("metadata", {}).get("hook_name")
+    if not hook_name:
+        raise MonoscopeError(f"{str(config_path)!r} names no hook_name", "add hook_name, e.g. blocks.9.hook_resid_post")
+    W_enc = tensors["W_enc"]
+    d_in, d_sae = int(cfg.get("d_in", W_enc.shape[0])), int(cfg.get("d_sae", W_enc.shape[1]))
+    dictionary = Dictionary(
+        name=name or cfg.get("monoscope_name") or path.name,
+        hook_name=hook_name,
+        architecture=architecture,
+        d_in=d_in,
+        d_sae=d_sae,
+        W_enc=W_enc,
+        b_enc=tensors["b_enc"],
+        W_dec=tensors["W_dec"],
+        b_dec=tensors["b_dec"],
+        threshold=tensors.get("threshold") if architecture == "jumprelu" else None,
+        k=k,
+        apply_b_dec_to_input=bool(cfg.get("apply_b_dec_to_input", False)),
+        normalize_activations=str(cfg.get("normalize_activations") or "none"),
+        input_scale=float(cfg.get("norm_scaling_factor") or 1.0),
+        metadata={"source": str(path)},
+    )
+    return _validate(dictionary, repr(str(path)))
+
+
+def load_safetensors_file(path: Path, hook_name: str, name: str | None = None) -> Dictionary:
+    """Return the dictionary in a plain safetensors file with SAELens keys."""
+    tensors = _read_weights(path)
+    architecture = "jumprelu" if "threshold" in tensors else "relu"
+    k = None
+    if "k" in tensors:
+        architecture, k = "topk", int(tensors["k"].item())
+    W_enc = tensors["W_enc"]
+    dictionary = Dictionary(
+        name=name or path.stem,
+        hook_name=hook_name,
+        architecture=architecture,
+        d_in=int(W_enc.shape[0]),
+        d_sae=int(W_enc.shape[1]),
+        W_enc=W_enc,
+        b_enc=tensors["b_enc"],
+        W_dec=tensors["W_dec"],
+        b_dec=tensors["b_dec"],
+        threshold=tensors.get("threshold"),
+        k=k,
+        metadata={"source": str(path)},
+    )
+    return _validate(dictionary, repr(str(path)))
+
+
+def load_saelens_release(release: str, sae_id: str) -> Dictionary:  # pragma: no cover - needs a hub
+    """Return a dictionary from a SAELens release (downloads through sae-lens; needs the hub)."""
+    try:
+        from sae_lens import SAE
+    except ImportError as exc:
+        raise MonoscopeError("loading SAELens releases needs the sae-lens package", "pip install sae-lens") from exc
+    loaded = SAE.from_pretrained(release, sae_id)
+    sae = loaded[0] if isinstance(loaded, tuple) else loaded
+    state = {key: value.detach().float().cpu() for key, value in sae.state_dict().items()}
+    cfg = sae.cfg.to_dict() if hasattr(sae.cfg, "to_dict") else dict(vars(sae.cfg))
+    architecture, k = _architecture_from_config(cfg, "threshold" in state)
+    dictionary = Dictionary(
+        name=f"{release}/{sae_id}".replace("/", "--"),
+        hook_name=cfg.get("hook_name") or cfg.get("metadata", {}).get("hook_name"),
+        architecture=architecture,
+        d_in=int(state["W_enc"].shape[0]),
+        d_sae=int(state["W_enc"].shape[1]),
+        W_enc=state["W_enc"],
+        b_enc=state["b_enc"],
+        W_dec=state["W_dec"],
+        b_dec=state["b_dec"],
+        threshold=state.get("threshold"),
+        k=k,
+        apply_b_dec_to_input=bool(cfg.get("apply_b_dec_to_input", False)),
+        normalize_activations=str(cfg.get("normalize_activations") or "none"),
+        metadata={"source": f"saelens:{release}/{sae_id}"},
+    )
+    return _validate(dictionary, f"SAELens {release}/{sae_id}")
+
+
+def load_dictionary(spec: str, hook_name: str | None = None, name: str | None = None) -> Dictionary:
+    """Return the dictionary described by ``spec`` (see the module docstring for the forms).
+
+    ``neurons:L`` and ``residual-basis:L`` need the model's widths, so they are
+    resolved by ``resolve_dictionary``; this function handles weight files.
+    """
+    if spec.startswith("saelens:"):
+        release, _, sae_id = spec.removeprefix("saelens:").partition("/")
+        return load_saelens_release(release, sae_id)
+    path = Path(spec)
+    if path.is_dir():
+        return load_saelens_directory(path, name)
+    if path.suffix == ".safetensors":
+        if hook_name is None:
+            raise MonoscopeError(f"plain safetensors dictionary {spec!r} needs a hook name", "pass --hook blocks.L.hook_resid_post")
+        return load_safetensors_file(path, hook_name, name)
+    raise MonoscopeError(f"dictionary {spec!r} not found", "give a SAELens directory, a .safetensors file, neurons:L or residual-basis:L")
+
+
+def resolve_dictionary(spec: str, n_layers: int, d_model: int, d_mlp: int, hook_name: str | None = None) -> Dictionary:
+    """Return the dictionary for ``spec``, checked against the subject model's shape."""
+    from harness.model import parse_hook
+
+    for kind in ("neurons", "residual-basis"):
+        if spec.startswith(kind + ":"):
+            layer_text = spec.split(":", 1)[1]
+            if not layer_text.isdigit():
+                raise MonoscopeError(f"bad dictionary spec {spec!r}", f"write {kind}:LAYER, e.g. {kind}:9")
+            layer = int(layer_text)
+            parse_hook(f"blocks.{layer}.hook_resid_post", n_layers)
+            return identity_dictionary(kind, layer, d_mlp if kind == "neurons" else d_model)
+    dictionary = load_dictionary(spec, hook_name)
+    point = parse_hook(dictionary.hook_name, n_layers)
+    width = d_model if point.site == "resid_post" else d_mlp
+    if dictionary.d_in != width:
+        raise MonoscopeError(
+            f"dictionary {dictionary.name!r} has d_in={dictionary.d_in} but {dictionary.hook_name} has width {width}",
+            "use a dictionary trained on this model and hook",
+        )
+    return dictionary
+
+
+def save_saelens_directory(dictionary: Dictionary, path: Path, extra_config: dict[str, Any] | None = None) -> None:
+    """Write ``dictionary`` as a SAELens-format directory (cfg.json + sae_weights.safetensors)."""
+    from safetensors.torch import save
+
+    if dictionary.architecture == "identity":
+        raise ValueError("identity dictionaries have no weights to save")
+    tensors = {
+        "W_enc": dictionary.W_enc.contiguous(),
+        "b_enc": dictionary.b_enc.contiguous(),
+        "W_dec": dictionary.W_dec.contiguous(),
+        "b_dec": dictionary.b_dec.contiguous(),
+    }
+    if dictionary.threshold is not None:
+        tensors["threshold"] = dictionary.threshold.contiguous()
+    architecture = {"relu": "standard", "jumprelu": "jumprelu", "topk": "topk"}[dictionary.architecture]
+    cfg: dict[str, Any] = {
+        "architecture": architecture,
+        "d_in": dictionary.d_in,
+        "d_sae": dictionary.d_sae,
+        "dtype": "float32",
+        "hook_name": dictionary.hook_name,
+        "hook_layer": int(dictionary.hook_name.split(".")[1]),
+        "activation_fn_str": "topk" if architecture == "topk" else "relu",
+        "activation_fn_kwargs": {"k": dictionary.k} if dictionary.k else {},
+        "apply_b_dec_to_input": dictionary.apply_b_dec_to_input,
+        "normalize_activations": dictionary.normalize_activations,
+        "monoscope_name": dictionary.name,
+    }
+    if dictionary.k:
+        cfg["k"] = dictionary.k
+    if dictionary.normalize_activations == "expected_average_only_in":
+        cfg["norm_scaling_factor"] = dictionary.input_scale
+    cfg.update(extra_config or {})
+    path.mkdir(parents=True, exist_ok=True)
+    atomic_write_bytes(path / WEIGHTS_FILE, save(tensors))
+    atomic_write_json(path / CONFIG_FILE, cfg)

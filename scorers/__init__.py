@@ -1,0 +1,1 @@
+"""scorers (built in later issues)."""
