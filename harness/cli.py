@@ -66,7 +66,7 @@ def demo(run_dir: Path, tokens: int | None) -> None:
 @click.option("--corpus", default="python-stdlib", show_default=True)
 @click.option("--tokens", type=int, default=262_144, show_default=True)
 @click.option("--d-sae", type=int, required=True, help="Number of features.")
-@click.option("--sparsity", "sparsity_coefficient", type=float, default=1.5, show_default=True, help="λ of the recipe.")
+@click.option("--sparsity", "sparsity_coefficient", type=float, default=2.0, show_default=True, help="λ of the recipe.")
 @click.option("--epochs", type=int, default=1, show_default=True)
 @click.option("--device", default="cpu", show_default=True)
 @click.option("--dtype", default="float32", show_default=True)
@@ -81,7 +81,13 @@ def train(run_dir: Path, out: Path, **options: Any) -> None:
 
 @main.command()
 @click.option("--run-dir", type=click.Path(path_type=Path), required=True)
-@click.option("--dictionary", "dictionaries", multiple=True, required=True, help="SAELens dir, .safetensors, neurons:L or residual-basis:L (repeatable).")
+@click.option(
+    "--dictionary",
+    "dictionaries",
+    multiple=True,
+    required=True,
+    help="SAELens dir, .safetensors, neurons:L or residual-basis:L (repeatable).",
+)
 @click.option("--hook", default=None, help="Hook of a plain .safetensors dictionary.")
 @click.option("--model", default="embedded", show_default=True)
 @click.option("--corpus", default="python-stdlib", show_default=True)

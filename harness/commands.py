@@ -8,6 +8,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from harness.activations import stream_activations
 from harness.corpus import load_chunks
 from harness.dictionaries import STATS_FILE, resolve_dictionary, save_saelens_directory
 from harness.errors import MonoscopeError
@@ -23,15 +24,25 @@ from harness.pipeline import (
     prepare_corpus,
     split_chunks,
 )
-from harness.activations import stream_activations
 from harness.runs import prepare_run_directory, update_manifest
 from harness.storage import atomic_write_json
 from harness.training import TrainingConfig, dictionary_stats, train_dictionary
 
 
 def _check_corpus_spec(corpus: str) -> None:
-    if corpus != "python-stdlib" and not corpus.startswith("hf:") and not Path(corpus).exists():
+    """Fail early (before any model is loaded) on a corpus path that cannot yield text."""
+    if corpus == "python-stdlib" or corpus.startswith("hf:"):
+        return
+    path = Path(corpus)
+    if not path.exists():
         raise MonoscopeError(f"corpus {corpus!r} not found", "give an existing file or directory, hf:NAME, or python-stdlib")
+    if path.is_file():
+        try:
+            with path.open("rb") as handle:
+                if not handle.read(1 << 16).strip():
+                    raise MonoscopeError(f"corpus file {corpus!r} is empty", "give a corpus with text in it")
+        except OSError as exc:
+            raise MonoscopeError(f"corpus file {corpus!r} cannot be read ({exc.strerror})", "check its permissions") from exc
 
 
 def train_command(run_dir: Path, out: Path, log: Progress, **options: Any) -> None:
@@ -42,8 +53,13 @@ def train_command(run_dir: Path, out: Path, log: Progress, **options: Any) -> No
     prepare_run_directory(run_dir)
     n_layers, _d_model, _d_mlp = model_shape(options["model"])
     config = FoundationConfig(
-        model=options["model"], layer=options["layer"], corpus=options["corpus"], tokens=options["tokens"],
-        device=options["device"], dtype=options["dtype"], seed=options["seed"],
+        model=options["model"],
+        layer=options["layer"],
+        corpus=options["corpus"],
+        tokens=options["tokens"],
+        device=options["device"],
+        dtype=options["dtype"],
+        seed=options["seed"],
     )
     layer = config.layer if config.layer is not None else n_layers // 2
     if not 0 <= layer < n_layers:
@@ -53,7 +69,13 @@ def train_command(run_dir: Path, out: Path, log: Progress, **options: Any) -> No
     residuals = collect_foundation_activations(run_dir, subject, chunks, config, log)
     train_ids, held_ids = split_chunks(chunks.shape[0], config.held_out_fraction)
     width = residuals.shape[2]
-    recipe = TrainingConfig(d_sae=options["d_sae"], sparsity_coefficient=options["sparsity_coefficient"], epochs=options["epochs"], seed=config.seed, batch_size=config.training_batch_size)
+    recipe = TrainingConfig(
+        d_sae=options["d_sae"],
+        sparsity_coefficient=options["sparsity_coefficient"],
+        epochs=options["epochs"],
+        seed=config.seed,
+        batch_size=config.training_batch_size,
+    )
     name = out.name
     dictionary = train_dictionary(
         torch.from_numpy(np.asarray(residuals[train_ids]).reshape(-1, width)), recipe, name, f"blocks.{layer}.hook_resid_post"
@@ -82,8 +104,14 @@ def index_command(run_dir: Path, specs: list[str], shard: tuple[int, int] | None
     if len(set(names)) != len(names):
         raise MonoscopeError(f"two dictionaries share a name: {names}", "give each dictionary a distinct directory name")
     config = FoundationConfig(
-        model=options["model"], corpus=options["corpus"], tokens=options["tokens"], context_length=options["context_length"],
-        batch_size=options["batch_size"], device=options["device"], dtype=options["dtype"], seed=options["seed"],
+        model=options["model"],
+        corpus=options["corpus"],
+        tokens=options["tokens"],
+        context_length=options["context_length"],
+        batch_size=options["batch_size"],
+        device=options["device"],
+        dtype=options["dtype"],
+        seed=options["seed"],
         index=IndexConfig(seed=options["seed"]),
     )
     subject = load_subject_model(config.model, config.device, config.dtype)
@@ -101,7 +129,7 @@ def index_command(run_dir: Path, specs: list[str], shard: tuple[int, int] | None
     last_save = time.perf_counter()
     done_sets = [builder.done_chunks() for builder in builders]
     for batch in stream_activations(subject, chunks, hooks, todo, config.batch_size):
-        for builder, done in zip(builders, done_sets):
+        for builder, done in zip(builders, done_sets, strict=True):
             fresh = [row for row, chunk in enumerate(batch.chunk_ids.tolist()) if chunk not in done]
             if fresh:
                 rows = torch.tensor(fresh)
@@ -141,7 +169,9 @@ def show_unit_command(index_path: Path, unit: int, corpus_file: Path | None, mod
     tokenizer = AutoTokenizer.from_pretrained(str(embedded_checkpoint_dir()) if model == EMBEDDED_NAME else model)
     name = f"{about.get('dictionary', 'unit')}/{unit}"
     stats = unit_stats(state, unit, name)
-    lines = [f"{name}: fires on {stats.fire_count} of {stats.n_tokens} tokens (density {stats.density:.2e}), max {stats.max_activation:.3f}"]
+    lines = [
+        f"{name}: fires on {stats.fire_count} of {stats.n_tokens} tokens (density {stats.density:.2e}), max {stats.max_activation:.3f}"
+    ]
     for sample in [s for s in unit_samples(state, unit, name) if s.kind == "top"][:limit]:
         tokens = chunks[sample.chunk, sample.window_start : sample.window_start + len(sample.activations)].tolist()
         pieces = [tokenizer.decode([token]) for token in tokens]

@@ -112,9 +112,7 @@ def corpus_documents(spec: str = DEFAULT_CORPUS, text_field: str = "text") -> It
     return file_documents(Path(spec), text_field)
 
 
-def chunk_documents(
-    documents: Iterable[Document], tokenizer: Any, context_length: int, max_tokens: int | None = None
-) -> np.ndarray:
+def chunk_documents(documents: Iterable[Document], tokenizer: Any, context_length: int, max_tokens: int | None = None) -> np.ndarray:
     """Return int32 token chunks [n_chunks, context_length] cut from the concatenated documents.
 
     Documents are tokenized without special tokens and joined with the EOS
@@ -145,9 +143,9 @@ def chunk_documents(
 
 def save_chunks(path: Path, chunks: np.ndarray, description: dict[str, Any]) -> None:
     """Write the chunk array and a JSON description next to it, atomically."""
-    from harness.storage import atomic_write_bytes
-
     import io
+
+    from harness.storage import atomic_write_bytes
 
     buffer = io.BytesIO()
     np.save(buffer, chunks)

@@ -50,6 +50,7 @@ def run_demo(run_dir: Path, tokens: int | None = None, log: Progress = print, co
     log(f"{'dictionary':<10} {'features':>8} {'L0':>7} {'var. expl.':>10} {'dead':>6}")
     for row in rows:
         log(f"{row['dictionary']:<10} {row['d_sae']:>8} {row['l0']:>7.1f} {row['variance_explained']:>10.3f} {row['dead_fraction']:>6.3f}")
-    log(f"indexes: {', '.join(f'{name} ({info['n_units']} units)' for name, info in indexes.items())}")
+    listed = ", ".join(f"{name} ({info['n_units']} units)" for name, info in indexes.items())
+    log(f"indexes: {listed}")
     log(f"run directory: {run_dir} ({summary['wall_seconds']} s)")
     return summary

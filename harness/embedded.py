@@ -33,9 +33,7 @@ def embedded_checkpoint_dir() -> Path:
 
     gguf_path = package.assemble()
     tokenizer = AutoTokenizer.from_pretrained(str(gguf_path.parent), gguf_file=gguf_path.name)
-    model = AutoModelForCausalLM.from_pretrained(
-        str(gguf_path.parent), gguf_file=gguf_path.name, dtype=torch.float32
-    )
+    model = AutoModelForCausalLM.from_pretrained(str(gguf_path.parent), gguf_file=gguf_path.name, dtype=torch.float32)
     # The weights are de-quantised already; drop the GGUF marker so the model saves as plain tensors.
     model.hf_quantizer = None
     model.is_quantized = False

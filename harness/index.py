@@ -84,21 +84,6 @@ class SampleSlots:
     activations: torch.Tensor  # float32 [..., window]
     tie: torch.Tensor | None = None  # int64, "top" only
 
-    def part(self, start: int, stop: int) -> "SampleSlots":
-        """Return a view of the slots of units start..stop-1."""
-        tie = None if self.tie is None else self.tie[start:stop]
-        return SampleSlots(self.key[start:stop], self.chunk[start:stop], self.position[start:stop], self.activations[start:stop], tie)
-
-    def assign(self, start: int, part: "SampleSlots") -> None:
-        """Copy ``part`` into the slots of units start.., in place."""
-        stop = start + part.key.shape[0]
-        self.key[start:stop] = part.key
-        self.chunk[start:stop] = part.chunk
-        self.position[start:stop] = part.position
-        self.activations[start:stop] = part.activations
-        if self.tie is not None and part.tie is not None:
-            self.tie[start:stop] = part.tie
-
 
 @dataclass
 class IndexState:
@@ -179,12 +164,11 @@ def unit_hashes(seed: int, unit_ids: torch.Tensor) -> torch.Tensor:
     return _mix(unit_ids.to(torch.int64) * 0x2545F491 + _mix(torch.tensor(seed, dtype=torch.int64)))
 
 
-def priority_keys(token_hash: torch.Tensor, unit_hash: torch.Tensor) -> torch.Tensor:
-    """Return positive int64 sampling keys [batch, T, units] whose low bits hold the position."""
-    mixed = (token_hash[:, :, None] ^ unit_hash[None, None, :]) * -7046029254386353131
+def priority_keys(token_hash: torch.Tensor, unit_hash: torch.Tensor, position: torch.Tensor) -> torch.Tensor:
+    """Return positive int64 sampling keys (elementwise, broadcasting) whose low bits hold the position."""
+    mixed = (token_hash ^ unit_hash) * -7046029254386353131
     mixed = mixed ^ ((mixed >> 29) & ((1 << 35) - 1))
-    positions = torch.arange(token_hash.shape[1], dtype=torch.int64)[None, :, None]
-    return (mixed & _MASK_63 & ~((1 << POSITION_BITS) - 1)) | positions
+    return (mixed & _MASK_63 & ~((1 << POSITION_BITS) - 1)) | position
 
 
 def activation_bins(values: torch.Tensor, config: IndexConfig) -> torch.Tensor:
@@ -196,7 +180,9 @@ def activation_bins(values: torch.Tensor, config: IndexConfig) -> torch.Tensor:
     return torch.where(positive, bins, torch.full_like(bins, config.n_bins))
 
 
-def _windows(acts: torch.Tensor, batch: torch.Tensor, position: torch.Tensor, unit: torch.Tensor, window_before: int, window: int) -> torch.Tensor:
+def _windows(
+    acts: torch.Tensor, batch: torch.Tensor, position: torch.Tensor, unit: torch.Tensor, window_before: int, window: int
+) -> torch.Tensor:
     """Return activations [n, window] of ``unit`` around ``position`` in batch row ``batch``."""
     start = window_start(position.to(torch.int64), acts.shape[1], window_before, window)
     offsets = start[:, None] + torch.arange(window)[None, :]
@@ -228,40 +214,89 @@ def _gather(tensor: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
     return torch.gather(tensor, -2, index[..., None].expand(*index.shape, tensor.shape[-1]))
 
 
-def _merge_candidates(
-    slots: SampleSlots,
-    key: torch.Tensor,
-    tie: torch.Tensor | None,
-    chunk: torch.Tensor,
-    position: torch.Tensor,
-    acts: torch.Tensor,
-    config: IndexConfig,
-) -> SampleSlots:
-    """Return ``slots`` merged with one batch's candidates (last axis = batch row).
+def _slot_order(row: torch.Tensor, key: torch.Tensor, tie: torch.Tensor | None) -> torch.Tensor:
+    """Return a permutation sorting entries by row, then best first within the row."""
+    if tie is None:
+        order = torch.sort(key, stable=True).indices
+    else:
+        order = torch.sort(tie, stable=True).indices
+        order = order[torch.sort(key[order], descending=True, stable=True).indices]
+    return order[torch.sort(row[order], stable=True).indices]
 
-    Only candidates that win a slot have their activation window gathered from
-    ``acts`` [B, T, units of this block].
+
+def _first_per_group(group: torch.Tensor, key: torch.Tensor) -> torch.Tensor:
+    """Return the indices of the smallest-key entry of each group."""
+    order = torch.sort(key, stable=True).indices
+    order = order[torch.sort(group[order], stable=True).indices]
+    sorted_group = group[order]
+    first = torch.ones_like(sorted_group, dtype=torch.bool)
+    first[1:] = sorted_group[1:] != sorted_group[:-1]
+    return order[first]
+
+
+@dataclass(frozen=True)
+class _Candidates:
+    """Candidate samples for some slot rows, with where to read their windows."""
+
+    row: torch.Tensor  # flat slot-row index
+    key: torch.Tensor
+    tie: torch.Tensor | None
+    chunk: torch.Tensor
+    position: torch.Tensor
+    batch_row: torch.Tensor  # row of the batch the window is read from
+    unit_local: torch.Tensor  # unit column of the block the window is read from
+
+
+def _merge_rows(slots: SampleSlots, candidates: _Candidates, acts: torch.Tensor, config: IndexConfig) -> None:
+    """Merge candidates into the rows they name, keeping the best ``capacity`` per row, in place.
+
+    Only rows that receive candidates are touched, and only winning candidates
+    have their activation window read from ``acts`` [B, T, units of the block].
     """
+    if candidates.row.numel() == 0:
+        return
     capacity = slots.key.shape[-1]
-    combined_key = torch.cat([slots.key, key], dim=-1)
-    combined_tie = None if tie is None else torch.cat([slots.tie, tie], dim=-1)
-    chosen = _choose(combined_key, combined_tie, capacity)
-    new_chunk = _gather(torch.cat([slots.chunk, chunk], dim=-1), chosen)
-    new_position = _gather(torch.cat([slots.position, position.to(torch.int32)], dim=-1), chosen)
-    old_index = chosen.clamp(max=capacity - 1)
-    new_acts = _gather(slots.activations, old_index)
-    fresh = (chosen >= capacity) & (new_chunk >= 0)
-    if fresh.any():
-        where = fresh.nonzero(as_tuple=True)
-        batch_row = chosen[where] - capacity
-        new_acts[where] = _windows(acts, batch_row, new_position[where], where[0], config.window_before, config.window)
-    return SampleSlots(
-        key=_gather(combined_key, chosen),
-        chunk=new_chunk,
-        position=new_position,
-        activations=new_acts,
-        tie=None if combined_tie is None else _gather(combined_tie, chosen),
-    )
+    keys, chunks, positions = slots.key.view(-1, capacity), slots.chunk.view(-1, capacity), slots.position.view(-1, capacity)
+    windows = slots.activations.view(-1, capacity, config.window)
+    ties = None if slots.tie is None else slots.tie.view(-1, capacity)
+    touched, local_row = torch.unique(candidates.row, return_inverse=True)
+    n_touched, n_old = touched.numel(), touched.numel() * capacity
+    entry_row = torch.cat([torch.arange(n_touched).repeat_interleave(capacity), local_row])
+    entry_key = torch.cat([keys[touched].reshape(-1), candidates.key])
+    entry_tie = None if ties is None else torch.cat([ties[touched].reshape(-1), candidates.tie])
+    order = _slot_order(entry_row, entry_key, entry_tie)
+    sorted_row = entry_row[order]
+    counts = torch.bincount(sorted_row, minlength=n_touched)
+    rank = torch.arange(order.numel()) - (torch.cumsum(counts, 0) - counts)[sorted_row]
+    keep = rank < capacity
+    kept, kept_row, kept_rank = order[keep], sorted_row[keep], rank[keep]
+    target = touched[kept_row]
+    is_old = kept < n_old
+    old_flat = kept.clamp(max=n_old - 1)
+    new = ~is_old
+    new_index = (kept - n_old).clamp(min=0)
+    old_chunks = chunks[touched].reshape(-1)
+    old_positions = positions[touched].reshape(-1)
+    old_windows = windows[touched].reshape(-1, config.window)
+    kept_chunk = torch.where(is_old, old_chunks[old_flat], candidates.chunk[new_index])
+    kept_position = torch.where(is_old, old_positions[old_flat], candidates.position.to(torch.int32)[new_index])
+    kept_windows = old_windows[old_flat]
+    if new.any():
+        chosen = new_index[new]
+        kept_windows[new] = _windows(
+            acts,
+            candidates.batch_row[chosen],
+            candidates.position[chosen],
+            candidates.unit_local[chosen],
+            config.window_before,
+            config.window,
+        )
+    keys[target, kept_rank] = entry_key[kept]
+    chunks[target, kept_rank] = kept_chunk
+    positions[target, kept_rank] = kept_position
+    windows[target, kept_rank] = kept_windows
+    if ties is not None:
+        ties[target, kept_rank] = entry_tie[kept]
 
 
 def _merge_slots(first: SampleSlots, second: SampleSlots) -> SampleSlots:
@@ -279,7 +314,7 @@ def _merge_slots(first: SampleSlots, second: SampleSlots) -> SampleSlots:
     )
 
 
-def update_index(state: IndexState, unit_acts: torch.Tensor, chunk_ids: torch.Tensor, unit_block: int = 2048) -> None:
+def update_index(state: IndexState, unit_acts: torch.Tensor, chunk_ids: torch.Tensor, unit_block: int = 4096) -> None:
     """Fold activations [batch, T, units] of the chunks ``chunk_ids`` [batch] into ``state``, in place."""
     batch, length, n_units = unit_acts.shape
     if n_units != state.n_units or length != state.context_length:
@@ -297,45 +332,64 @@ def update_index(state: IndexState, unit_acts: torch.Tensor, chunk_ids: torch.Te
 
 def _update_block(state: IndexState, acts: torch.Tensor, chunk_ids: torch.Tensor, token_hash: torch.Tensor, start: int) -> None:
     config = state.config
-    batch, _length, width = acts.shape
+    batch, length, width = acts.shape
     stop = start + width
-    state.fire_count[start:stop] += (acts > 0).sum(dim=(0, 1))
+    fires = acts > 0
+    fires_per_chunk = fires.sum(dim=1)  # [B, U]
+    state.fire_count[start:stop] += fires_per_chunk.sum(dim=0)
     state.negative_count[start:stop] += (acts < 0).sum(dim=(0, 1))
     state.activation_sum[start:stop] += acts.sum(dim=(0, 1), dtype=torch.float64)
     state.maximum[start:stop] = torch.maximum(state.maximum[start:stop], acts.amax(dim=(0, 1)))
     state.minimum[start:stop] = torch.minimum(state.minimum[start:stop], acts.amin(dim=(0, 1)))
+    unit_hash = unit_hashes(config.seed, torch.arange(start, stop))
 
+    # Everything below works on firing entries only (sparse for dictionary features).
+    b, t, u = fires.nonzero(as_tuple=True)
+    values = acts[b, t, u]
+    bins = activation_bins(values, config)
     n_bins = config.n_bins
-    bins = activation_bins(acts, config)  # [B, T, U]; n_bins where the unit does not fire
-    keys = priority_keys(token_hash, unit_hashes(config.seed, torch.arange(start, stop)))
-    counts = torch.zeros(batch, n_bins + 1, width, dtype=torch.int64)
-    counts.scatter_add_(1, bins, torch.ones_like(bins))
-    state.histogram[start:stop] += counts[:, :n_bins, :].sum(dim=0).t()
-    smallest = torch.full((batch, n_bins + 1, width), EMPTY_KEY, dtype=torch.int64)
-    smallest.scatter_reduce_(1, bins, keys, reduce="amin", include_self=True)
-    position_mask = (1 << POSITION_BITS) - 1
+    state.histogram[start:stop] += torch.bincount(u * n_bins + bins, minlength=width * n_bins).view(width, n_bins)
+    keys = priority_keys(token_hash[b, t], unit_hash[u], t)
 
-    def candidates(key: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        chunk = torch.where(key == EMPTY_KEY, -1, chunk_ids.expand_as(key))
-        return key, chunk, key & position_mask
+    interval = state.slots["interval"]
+    cell = (u + start) * n_bins + bins
+    below = keys < interval.key.view(-1, config.interval_samples)[cell, -1]
+    chosen = below.nonzero(as_tuple=True)[0]
+    chosen = chosen[_first_per_group(cell[chosen] * batch + b[chosen], keys[chosen])]
+    _merge_rows(
+        interval, _Candidates(cell[chosen], keys[chosen], None, chunk_ids[b[chosen]], t[chosen], b[chosen], u[chosen]), acts, config
+    )
 
-    interval_key, interval_chunk, interval_position = candidates(smallest[:, :n_bins, :].permute(2, 1, 0))
-    merged = _merge_candidates(state.slots["interval"].part(start, stop), interval_key, None, interval_chunk, interval_position, acts, config)
-    state.slots["interval"].assign(start, merged)
-    for kind, chosen in (("nonzero", smallest[:, :n_bins, :].amin(dim=1)), ("zero", smallest[:, n_bins, :])):
-        key, chunk, position = candidates(chosen.t().contiguous())
-        merged = _merge_candidates(state.slots[kind].part(start, stop), key, None, chunk, position, acts, config)
-        state.slots[kind].assign(start, merged)
+    nonzero = state.slots["nonzero"]
+    below = keys < nonzero.key[start + u, -1]
+    chosen = below.nonzero(as_tuple=True)[0]
+    chosen = chosen[_first_per_group(u[chosen] * batch + b[chosen], keys[chosen])]
+    _merge_rows(
+        nonzero, _Candidates(start + u[chosen], keys[chosen], None, chunk_ids[b[chosen]], t[chosen], b[chosen], u[chosen]), acts, config
+    )
 
-    values, positions = acts.max(dim=1)  # [B, U]
-    values, positions = values.t(), positions.t()
-    tie = torch.gather(keys, 1, positions.t()[:, None, :]).squeeze(1).t()
-    fires = values > 0
-    top_key = torch.where(fires, values, torch.full_like(values, -math.inf))
-    top_chunk = torch.where(fires, chunk_ids.expand_as(values), -1)
-    top_tie = torch.where(fires, tie, EMPTY_KEY)
-    merged = _merge_candidates(state.slots["top"].part(start, stop), top_key, top_tie, top_chunk, positions, acts, config)
-    state.slots["top"].assign(start, merged)
+    # Zero samples: a chunk-level key decides whether a chunk enters; then the
+    # non-firing token with the smallest key in that chunk is the target.
+    zero = state.slots["zero"]
+    chunk_key = priority_keys(token_hash[:, :1], unit_hash[None, :], torch.zeros(1, dtype=torch.int64))  # [B, U]
+    eligible = (fires_per_chunk < length) & (chunk_key < zero.key[start:stop, -1][None, :])
+    zb, zu = eligible.nonzero(as_tuple=True)
+    if zb.numel():
+        positions = torch.arange(length)
+        token_keys = priority_keys(token_hash[zb], unit_hash[zu][:, None], positions[None, :])
+        token_keys = torch.where(fires[zb, :, zu], EMPTY_KEY, token_keys)
+        target = token_keys.argmin(dim=1)
+        zero_key = (chunk_key[zb, zu] & ~((1 << POSITION_BITS) - 1)) | target
+        _merge_rows(zero, _Candidates(start + zu, zero_key, None, chunk_ids[zb], target, zb, zu), acts, config)
+
+    top = state.slots["top"]
+    chunk_max, argmax = acts.max(dim=1)  # [B, U]
+    contender = (chunk_max > 0) & (chunk_max >= top.key[start:stop, -1][None, :])
+    tb, tu = contender.nonzero(as_tuple=True)
+    if tb.numel():
+        position = argmax[tb, tu]
+        tie = priority_keys(token_hash[tb, position], unit_hash[tu], position)
+        _merge_rows(top, _Candidates(start + tu, chunk_max[tb, tu], tie, chunk_ids[tb], position, tb, tu), acts, config)
 
 
 def merge_indexes(first: IndexState, second: IndexState) -> IndexState:

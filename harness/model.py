@@ -156,7 +156,7 @@ def _mlp_output_projection(block: Any) -> Any:
     raise MonoscopeError(f"cannot find the output projection of {type(mlp).__name__}", "MLP hooks need a known MLP layout")
 
 
-class _StopForward(Exception):
+class _StopForwardSignal(Exception):  # noqa: N818 - a control-flow signal, not an error
     """Raised by the last needed hook so the forward pass ends there."""
 
 
@@ -186,7 +186,7 @@ def collect_activations(subject: SubjectModel, tokens: torch.Tensor, hooks: list
             hidden = output[0] if isinstance(output, tuple) else output
             captured[point.name] = hidden
             if point.layer == deepest and len(captured) == len(points):
-                raise _StopForward
+                raise _StopForwardSignal
 
         return hook
 
@@ -194,7 +194,7 @@ def collect_activations(subject: SubjectModel, tokens: torch.Tensor, hooks: list
         def hook(_module: Any, inputs: Any) -> None:
             captured[point.name] = inputs[0]
             if point.layer == deepest and len(captured) == len(points):
-                raise _StopForward
+                raise _StopForwardSignal
 
         return hook
 
@@ -209,7 +209,7 @@ def collect_activations(subject: SubjectModel, tokens: torch.Tensor, hooks: list
         base = subject.model.base_model if hasattr(subject.model, "base_model") else subject.model
         try:
             base(input_ids=inputs, use_cache=False)
-        except _StopForward:
+        except _StopForwardSignal:
             pass
     finally:
         for handle in handles:
@@ -231,7 +231,9 @@ def model_shape(name: str) -> tuple[int, int, int]:
     try:
         config = AutoConfig.from_pretrained(source)
     except (OSError, ValueError) as exc:
-        raise MonoscopeError(f"cannot load model {name!r}: {str(exc).splitlines()[0]}", "give a local path, a reachable hub id, or 'embedded'") from exc
+        raise MonoscopeError(
+            f"cannot load model {name!r}: {str(exc).splitlines()[0]}", "give a local path, a reachable hub id, or 'embedded'"
+        ) from exc
     config = config.get_text_config() if hasattr(config, "get_text_config") else config
     d_mlp = getattr(config, "intermediate_size", None) or getattr(config, "n_inner", None) or 4 * config.hidden_size
     return int(config.num_hidden_layers), int(config.hidden_size), int(d_mlp)

@@ -19,10 +19,10 @@ from harness.activations import stream_activations
 from harness.corpus import chunk_documents, corpus_documents, load_chunks, save_chunks
 from harness.dictionaries import STATS_FILE, Dictionary, encode, identity_dictionary, load_saelens_directory, save_saelens_directory
 from harness.errors import MonoscopeError
-from harness.index import IndexConfig, IndexState, new_index, update_index
+from harness.index import IndexConfig, new_index, update_index
 from harness.index_store import load_index, save_index
 from harness.model import SubjectModel, parse_hook
-from harness.runs import timed_stage, update_manifest
+from harness.runs import timed_stage
 from harness.storage import atomic_write_json, read_json
 from harness.training import DictionaryStats, TrainingConfig, dictionary_stats, train_dictionary
 
@@ -42,8 +42,8 @@ class FoundationConfig:
     batch_size: int = 32
     device: str = "cpu"
     dtype: str = "float32"
-    dictionary_sizes: tuple[int, ...] = (1024, 4096, 16384)
-    sparsity_coefficient: float = 1.5
+    dictionary_sizes: tuple[int, ...] = (512, 2048, 8192)
+    sparsity_coefficient: float = 2.0
     learning_rate: float = 1e-3
     training_batch_size: int = 256
     epochs: int = 1
@@ -66,7 +66,9 @@ def prepare_corpus(run_dir: Path, subject: SubjectModel, config: FoundationConfi
         log(f"corpus: reusing {chunks.shape[0]} chunks × {chunks.shape[1]} tokens")
         return chunks
     with timed_stage(run_dir, "corpus"):
-        chunks = chunk_documents(corpus_documents(config.corpus, config.text_field), subject.tokenizer, config.context_length, config.tokens)
+        chunks = chunk_documents(
+            corpus_documents(config.corpus, config.text_field), subject.tokenizer, config.context_length, config.tokens
+        )
         description = {
             "corpus": config.corpus,
             "context_length": config.context_length,

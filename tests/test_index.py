@@ -18,7 +18,18 @@ from harness.index import (
 )
 from harness.index_store import load_index, read_header, save_index, unit_samples, unit_stats
 
-CONFIG = IndexConfig(top_k=5, interval_samples=2, bins_per_octave=2, min_exponent=-4, max_exponent=6, random_nonzero=3, random_zero=3, window_before=3, window_after=2, seed=7)
+CONFIG = IndexConfig(
+    top_k=5,
+    interval_samples=2,
+    bins_per_octave=2,
+    min_exponent=-4,
+    max_exponent=6,
+    random_nonzero=3,
+    random_zero=3,
+    window_before=3,
+    window_after=2,
+    seed=7,
+)
 LENGTH = 16
 
 
