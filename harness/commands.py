@@ -112,7 +112,8 @@ def index_command(run_dir: Path, specs: list[str], shard: tuple[int, int] | None
         device=options["device"],
         dtype=options["dtype"],
         seed=options["seed"],
-        index=IndexConfig(seed=options["seed"]),
+        index=options.get("index_config") or IndexConfig(seed=options["seed"]),
+        checkpoint_seconds=options.get("checkpoint_seconds", 60.0),
     )
     subject = load_subject_model(config.model, config.device, config.dtype)
     chunks = prepare_corpus(run_dir, subject, config, log)
