@@ -6,7 +6,7 @@ from pathlib import Path
 
 import torch
 
-from harness.index_store import read_header
+from harness.index_store import firing_summary
 from harness.model import load_subject_model
 from harness.pipeline import (
     FoundationConfig,
@@ -40,17 +40,22 @@ def run_demo(run_dir: Path, tokens: int | None = None, log: Progress = print, co
     dictionaries = train_default_dictionaries(run_dir, residuals, hook_name, config, log)
     index_dictionaries(run_dir, residuals, chunks, dictionaries, config, log)
     rows = dictionary_table(run_dir)
-    indexes = {}
-    for path in sorted((run_dir / "index").glob("*.safetensors")):
-        header = read_header(path)
-        indexes[path.stem] = {"n_units": header["n_units"], "n_tokens": header["n_tokens"]}
+    indexes = {path.stem: firing_summary(path) for path in sorted((run_dir / "index").glob("*.safetensors"))}
+    for row in rows:
+        row["dead_fraction_all_tokens"] = indexes[row["dictionary"]]["dead_fraction_all_tokens"]
     summary = {"dictionaries": rows, "indexes": indexes, "wall_seconds": round(time.perf_counter() - started, 1)}
     update_manifest(run_dir, summary=summary)
     log("")
-    log(f"{'dictionary':<10} {'features':>8} {'L0':>7} {'var. expl.':>10} {'dead':>6}")
+    log("dictionary features      L0  var. expl.  dead (held-out)  dead (all tokens)")
     for row in rows:
-        log(f"{row['dictionary']:<10} {row['d_sae']:>8} {row['l0']:>7.1f} {row['variance_explained']:>10.3f} {row['dead_fraction']:>6.3f}")
-    listed = ", ".join(f"{name} ({info['n_units']} units)" for name, info in indexes.items())
-    log(f"indexes: {listed}")
+        log(
+            f"{row['dictionary']:<10} {row['d_sae']:>8} {row['l0']:>7.1f} {row['variance_explained']:>11.3f}"
+            f" {row['dead_fraction']:>16.3f} {row['dead_fraction_all_tokens']:>18.3f}"
+        )
+    for name, info in indexes.items():
+        log(
+            f"index {name}: {info['n_units']} units over {info['n_tokens']} tokens, mean density {info['mean_density']:.4f},"
+            f" mean negative share {info['mean_negative_share']:.4f}"
+        )
     log(f"run directory: {run_dir} ({summary['wall_seconds']} s)")
     return summary

@@ -165,3 +165,21 @@ def unit_samples(state: IndexState, unit: int, unit_name: str) -> list[ContextSa
                 )
             )
     return samples
+
+
+def firing_summary(path: Path) -> dict[str, float]:
+    """Return an index's dead fraction (never fired on any indexed token) and mean density and negative share."""
+    from safetensors import safe_open
+
+    header = read_header(path)
+    with safe_open(str(path), framework="pt") as handle:
+        fire_count = handle.get_tensor("stats.fire_count")
+        negative_count = handle.get_tensor("stats.negative_count")
+    n_tokens = max(int(header["n_tokens"]), 1)
+    return {
+        "n_units": int(header["n_units"]),
+        "n_tokens": int(header["n_tokens"]),
+        "dead_fraction_all_tokens": float((fire_count == 0).float().mean()),
+        "mean_density": float(fire_count.double().mean() / n_tokens),
+        "mean_negative_share": float(negative_count.double().mean() / n_tokens),
+    }
