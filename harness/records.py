@@ -43,3 +43,37 @@ class UnitStats:
     min_activation: float
     mean_activation: float
     histogram: tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class TokenContext:
+    """A sampled context ready for prompts: decoded tokens with the unit's activation on each.
+
+    ``target`` indexes the token the sample was drawn for (the one a rubric
+    judge sees marked); ``context_id`` is stable across runs
+    ("<unit>@<chunk>:<position>").
+    """
+
+    unit: str
+    context_id: str
+    kind: str  # "top", "interval", "nonzero" or "zero"
+    chunk: int
+    tokens: tuple[str, ...]
+    activations: tuple[float, ...]
+    target: int
+    interval: int | None = None
+
+    @property
+    def target_activation(self) -> float:
+        """Return the unit's activation on the target token."""
+        return self.activations[self.target]
+
+
+@dataclass(frozen=True)
+class UnitContexts:
+    """The explanation set and the held-out scoring set of one unit (disjoint by chunk)."""
+
+    unit: str
+    max_activation: float
+    explain: tuple[TokenContext, ...]
+    score: tuple[TokenContext, ...]
