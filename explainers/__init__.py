@@ -1,1 +1,1 @@
-"""explainers (built in later issues)."""
+"""Explainers: a unit's explanation contexts in, an Explanation record out."""

@@ -129,3 +129,74 @@ def show_unit(index_path: Path, unit: int, corpus_file: Path | None, model: str,
     from harness.commands import show_unit_command
 
     click.echo(show_unit_command(index_path, unit, corpus_file, model, limit))
+
+
+def _evaluation_options(command: Callable[..., Any]) -> Callable[..., Any]:
+    for option in reversed(
+        [
+            click.option(
+                "--units", "units_per_dictionary", type=int, default=4, show_default=True, help="Random alive units per dictionary."
+            ),
+            click.option("--dictionary", "dictionaries", multiple=True, help="Index names to evaluate (default: all)."),
+            click.option("--seed", type=int, default=0, show_default=True),
+        ]
+    ):
+        command = option(command)
+    return command
+
+
+@main.command()
+@click.argument("run_dir", type=click.Path(path_type=Path))
+@_evaluation_options
+@click.option("--explainer-backend", default="local", show_default=True, help="local, openai or anthropic.")
+@click.option("--explainer-model", default="embedded", show_default=True)
+@click.option(
+    "--chat/--completion", default=False, show_default=True, help="Chat prompt (instruction models) or completion prompt (base models)."
+)
+@user_errors
+def explain(
+    run_dir: Path,
+    units_per_dictionary: int,
+    dictionaries: tuple[str, ...],
+    seed: int,
+    explainer_backend: str,
+    explainer_model: str,
+    chat: bool,
+) -> None:
+    """Explain random alive units of a run's indexes (writes explanations.jsonl; resumable)."""
+    from harness.evaluate import EvaluationConfig
+    from harness.evaluation_commands import Role, explain_command
+
+    config = EvaluationConfig(dictionaries=dictionaries, units_per_dictionary=units_per_dictionary, explainer_chat=chat, seed=seed)
+    explain_command(run_dir, config, Role(explainer_backend, explainer_model), log=_log)
+
+
+@main.command()
+@click.argument("run_dir", type=click.Path(path_type=Path))
+@_evaluation_options
+@click.option("--judge-backend", default="local", show_default=True)
+@click.option("--judge-model", default="embedded", show_default=True)
+@click.option("--judge-format", default="likelihood", show_default=True, help="rating, rating_batch, expected_value or likelihood.")
+@click.option("--simulator-backend", default="local", show_default=True)
+@click.option("--simulator-model", default="embedded", show_default=True)
+@click.option("--simulator-format", default="likelihood", show_default=True, help="structured, expected_value or likelihood.")
+@user_errors
+def score(run_dir: Path, units_per_dictionary: int, dictionaries: tuple[str, ...], seed: int, **roles: str) -> None:
+    """Score the explanations with the specificity rubric and held-out simulation, beside controls."""
+    from harness.evaluate import EvaluationConfig
+    from harness.evaluation_commands import Role, score_command
+
+    config = EvaluationConfig(
+        dictionaries=dictionaries,
+        units_per_dictionary=units_per_dictionary,
+        seed=seed,
+        judge_format=roles["judge_format"],
+        simulator_format=roles["simulator_format"],
+    )
+    score_command(
+        run_dir,
+        config,
+        Role(roles["judge_backend"], roles["judge_model"]),
+        Role(roles["simulator_backend"], roles["simulator_model"]),
+        log=_log,
+    )

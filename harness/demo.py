@@ -6,6 +6,8 @@ from pathlib import Path
 
 import torch
 
+from harness.evaluate import EvaluationConfig
+from harness.evaluation_commands import Role, explain_command, score_command
 from harness.index_store import firing_summary
 from harness.model import load_subject_model
 from harness.pipeline import (
@@ -20,9 +22,20 @@ from harness.pipeline import (
 )
 from harness.runs import cpu_threads, prepare_run_directory, software_versions, timed_stage, update_manifest
 
+DEMO_EVALUATION = EvaluationConfig(units_per_dictionary=3)
 
-def run_demo(run_dir: Path, tokens: int | None = None, log: Progress = print, config: FoundationConfig | None = None) -> dict:
-    """Run corpus → activations → dictionaries → index on the embedded default; return the summary."""
+
+def run_demo(
+    run_dir: Path,
+    tokens: int | None = None,
+    log: Progress = print,
+    config: FoundationConfig | None = None,
+    evaluation: EvaluationConfig = DEMO_EVALUATION,
+) -> dict:
+    """Run corpus → activations → dictionaries → index → explanations → scores on the embedded default.
+
+    Returns the summary that is also written to the manifest.
+    """
     config = config or FoundationConfig()
     if tokens is not None:
         config = replace(config, tokens=tokens)
@@ -57,5 +70,12 @@ def run_demo(run_dir: Path, tokens: int | None = None, log: Progress = print, co
             f"index {name}: {info['n_units']} units over {info['n_tokens']} tokens, mean density {info['mean_density']:.4f},"
             f" mean negative share {info['mean_negative_share']:.4f}"
         )
+    role = Role("local", config.model)
+    with timed_stage(run_dir, "explain"):
+        explain_command(run_dir, evaluation, role, log, shared_subject=subject)
+    with timed_stage(run_dir, "score"):
+        summary["scores"] = score_command(run_dir, evaluation, role, role, log, shared_subject=subject)
+    summary["wall_seconds"] = round(time.perf_counter() - started, 1)
+    update_manifest(run_dir, summary=summary)
     log(f"run directory: {run_dir} ({summary['wall_seconds']} s)")
     return summary

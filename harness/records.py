@@ -77,3 +77,57 @@ class UnitContexts:
     max_activation: float
     explain: tuple[TokenContext, ...]
     score: tuple[TokenContext, ...]
+
+
+@dataclass(frozen=True)
+class Explanation:
+    """An explanation of one unit, or the record of why none could be had (``failure``)."""
+
+    unit: str
+    explainer: str  # "llm" or "token_stats"
+    text: str | None
+    backend: str
+    model: str
+    prompt_hash: str
+    n_contexts: int
+    failure: str | None = None
+    raw: str | None = None
+
+
+@dataclass(frozen=True)
+class Judgment:
+    """One rubric judgment: how well an explanation identifies the marked token of one context."""
+
+    unit: str
+    context_id: str
+    context_kind: str
+    activation: float
+    level: int  # equal-width activation level of the target token (-1: does not fire)
+    source: str  # "real", "shuffled" or "token_stats"
+    explanation: str
+    score: float | None  # 0..3, None when the judge's reply could not be parsed
+    judge_format: str
+    backend: str
+    model: str
+    prompt_hash: str
+    rubric_hash: str
+    failure: str | None = None
+    raw: str | None = None
+
+
+@dataclass(frozen=True)
+class Simulation:
+    """One simulated context: per-token predicted activations (0..10) beside the true ones."""
+
+    unit: str
+    context_id: str
+    source: str  # "real", "shuffled" or "token_stats"
+    explanation: str
+    predicted: tuple[float, ...] | None  # None when the reply could not be parsed
+    actual: tuple[float, ...]
+    simulator_format: str
+    backend: str
+    model: str
+    prompt_hash: str
+    failure: str | None = None
+    raw: str | None = None

@@ -1,1 +1,1 @@
-"""results (built in later issues)."""
+"""Results: the JSON Lines record store, tables, plots and the report."""

@@ -1,1 +1,1 @@
-"""scorers (built in later issues)."""
+"""Scorers: an explanation and held-out contexts in, judgment and simulation records out."""

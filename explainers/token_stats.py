@@ -1,0 +1,44 @@
+"""Token-statistics baseline: the tokens most over-represented where the unit fires. No LLM."""
+
+import math
+from collections import Counter
+
+from harness.records import Explanation, UnitContexts
+from harness.render import clean
+
+EXPLAINER_NAME = "token_stats"
+
+
+def token_statistics_explanation(contexts: UnitContexts, top: int = 3) -> Explanation:
+    """Return an explanation listing the tokens with the highest smoothed log-odds of firing.
+
+    Counts come from the explanation set only: tokens where the unit fires
+    against all tokens of those windows.
+    """
+    firing: Counter[str] = Counter()
+    everywhere: Counter[str] = Counter()
+    for context in contexts.explain:
+        for token, value in zip(context.tokens, context.activations, strict=True):
+            everywhere[token] += 1
+            if value > 0:
+                firing[token] += value / max(contexts.max_activation, 1e-9)
+    n_firing = sum(firing.values())
+    n_total = sum(everywhere.values())
+    if not firing:
+        return Explanation(
+            contexts.unit,
+            EXPLAINER_NAME,
+            None,
+            "none",
+            "none",
+            "",
+            len(contexts.explain),
+            failure="unit never fires in its explanation contexts",
+        )
+
+    def log_odds(token: str) -> float:
+        return math.log((firing[token] + 0.5) / (n_firing + 1)) - math.log((everywhere[token] + 0.5) / (n_total + 1))
+
+    ranked = sorted(firing, key=lambda token: (-(log_odds(token) * math.sqrt(firing[token])), token))[:top]
+    text = "the tokens " + ", ".join(f'"{clean(token).strip() or clean(token)}"' for token in ranked)
+    return Explanation(contexts.unit, EXPLAINER_NAME, text, "none", "none", "", len(contexts.explain))

@@ -1,0 +1,258 @@
+"""The "local" backend: an in-process transformers causal LM (by default the embedded Gemma 3 270M).
+
+Scoring never computes the LM head where it is not needed. On Gemma 3 270M
+the head (262k x 640) costs more than all 18 blocks on a CPU, so the prompt
+runs through the base model only (``model.base_model``: blocks and final
+norm) and the head is applied by hand, over the full vocabulary, at exactly
+the positions that predict a scored token; the log-softmax normaliser is
+exact. Several continuations after one prompt share one forward pass of the
+prompt: its KV cache is repeated over a batch of continuations, and only the
+continuation tokens are fed after it. ``generate`` decodes greedily with the
+same cache and computes the head at the last position only.
+
+Text to tokens:
+- a prompt is encoded without special tokens and BOS is put in front once
+  (not again if the text, e.g. a chat template, already starts with it);
+- messages become the prompt as plain text (every content in order, joined by
+  blank lines, so the prompt ends with the last message); with option
+  ``chat=True`` the tokenizer's chat template renders them instead;
+- a continuation's tokens are the tokens of prompt + continuation beyond
+  those of the prompt when the prompt's tokens are a prefix of them (so a
+  continuation scores the tokens the model would see in the joined text);
+  otherwise, when a merge crosses the boundary, the continuation is encoded on
+  its own and appended to the prompt's tokens.
+"""
+
+import copy
+import threading
+from typing import Any
+
+import torch
+
+from harness.errors import MonoscopeError
+from harness.llm_types import CHOICE_LOGPROBS, CONTINUATION_LOGPROB, GENERATE, Completion, Message, Usage
+from harness.model import SubjectModel, load_subject_model
+
+_GENERATE_PARAMS = frozenset({"temperature", "max_new_tokens", "max_tokens", "stop", "seed"})
+_OPTIONS = frozenset({"chat", "batch_size", "logit_rows"})
+
+
+class LocalBackend:
+    """Backend "local": generate, choice log-probabilities and continuation log-probabilities in process."""
+
+    name = "local"
+    capabilities = frozenset({GENERATE, CHOICE_LOGPROBS, CONTINUATION_LOGPROB})
+
+    def __init__(self, subject: SubjectModel, model: str | None = None, chat: bool = False, batch_size: int = 16, logit_rows: int = 64):
+        self.subject = subject
+        self.model = model or subject.name
+        self.chat = chat
+        self.batch_size = max(1, int(batch_size))  # continuations per forward pass after a shared prompt
+        self.logit_rows = max(1, int(logit_rows))  # positions per LM-head matmul (each row is vocab-wide)
+        self._lock = threading.RLock()
+        lm = subject.model
+        self._base = lm.base_model if hasattr(lm, "base_model") else lm.model
+        self._head = lm.get_output_embeddings()
+        config = lm.config.get_text_config() if hasattr(lm.config, "get_text_config") else lm.config
+        self._softcap = getattr(config, "final_logit_softcapping", None)
+        eos = getattr(subject.tokenizer, "eos_token_id", None)
+        eos = config.eos_token_id if eos is None else eos
+        self._eos = set(eos) if isinstance(eos, list | tuple) else ({eos} if eos is not None else set())
+        if chat and not getattr(subject.tokenizer, "chat_template", None):
+            raise MonoscopeError(f"model {self.model!r} has no chat template", "drop chat=True to render messages as plain text")
+
+    # ------------------------------------------------------------------ text
+    def render(self, messages: list[Message]) -> str:
+        """Return the prompt text for ``messages`` (plain text, or the chat template with ``chat=True``)."""
+        if not messages:
+            raise MonoscopeError("no messages to send", "give at least one message")
+        if self.chat:
+            turns = [{"role": m.role, "content": m.content} for m in messages]
+            prefill = messages[-1].role == "assistant"
+            return self.subject.tokenizer.apply_chat_template(
+                turns, tokenize=False, add_generation_prompt=not prefill, continue_final_message=prefill
+            )
+        return "\n\n".join(m.content for m in messages)
+
+    def encode(self, text: str) -> list[int]:
+        """Return the token ids of ``text`` without special tokens."""
+        return list(self.subject.tokenizer(text, add_special_tokens=False)["input_ids"])
+
+    def prompt_ids(self, prompt: str) -> list[int]:
+        """Return the token ids of a prompt with BOS in front once."""
+        ids = self.encode(prompt)
+        bos = self.subject.bos_token_id
+        if bos is not None and (not ids or ids[0] != bos):
+            ids = [bos, *ids]
+        if not ids:
+            raise MonoscopeError("empty prompt on a model without BOS", "give a non-empty prompt")
+        return ids
+
+    def continuation_ids(self, prompt: str, prompt_ids: list[int], continuation: str) -> list[int]:
+        """Return the tokens of ``continuation`` after ``prompt`` (see the module docstring for the rule)."""
+        if not continuation:
+            return []
+        joined = self.prompt_ids(prompt + continuation)
+        if len(joined) > len(prompt_ids) and joined[: len(prompt_ids)] == prompt_ids:
+            return joined[len(prompt_ids) :]
+        return self.encode(continuation)
+
+    # --------------------------------------------------------------- scoring
+    def choice_logprobs(self, messages: list[Message], choices: list[str]) -> dict[str, float]:
+        """Return {choice: log P(choice | rendered messages)}, all choices after one pass of the prompt."""
+        prompt = self.render(messages)
+        return dict(zip(choices, self.continuation_logprobs(prompt, list(choices)), strict=True))
+
+    def continuation_logprob(self, prompt: str, continuation: str) -> float:
+        """Return log P(continuation | prompt) summed over the continuation's tokens."""
+        return self.continuation_logprobs(prompt, [continuation])[0]
+
+    def continuation_logprobs(self, prompt: str, continuations: list[str]) -> list[float]:
+        """Return log P(c | prompt) for each continuation c, sharing one KV cache of the prompt."""
+        ids = self.prompt_ids(prompt)
+        return self._score(ids, [self.continuation_ids(prompt, ids, c) for c in continuations])
+
+    def prefix_scores(self, prefixes: list[str], continuation: str) -> list[float]:
+        """Return log P(continuation | prefix) for each prefix (one forward pass per prefix)."""
+        scores = []
+        for prefix in prefixes:
+            ids = self.prompt_ids(prefix)
+            scores.append(self._score(ids, [self.continuation_ids(prefix, ids, continuation)])[0])
+        return scores
+
+    def _logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        """Return float32 logits for hidden states [rows, d] (LM head plus Gemma's soft-capping)."""
+        logits = self._head(hidden).float()
+        if self._softcap:
+            logits = torch.tanh(logits / self._softcap) * self._softcap
+        return logits
+
+    def _score(self, prompt_ids: list[int], continuations: list[list[int]]) -> list[float]:
+        """Return the summed log-probability of each token list after ``prompt_ids`` (which start with BOS)."""
+        device = self.subject.device
+        rows: list[torch.Tensor] = []  # hidden states that predict scored tokens
+        targets: list[tuple[int, int, int]] = []  # (row, token, continuation)
+        with self._lock, torch.inference_mode():
+            if len(continuations) == 1:
+                # One continuation: a single pass over prompt + continuation[:-1], no cache.
+                tokens = continuations[0]
+                if tokens:
+                    inputs = torch.tensor([prompt_ids + tokens[:-1]], device=device)
+                    hidden = self._base(input_ids=inputs, use_cache=False).last_hidden_state[0]
+                    rows.append(hidden[len(prompt_ids) - 1 :])
+                    targets = [(k, token, 0) for k, token in enumerate(tokens)]
+            elif continuations:
+                longer = [i for i, tokens in enumerate(continuations) if len(tokens) > 1]
+                out = self._base(input_ids=torch.tensor([prompt_ids], device=device), use_cache=bool(longer))
+                rows.append(out.last_hidden_state[0, -1:])
+                targets = [(0, tokens[0], i) for i, tokens in enumerate(continuations) if tokens]
+                n_rows = 1
+                for start in range(0, len(longer), self.batch_size):
+                    chunk = longer[start : start + self.batch_size]
+                    width = max(len(continuations[i]) - 1 for i in chunk)
+                    # Right padding needs no mask: causal attention keeps real positions off the pads.
+                    inputs = torch.zeros((len(chunk), width), dtype=torch.long, device=device)
+                    for b, i in enumerate(chunk):
+                        fed = continuations[i][:-1]
+                        inputs[b, : len(fed)] = torch.tensor(fed, device=device)
+                    cache = copy.deepcopy(out.past_key_values)
+                    cache.batch_repeat_interleave(len(chunk))
+                    hidden = self._base(input_ids=inputs, past_key_values=cache, use_cache=True).last_hidden_state
+                    for b, i in enumerate(chunk):
+                        n = len(continuations[i]) - 1
+                        rows.append(hidden[b, :n])
+                        targets += [(n_rows + k, token, i) for k, token in enumerate(continuations[i][1:])]
+                        n_rows += n
+            totals = [0.0] * len(continuations)
+            if not rows:
+                return totals
+            hidden = torch.cat(rows)
+            token_ids = torch.tensor([t[1] for t in targets], device=device)
+            row_ids = torch.tensor([t[0] for t in targets], device=device)
+            picked = torch.empty(len(targets))
+            for start in range(0, hidden.shape[0], self.logit_rows):
+                logprobs = torch.log_softmax(self._logits(hidden[start : start + self.logit_rows]), dim=-1)
+                here = (row_ids >= start) & (row_ids < start + self.logit_rows)
+                picked[here.cpu()] = logprobs[row_ids[here] - start, token_ids[here]].cpu()
+            for (_, _, owner), value in zip(targets, picked.tolist(), strict=True):
+                totals[owner] += value
+            return totals
+
+    # ------------------------------------------------------------ generation
+    def generate(self, messages: list[Message], **params: Any) -> Completion:
+        """Return the model's continuation of the rendered messages (greedy unless temperature > 0).
+
+        Params: ``max_new_tokens`` (alias ``max_tokens``, default 64), ``temperature``
+        (default 0), ``stop`` (a string or list of strings; the text ends before the
+        first one), ``seed`` (for sampling). Usage counts the prompt's tokens (BOS
+        included) and every token generated (a final EOS included).
+        """
+        unknown = set(params) - _GENERATE_PARAMS
+        if unknown:
+            raise MonoscopeError(f"local backend: unknown generate parameter(s) {sorted(unknown)}", f"use {sorted(_GENERATE_PARAMS)}")
+        max_new = int(params.get("max_new_tokens", params.get("max_tokens", 64)) or 64)
+        stop = params.get("stop") or []
+        stop = [stop] if isinstance(stop, str) else list(stop)
+        prompt_ids = self.prompt_ids(self.render(messages))
+        generated = self.generate_ids(prompt_ids, max_new, float(params.get("temperature") or 0.0), stop, params.get("seed"))
+        text = self._decode(generated)
+        cut = [text.index(s) for s in stop if s in text]
+        if cut:
+            text = text[: min(cut)]
+        return Completion(text=text, usage=Usage(prompt_tokens=len(prompt_ids), completion_tokens=len(generated)))
+
+    def _decode(self, ids: list[int]) -> str:
+        return self.subject.tokenizer.decode(ids, skip_special_tokens=True)
+
+    def generate_ids(
+        self, prompt_ids: list[int], max_new_tokens: int, temperature: float = 0.0, stop: list[str] | None = None, seed: int | None = None
+    ) -> list[int]:
+        """Return the generated token ids after ``prompt_ids`` (stops at EOS, a stop string, or the limit)."""
+        device = self.subject.device
+        generator = torch.Generator().manual_seed(int(seed)) if seed is not None else None
+        generated: list[int] = []
+        with self._lock, torch.inference_mode():
+            inputs = torch.tensor([prompt_ids], device=device)
+            cache = None
+            for _ in range(max_new_tokens):
+                out = self._base(input_ids=inputs, past_key_values=cache, use_cache=True)
+                cache = out.past_key_values
+                logits = self._logits(out.last_hidden_state[0, -1:])[0]
+                if temperature > 0:
+                    probs = torch.softmax(logits / temperature, dim=-1).cpu()
+                    token = int(torch.multinomial(probs, 1, generator=generator))
+                else:
+                    token = int(torch.argmax(logits))
+                generated.append(token)
+                if token in self._eos or (stop and any(s in self._decode(generated) for s in stop)):
+                    break
+                inputs = torch.tensor([[token]], device=device)
+        return generated
+
+
+def make_local_backend(
+    model: str = "embedded", subject: SubjectModel | None = None, device: str = "cpu", dtype: str = "float32", **options: Any
+) -> LocalBackend:
+    """Return a LocalBackend for ``model`` ("embedded" or a HF causal LM name/path).
+
+    ``subject`` reuses an already loaded SubjectModel (the judge and the subject
+    model are then one object in memory). Options: ``chat`` (render messages with
+    the tokenizer's chat template), ``batch_size`` (continuations per forward pass),
+    ``logit_rows`` (positions per LM-head product).
+    """
+    unknown = set(options) - _OPTIONS
+    if unknown:
+        raise MonoscopeError(f"local backend: unknown option(s) {sorted(unknown)}", f"use {sorted(_OPTIONS)}")
+    if subject is None:
+        subject = load_subject_model(model, device=device, dtype=dtype)
+    elif model not in ("embedded", subject.name):
+        raise MonoscopeError(f"model {model!r} does not match the given subject model {subject.name!r}", "drop one of them")
+    return LocalBackend(subject, model=subject.name, **options)
+
+
+try:
+    from harness.llm import register_backend
+
+    register_backend("local")(make_local_backend)
+except ImportError:  # the registry module is not there yet
+    pass

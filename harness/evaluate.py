@@ -1,0 +1,145 @@
+"""Explain and score stages over a run directory: index → samples → explanations → scores.
+
+Writes ``explanations.jsonl``, ``judgments.jsonl`` and ``simulations.jsonl`` in
+the run directory, one record per explanation / judged context / simulated
+context. Both stages are resumable: a unit whose records are all present and
+parsed is skipped, and a rerun redoes only failures (the LLM response cache
+makes any repeated call free).
+"""
+
+import random
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from explainers.llm_explainer import explain_unit
+from explainers.token_stats import token_statistics_explanation
+from harness.corpus import load_chunks
+from harness.errors import MonoscopeError
+from harness.index_store import load_index, unit_samples
+from harness.llm import LLMClient
+from harness.records import Explanation, Judgment, Simulation, UnitContexts
+from harness.runs import update_manifest
+from harness.sampling import SamplingConfig, unit_contexts
+from results.store import append_records, compact, latest_by_key, read_records
+from scorers.rubric import judge_unit
+from scorers.simulation import simulate_unit
+
+EXPLANATIONS, JUDGMENTS, SIMULATIONS = "explanations.jsonl", "judgments.jsonl", "simulations.jsonl"
+SOURCES = ("real", "shuffled", "token_stats")
+
+
+@dataclass(frozen=True)
+class EvaluationConfig:
+    """Which units to evaluate and how contexts are sampled and scored."""
+
+    dictionaries: tuple[str, ...] = ()  # index names in <run>/index; empty = all
+    units_per_dictionary: int = 4
+    sampling: SamplingConfig = field(default_factory=SamplingConfig)
+    explainer_chat: bool = False
+    judge_format: str = "likelihood"
+    simulator_format: str = "likelihood"
+    simulation_contexts: int = 6  # per unit: the simulator predicts every token of this many scoring contexts
+    seed: int = 0
+
+
+def select_units(fire_count: np.ndarray, count: int, seed: int) -> list[int]:
+    """Return ``count`` random alive units (fired at least once), seeded, in ascending order."""
+    alive = [int(unit) for unit in np.flatnonzero(fire_count > 0)]
+    return sorted(random.Random(seed).sample(alive, min(count, len(alive))))
+
+
+def load_unit_contexts(run_dir: Path, config: EvaluationConfig, tokenizer: Any) -> list[UnitContexts]:
+    """Return the explanation and scoring sets of the selected units of every configured dictionary."""
+    chunks = load_chunks(run_dir / "corpus")
+    names = list(config.dictionaries) or sorted(p.stem for p in (run_dir / "index").glob("*.safetensors") if ".shard-" not in p.name)
+    if not names:
+        raise MonoscopeError(f"no index in {str(run_dir)!r}", "run 'monoscope index' or 'monoscope demo' first")
+    result = []
+    for name in names:
+        state, about = load_index(run_dir / "index" / f"{name}.safetensors")
+        for unit in select_units(state.fire_count.numpy(), config.units_per_dictionary, config.seed):
+            unit_name = f"{about.get('dictionary', name)}/{unit}"
+            samples = unit_samples(state, unit, unit_name)
+            result.append(unit_contexts(unit_name, samples, float(state.maximum[unit]), chunks, tokenizer, config.sampling))
+    update_manifest(run_dir, evaluation={"config": asdict(config), "units": [c.unit for c in result]})
+    return result
+
+
+def explain_stage(run_dir: Path, units: list[UnitContexts], client: LLMClient, config: EvaluationConfig) -> dict[str, Explanation]:
+    """Return {unit: LLM explanation}, explaining only units without a parsed one on disk."""
+    path = run_dir / EXPLANATIONS
+    done = latest_by_key(read_records(path, Explanation), lambda r: (r.unit, r.explainer))
+    todo = [c for c in units if not (done.get((c.unit, "llm")) and done[(c.unit, "llm")].text)]
+    todo_stats = [c for c in units if (c.unit, "token_stats") not in done]
+    append_records(path, [token_statistics_explanation(c) for c in todo_stats])
+
+    def explain(contexts: UnitContexts) -> Explanation:
+        explanation = explain_unit(contexts, client, chat=config.explainer_chat)
+        append_records(path, [explanation])
+        return explanation
+
+    client.map(explain, todo)
+    records = compact(path, Explanation, lambda r: (r.unit, r.explainer))
+    return {r.unit: r for r in records if r.explainer == "llm"}
+
+
+def shuffled_sources(units: list[str], seed: int) -> dict[str, str]:
+    """Return a derangement {unit: other unit whose explanation is its shuffled control}."""
+    if len(units) < 2:
+        return {}
+    order = sorted(units)
+    shift = random.Random(seed).randrange(1, len(order))
+    return {unit: order[(index + shift) % len(order)] for index, unit in enumerate(order)}
+
+
+def score_stage(run_dir: Path, units: list[UnitContexts], judge: LLMClient, simulator: LLMClient, config: EvaluationConfig) -> None:
+    """Write judgments and simulations of every unit for real, shuffled and token-statistics explanations."""
+    explanations = latest_by_key(read_records(run_dir / EXPLANATIONS, Explanation), lambda r: (r.unit, r.explainer))
+    llm_units = [c.unit for c in units if explanations.get((c.unit, "llm")) and explanations[(c.unit, "llm")].text]
+    shuffle = shuffled_sources(llm_units, config.seed)
+    judged = latest_by_key(read_records(run_dir / JUDGMENTS, Judgment), lambda r: (r.unit, r.source, r.context_id))
+    simulated = latest_by_key(read_records(run_dir / SIMULATIONS, Simulation), lambda r: (r.unit, r.source, r.context_id))
+    for contexts in units:
+        texts = {
+            "real": _text(explanations.get((contexts.unit, "llm"))),
+            "shuffled": _text(explanations.get((shuffle.get(contexts.unit), "llm"))),
+            "token_stats": _text(explanations.get((contexts.unit, "token_stats"))),
+        }
+        for source, text in texts.items():
+            if text is None:
+                continue
+            ids = [c.context_id for c in contexts.score]
+            if not all(_parsed(judged.get((contexts.unit, source, i))) for i in ids):
+                append_records(run_dir / JUDGMENTS, judge_unit(contexts, text, source, judge, config.judge_format))
+            subset = simulation_subset(contexts, config.simulation_contexts)
+            if not all(_parsed(simulated.get((contexts.unit, source, c.context_id))) for c in subset.score):
+                append_records(run_dir / SIMULATIONS, simulate_unit(subset, text, source, simulator, config.simulator_format))
+    compact(run_dir / JUDGMENTS, Judgment, lambda r: (r.unit, r.source, r.context_id))
+    compact(run_dir / SIMULATIONS, Simulation, lambda r: (r.unit, r.source, r.context_id))
+
+
+def simulation_subset(contexts: UnitContexts, count: int) -> UnitContexts:
+    """Return the unit with its scoring set cut to ``count`` contexts spread over activation levels.
+
+    Contexts are ordered by target activation and taken at evenly spaced ranks, so
+    the subset spans zero to the top (per-token simulation costs a call per token
+    for likelihood judges, hence a subset).
+    """
+    ranked = sorted(contexts.score, key=lambda c: (c.target_activation, c.context_id))
+    if len(ranked) <= count:
+        return contexts
+    picks = sorted({round(i * (len(ranked) - 1) / (count - 1)) for i in range(count)}) if count > 1 else [len(ranked) - 1]
+    return UnitContexts(contexts.unit, contexts.max_activation, contexts.explain, tuple(ranked[i] for i in picks))
+
+
+def _text(explanation: Explanation | None) -> str | None:
+    return explanation.text if explanation is not None else None
+
+
+def _parsed(record: Judgment | Simulation | None) -> bool:
+    if record is None or record.failure is not None:
+        return False
+    return (record.score if isinstance(record, Judgment) else record.predicted) is not None

@@ -1,0 +1,405 @@
+"""LLM clients: a backend registry and ``LLMClient``, which wraps one backend with an on-disk response
+cache, retries, re-asking on unparseable replies, a concurrency limit and per-stage token/cost accounting.
+
+Backends ("openai", "anthropic", "local") register themselves with ``register_backend`` when their
+module is imported; ``make_backend`` imports them on demand. Backends translate their SDK's errors
+into ``TransientBackendError`` (rate limits, 5xx, timeouts, connection errors, malformed replies:
+retried with exponential backoff and jitter, honouring Retry-After) or ``PermanentBackendError``
+(any other 4xx: raised at once). API keys come only from the environment (``api_key_from_env``);
+every key read is scrubbed ("***") from error messages and cache files.
+"""
+
+import email.utils
+import hashlib
+import importlib
+import json
+import logging
+import math
+import os
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Iterable, Mapping
+from concurrent.futures import Future, ThreadPoolExecutor
+from pathlib import Path
+from typing import Any, TypeVar
+
+from tenacity import RetryCallState, Retrying, retry_if_exception_type, stop_after_attempt, wait_random_exponential
+
+from harness.errors import MonoscopeError
+from harness.llm_types import CHOICE_LOGPROBS, CONTINUATION_LOGPROB, GENERATE, Backend, Completion, Message, Usage
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+R = TypeVar("R")
+
+BackendFactory = Callable[..., Backend]
+_FACTORIES: dict[str, BackendFactory] = {}
+_BACKEND_MODULES = {"openai": "harness.backend_openai", "anthropic": "harness.backend_anthropic", "local": "harness.backend_local"}
+_SECRETS: set[str] = set()
+_SECRETS_LOCK = threading.Lock()
+_CALL = threading.local()  # per-thread usage reported by the backend call in progress
+
+
+# --- errors ------------------------------------------------------------------------------------------
+
+
+class BackendError(MonoscopeError):
+    """A backend call failed; the message is scrubbed of API keys."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(scrub(message))
+
+
+class TransientBackendError(BackendError):
+    """A failure worth retrying (429, 5xx, timeout, connection error, malformed reply); ``retry_after`` in seconds."""
+
+    def __init__(self, message: str, retry_after: float | None = None) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+class PermanentBackendError(BackendError):
+    """A failure that retrying cannot fix (400, 401, 403, 404, ...): raised at once."""
+
+
+class UnparseableReply(Exception):  # noqa: N818 (the name callers use)
+    """Every attempt's reply failed to parse; ``raw`` is the last reply, ``attempts`` how many were made."""
+
+    def __init__(self, raw: str, attempts: int) -> None:
+        self.raw = scrub(raw)
+        self.attempts = attempts
+        super().__init__(f"unparseable reply after {attempts} attempts: {self.raw[:200]!r}")
+
+
+def missing_capability(backend: Backend, capability: str) -> MonoscopeError:
+    """Return the error for asking ``backend`` for a ``capability`` it lacks."""
+    has = ", ".join(sorted(backend.capabilities)) or "nothing"
+    return MonoscopeError(
+        f"LLM backend {backend.name!r} (model {backend.model!r}) does not support {capability!r} (it supports: {has})",
+        "choose a scoring format that only needs what this backend supports, or a backend that supports it",
+    )
+
+
+def status_error(backend: str, status: int, message: str, headers: Mapping[str, str] | None = None) -> BackendError:
+    """Return the backend error for an HTTP error status: transient for 408, 429 and 5xx, permanent otherwise."""
+    text = f"{backend}: HTTP {status}: {message}"[:500]
+    if status in (408, 429) or status >= 500:
+        return TransientBackendError(text, retry_after_seconds(headers or {}))
+    return PermanentBackendError(text)
+
+
+def retry_after_seconds(headers: Mapping[str, str]) -> float | None:
+    """Return the wait a response asks for (``retry-after-ms``, ``retry-after`` seconds or HTTP date), or None."""
+    try:
+        if headers.get("retry-after-ms") is not None:
+            return max(0.0, float(headers["retry-after-ms"]) / 1000)
+        value = headers.get("retry-after")
+        if value is None:
+            return None
+        try:
+            return max(0.0, float(value))
+        except ValueError:
+            return max(0.0, email.utils.parsedate_to_datetime(value).timestamp() - time.time())
+    except (TypeError, ValueError, OverflowError):
+        return None
+
+
+# --- secrets -----------------------------------------------------------------------------------------
+
+
+def api_key_from_env(env_var: str, backend: str) -> str:
+    """Return the API key in environment variable ``env_var`` (registered for scrubbing); MonoscopeError if unset."""
+    value = os.environ.get(env_var, "").strip()
+    if not value:
+        raise MonoscopeError(
+            f"the {backend!r} LLM backend needs an API key in the environment variable {env_var}, which is not set",
+            f"export {env_var}=<your key> (keys are read only from the environment; a local server without auth accepts any value)",
+        )
+    with _SECRETS_LOCK:
+        _SECRETS.add(value)
+    return value
+
+
+def scrub(text: str) -> str:
+    """Return ``text`` with every API key read so far replaced by "***"."""
+    with _SECRETS_LOCK:
+        secrets = sorted(_SECRETS, key=len, reverse=True)
+    for secret in secrets:
+        text = text.replace(secret, "***")
+    return text
+
+
+# --- registry ----------------------------------------------------------------------------------------
+
+
+def register_backend(name: str) -> Callable[[BackendFactory], BackendFactory]:
+    """Return a decorator that registers a factory ``(model, **options) -> Backend`` under ``name``."""
+
+    def decorator(factory: BackendFactory) -> BackendFactory:
+        _FACTORIES[name] = factory
+        return factory
+
+    return decorator
+
+
+def backend_names() -> list[str]:
+    """Return the sorted names of registered and importable-on-demand backends."""
+    return sorted(set(_FACTORIES) | set(_BACKEND_MODULES))
+
+
+def make_backend(name: str, model: str, **options: Any) -> Backend:
+    """Return a backend ``name`` calling ``model``, importing its module on first use; MonoscopeError if unknown."""
+    if name not in _FACTORIES and name in _BACKEND_MODULES:
+        module = _BACKEND_MODULES[name]
+        try:
+            importlib.import_module(module)
+        except ModuleNotFoundError as error:
+            if error.name == module:
+                raise MonoscopeError(
+                    f"LLM backend {name!r} is not available: module {module} is missing", "choose another backend"
+                ) from None
+            raise MonoscopeError(f"LLM backend {name!r} needs the Python package {error.name!r}", f"pip install {error.name}") from None
+    if name not in _FACTORIES:
+        raise MonoscopeError(f"unknown LLM backend {name!r}", f"choose one of {', '.join(backend_names())}")
+    return _FACTORIES[name](model, **options)
+
+
+def report_usage(usage: Usage) -> None:
+    """Record the usage of the backend call running on this thread (for calls that return no Completion)."""
+    _CALL.usage = usage
+
+
+# --- the client --------------------------------------------------------------------------------------
+
+_COUNTERS = ("calls", "cached_calls", "retries", "prompt_tokens", "completion_tokens")
+
+
+class LLMClient:
+    """One backend behind a response cache, retries, a concurrency limit and per-stage accounting.
+
+    In ``usage_by_stage``, ``calls`` counts backend invocations (retried attempts and re-asks included), ``retries``
+    those that repeated a transiently failed attempt, ``cached_calls`` answers read from the cache;
+    tokens and cost are those of backend invocations only (cache hits are free).
+    """
+
+    def __init__(
+        self,
+        backend: Backend,
+        cache_dir: str | Path | None = None,
+        *,
+        max_concurrency: int = 4,
+        max_parse_attempts: int = 3,
+        retry_attempts: int = 6,
+        retry_initial_wait: float = 1.0,
+        retry_max_wait: float = 60.0,
+        prices: Mapping[str, tuple[float, float]] | None = None,
+    ) -> None:
+        if max_concurrency < 1 or max_parse_attempts < 1 or retry_attempts < 1:
+            raise MonoscopeError("max_concurrency, max_parse_attempts and retry_attempts must be at least 1", "pass positive values")
+        self.backend = backend
+        self.cache_dir = Path(cache_dir) if cache_dir is not None else None
+        self.max_concurrency = max_concurrency
+        self.max_parse_attempts = max_parse_attempts
+        self.retry_attempts = retry_attempts
+        self.retry_max_wait = retry_max_wait
+        self.prices = dict(prices or {})
+        self._backoff = wait_random_exponential(multiplier=retry_initial_wait, max=retry_max_wait)
+        self._slots = threading.BoundedSemaphore(max_concurrency)
+        self._lock = threading.Lock()
+        self._stats: dict[str, dict[str, int]] = {}
+        self._backend_calls = 0
+
+    @property
+    def backend_calls(self) -> int:
+        """Return how many times the backend was invoked (cache hits excluded)."""
+        with self._lock:
+            return self._backend_calls
+
+    def require(self, capability: str) -> None:
+        """Return None if the backend supports ``capability``; raise MonoscopeError naming both otherwise."""
+        if capability not in self.backend.capabilities:
+            raise missing_capability(self.backend, capability)
+
+    def generate(self, messages: list[Message], stage: str, parse: Callable[[str], Any] | None = None, **params: Any) -> Any:
+        """Return the reply as a Completion, or ``parse(reply text)`` when ``parse`` is given.
+
+        Temperature defaults to 0. A reply that ``parse`` rejects (ValueError) is never cached and the
+        same request is asked again, ``max_parse_attempts`` times in all; then UnparseableReply is raised.
+        """
+        self.require(GENERATE)
+        params = {"temperature": 0, **params}
+        request = {"messages": [[m.role, m.content] for m in messages], "params": params}
+        key = self._key(GENERATE, request)
+        hit, value = self._cache_get(key, lambda r: self._decode_reply(r, parse))
+        if hit:
+            self._count(stage, cached_calls=1)
+            return value
+        raw = ""
+        for _ in range(self.max_parse_attempts):
+            completion = self._call(stage, lambda: self.backend.generate(list(messages), **params))
+            try:
+                value = completion if parse is None else parse(completion.text)
+            except ValueError:
+                raw = completion.text
+                continue
+            usage = {"prompt_tokens": completion.usage.prompt_tokens, "completion_tokens": completion.usage.completion_tokens}
+            self._cache_write(key, GENERATE, request, {"text": completion.text, "usage": usage})
+            return value
+        raise UnparseableReply(raw, self.max_parse_attempts)
+
+    def choice_logprobs(self, messages: list[Message], choices: list[str], stage: str) -> dict[str, float]:
+        """Return {choice: log-probability of the choice as the reply's start} (-inf where the backend saw none)."""
+        self.require(CHOICE_LOGPROBS)
+        request = {"messages": [[m.role, m.content] for m in messages], "choices": list(choices)}
+        key = self._key(CHOICE_LOGPROBS, request)
+        hit, cached = self._cache_get(key, lambda r: {choice: float(r["logprobs"][choice]) for choice in choices})
+        if hit:
+            self._count(stage, cached_calls=1)
+            return cached
+        logprobs = self._call(stage, lambda: self.backend.choice_logprobs(list(messages), list(choices)))
+        result = {choice: float(logprobs.get(choice, -math.inf)) for choice in choices}
+        self._cache_write(key, CHOICE_LOGPROBS, request, {"logprobs": result})
+        return result
+
+    def continuation_logprob(self, prompt: str, continuation: str, stage: str) -> float:
+        """Return log P(continuation | prompt) summed over the continuation's tokens."""
+        self.require(CONTINUATION_LOGPROB)
+        request = {"prompt": prompt, "continuation": continuation}
+        key = self._key(CONTINUATION_LOGPROB, request)
+        hit, cached = self._cache_get(key, lambda r: float(r["logprob"]))
+        if hit:
+            self._count(stage, cached_calls=1)
+            return cached
+        value = float(self._call(stage, lambda: self.backend.continuation_logprob(prompt, continuation)))
+        self._cache_write(key, CONTINUATION_LOGPROB, request, {"logprob": value})
+        return value
+
+    def map(self, function: Callable[[T], R], items: Iterable[T]) -> list[R]:
+        """Return ``[function(item) for item in items]``, run in up to ``max_concurrency`` threads, in order.
+
+        Backend calls are limited to ``max_concurrency`` at a time across the whole client, so nested
+        ``map`` calls cannot exceed it (nor deadlock). The first exception cancels pending items and is raised.
+        """
+        items = list(items)
+        if self.max_concurrency == 1 or len(items) <= 1:
+            return [function(item) for item in items]
+        with ThreadPoolExecutor(max_workers=min(self.max_concurrency, len(items)), thread_name_prefix="llm") as pool:
+            futures: list[Future[R]] = [pool.submit(function, item) for item in items]
+            try:
+                return [future.result() for future in futures]
+            except BaseException:
+                for future in futures:
+                    future.cancel()
+                raise
+
+    def usage_by_stage(self) -> dict[str, dict[str, Any]]:
+        """Return {stage: {calls, cached_calls, retries, prompt_tokens, completion_tokens, cost_usd}}.
+
+        ``cost_usd`` comes from the price table (USD per 1M input and output tokens of the model);
+        None when the model is not in it.
+        """
+        price = self.prices.get(self.backend.model)
+        with self._lock:
+            result: dict[str, dict[str, Any]] = {stage: dict(counts) for stage, counts in self._stats.items()}
+        for counts in result.values():
+            cost = None if price is None else (counts["prompt_tokens"] * price[0] + counts["completion_tokens"] * price[1]) / 1e6
+            counts["cost_usd"] = cost
+        return result
+
+    # --- internals ---
+
+    def _count(self, stage: str, **increments: int) -> None:
+        with self._lock:
+            counts = self._stats.setdefault(stage, dict.fromkeys(_COUNTERS, 0))
+            for name, value in increments.items():
+                counts[name] += value
+            self._backend_calls += increments.get("calls", 0)
+
+    def _call(self, stage: str, invoke: Callable[[], R]) -> R:
+        """Return ``invoke()``'s result, retrying TransientBackendError with backoff."""
+        retrying = Retrying(
+            stop=stop_after_attempt(self.retry_attempts),
+            wait=self._wait,
+            retry=retry_if_exception_type(TransientBackendError),
+            before_sleep=lambda state: self._before_retry(stage, state),
+            reraise=True,
+        )
+        try:
+            return retrying(self._attempt, stage, invoke)
+        except TransientBackendError as error:
+            raise TransientBackendError(f"{error} (gave up after {self.retry_attempts} attempts)", error.retry_after) from None
+
+    def _attempt(self, stage: str, invoke: Callable[[], R]) -> R:
+        with self._slots:
+            _CALL.usage = None
+            self._count(stage, calls=1)
+            try:
+                result = invoke()
+            except MonoscopeError:
+                raise
+            except Exception as error:  # an untranslated error: keep its type, never leak a key
+                text = f"{type(error).__name__}: {error}"
+                if scrub(text) != text:
+                    raise PermanentBackendError(f"{self.backend.name}: {text}") from None
+                raise
+            usage = result.usage if isinstance(result, Completion) else getattr(_CALL, "usage", None)
+        if usage is not None:
+            self._count(stage, prompt_tokens=usage.prompt_tokens, completion_tokens=usage.completion_tokens)
+        return result
+
+    def _wait(self, state: RetryCallState) -> float:
+        error = state.outcome.exception() if state.outcome is not None else None
+        retry_after = getattr(error, "retry_after", None)
+        if retry_after is not None:
+            return min(float(retry_after), self.retry_max_wait)
+        return float(self._backoff(state))
+
+    def _before_retry(self, stage: str, state: RetryCallState) -> None:
+        self._count(stage, retries=1)
+        error = state.outcome.exception() if state.outcome is not None else None
+        wait = state.next_action.sleep if state.next_action is not None else 0.0
+        log.info("%s: attempt %d failed (%s); retrying in %.2f s", stage, state.attempt_number, error, wait)
+
+    def _key(self, kind: str, request: dict[str, Any]) -> str:
+        payload = {"backend": self.backend.name, "model": self.backend.model, "kind": kind, **request}
+        canonical = json.dumps(payload, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+        return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
+
+    def _cache_path(self, key: str) -> Path | None:
+        return None if self.cache_dir is None else self.cache_dir / key[:2] / f"{key}.json"
+
+    def _cache_get(self, key: str, decode: Callable[[dict[str, Any]], Any]) -> tuple[bool, Any]:
+        """Return (True, decode(cached response)), or (False, None) when absent, unreadable or undecodable."""
+        path = self._cache_path(key)
+        if path is None:
+            return False, None
+        try:
+            record = json.loads(path.read_text(encoding="utf-8"))
+            if record.get("key") != key:
+                return False, None
+            return True, decode(record["response"])
+        except (OSError, ValueError, KeyError, TypeError, AttributeError):
+            return False, None  # a miss; a reply the parser now rejects (ValueError) is asked again
+
+    @staticmethod
+    def _decode_reply(response: dict[str, Any], parse: Callable[[str], Any] | None) -> Any:
+        completion = Completion(str(response["text"]), Usage(**response["usage"]), cached=True)
+        return completion if parse is None else parse(completion.text)
+
+    def _cache_write(self, key: str, kind: str, request: dict[str, Any], response: dict[str, Any]) -> None:
+        path = self._cache_path(key)
+        if path is None:
+            return
+        record = dict(key=key, kind=kind, backend=self.backend.name, model=self.backend.model, request=request, response=response)
+        text = scrub(json.dumps(record, ensure_ascii=False, indent=1))
+        path.parent.mkdir(parents=True, exist_ok=True)
+        handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=".json")
+        try:
+            with os.fdopen(handle, "w", encoding="utf-8") as file:
+                file.write(text)
+            os.replace(temporary, path)
+        except BaseException:
+            Path(temporary).unlink(missing_ok=True)
+            raise

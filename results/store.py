@@ -1,0 +1,69 @@
+"""JSON Lines record files: appended one record at a time, read back as frozen dataclasses.
+
+A record is flushed and fsynced as soon as it is written, so a killed run
+loses at most the record being written; a truncated last line is ignored on
+reading. When the same key was written twice (a failure later retried), the
+last record wins, and ``compact`` rewrites the file with one record per key.
+"""
+
+import dataclasses
+import json
+import os
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Any, TypeVar
+
+from harness.storage import atomic_write_bytes
+
+T = TypeVar("T")
+
+
+def _plain(record: Any) -> dict[str, Any]:
+    return {key: list(value) if isinstance(value, tuple) else value for key, value in dataclasses.asdict(record).items()}
+
+
+def append_records(path: Path, records: Iterable[Any]) -> None:
+    """Append dataclass records to a JSON Lines file and flush them to disk."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("a", encoding="utf-8") as handle:
+        for record in records:
+            handle.write(json.dumps(_plain(record), ensure_ascii=False) + "\n")
+        handle.flush()
+        os.fsync(handle.fileno())
+
+
+def read_records(path: Path, record_type: type[T]) -> list[T]:
+    """Return the records of a JSON Lines file (a truncated last line is skipped)."""
+    if not path.exists():
+        return []
+    fields = {field.name: field for field in dataclasses.fields(record_type)}  # type: ignore[arg-type]
+    records = []
+    lines = path.read_text(encoding="utf-8").splitlines()
+    for number, line in enumerate(lines):
+        if not line.strip():
+            continue
+        try:
+            data = json.loads(line)
+        except json.JSONDecodeError:
+            if number == len(lines) - 1:
+                continue  # a record cut off by a kill; it will be redone
+            raise ValueError(f"{path}: line {number + 1} is not JSON") from None
+        values = {key: tuple(value) if isinstance(value, list) else value for key, value in data.items() if key in fields}
+        records.append(record_type(**values))
+    return records
+
+
+def latest_by_key(records: list[T], key: Callable[[T], Any]) -> dict[Any, T]:
+    """Return the last record for each key."""
+    latest: dict[Any, T] = {}
+    for record in records:
+        latest[key(record)] = record
+    return latest
+
+
+def compact(path: Path, record_type: type[T], key: Callable[[T], Any]) -> list[T]:
+    """Rewrite a record file atomically with only the last record per key; return those records."""
+    records = list(latest_by_key(read_records(path, record_type), key).values())
+    data = "".join(json.dumps(_plain(record), ensure_ascii=False) + "\n" for record in records)
+    atomic_write_bytes(path, data.encode())
+    return records

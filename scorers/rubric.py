@@ -1,0 +1,146 @@
+"""The specificity rubric: a judge rates (explanation, context with the target token marked) on 0–3.
+
+Formats (the run records which one produced each judgment):
+- ``rating``: one call per judgment, the reply's digit is parsed (any backend);
+- ``rating_batch``: several contexts per call, one numbered line per context;
+- ``expected_value``: expected value of the answer over "0".."3" from the
+  backend's log-probabilities (one forward pass, no sampling);
+- ``likelihood``: for small base models, which carry signal in likelihoods and
+  not in ratings: r = [log P(explanation | marked context + cue) −
+  log P(explanation | cue alone)] / explanation tokens, mapped onto the rubric
+  by the stated rule score = 3 / (1 + exp(−2 r)) (r = 0 → 1.5).
+"""
+
+import math
+from collections.abc import Callable
+
+from harness.errors import MonoscopeError
+from harness.llm import LLMClient, UnparseableReply
+from harness.llm_types import CHOICE_LOGPROBS, CONTINUATION_LOGPROB, GENERATE, Message
+from harness.records import Judgment, TokenContext, UnitContexts
+from harness.render import with_marked_target
+from harness.sampling import activation_level
+from harness.templates import Rubric, load_rubric, load_template
+from scorers.parsing import parse_numbered_ratings, parse_rating
+
+RUBRIC_FORMATS = {
+    "rating": (GENERATE, "rubric_rating"),
+    "rating_batch": (GENERATE, "rubric_rating_batch"),
+    "expected_value": (CHOICE_LOGPROBS, "rubric_rating"),
+    "likelihood": (CONTINUATION_LOGPROB, "rubric_likelihood"),
+}
+
+
+def likelihood_to_rubric(ratio_per_token: float) -> float:
+    """Return the rubric score 0..3 of a per-token log-likelihood ratio (the stated mapping)."""
+    return 3.0 / (1.0 + math.exp(-2.0 * ratio_per_token))
+
+
+def explanation_token_count(client: LLMClient, explanation: str) -> int:
+    """Return a rough token count of an explanation (words + punctuation) used to normalise likelihoods."""
+    return max(1, len(explanation.split()))
+
+
+def judge_unit(
+    contexts: UnitContexts,
+    explanation: str,
+    source: str,
+    client: LLMClient,
+    judge_format: str = "rating",
+    rubric: Rubric | None = None,
+    batch_size: int = 8,
+) -> list[Judgment]:
+    """Return one Judgment per scoring context of a unit (failures recorded, never scored as 0)."""
+    if judge_format not in RUBRIC_FORMATS:
+        raise MonoscopeError(f"unknown rubric format {judge_format!r}", f"choose one of {', '.join(RUBRIC_FORMATS)}")
+    capability, template_name = RUBRIC_FORMATS[judge_format]
+    client.require(capability)
+    rubric = rubric or load_rubric()
+    template = load_template(template_name)
+
+    def record(context: TokenContext, score: float | None, failure: str | None = None, raw: str | None = None) -> Judgment:
+        return Judgment(
+            unit=contexts.unit,
+            context_id=context.context_id,
+            context_kind=context.kind,
+            activation=context.target_activation,
+            level=activation_level(context.target_activation, contexts.max_activation, 10),
+            source=source,
+            explanation=explanation,
+            score=score,
+            judge_format=judge_format,
+            backend=client.backend.name,
+            model=client.backend.model,
+            prompt_hash=template.sha256,
+            rubric_hash=rubric.sha256,
+            failure=failure,
+            raw=raw,
+        )
+
+    def prompt_for(context: TokenContext) -> str:
+        return template.render(explanation=explanation, context=with_marked_target(context), rubric=rubric.describe())
+
+    if judge_format == "rating_batch":
+        judgments: list[Judgment] = []
+        batches = [contexts.score[i : i + batch_size] for i in range(0, len(contexts.score), batch_size)]
+        for batch in client.map(lambda group: _judge_batch(group, explanation, client, template, rubric), batches):
+            judgments += [record(context, score, failure, raw) for context, (score, failure, raw) in zip(batch[0], batch[1], strict=True)]
+        return judgments
+
+    single: Callable[[TokenContext], Judgment]
+    if judge_format == "rating":
+
+        def single(context: TokenContext) -> Judgment:
+            try:
+                score = client.generate([Message("user", prompt_for(context))], stage="judge", parse=parse_rating, max_tokens=4)
+            except UnparseableReply as error:
+                return record(context, None, f"unparseable reply after {error.attempts} attempts", error.raw)
+            return record(context, float(score))
+
+    elif judge_format == "expected_value":
+        choices = ["0", "1", "2", "3"]
+
+        def single(context: TokenContext) -> Judgment:
+            logprobs = client.choice_logprobs([Message("user", prompt_for(context))], [f" {c}" for c in choices], stage="judge")
+            value = expected_value([logprobs[f" {c}"] for c in choices])
+            if value is None:
+                return record(context, None, "no answer option had a finite log-probability", str(logprobs))
+            return record(context, value)
+
+    else:
+        baseline = client.continuation_logprob(template.render(context=""), f" {explanation}", stage="judge")
+        n_tokens = explanation_token_count(client, explanation)
+
+        def single(context: TokenContext) -> Judgment:
+            with_context = client.continuation_logprob(
+                template.render(context=with_marked_target(context)), f" {explanation}", stage="judge"
+            )
+            return record(context, likelihood_to_rubric((with_context - baseline) / n_tokens))
+
+    return client.map(single, list(contexts.score))
+
+
+def expected_value(logprobs: list[float]) -> float | None:
+    """Return the expected answer index under the normalised probabilities; None if none is finite."""
+    finite = [lp for lp in logprobs if math.isfinite(lp)]
+    if not finite:
+        return None
+    top = max(finite)
+    weights = [math.exp(lp - top) if math.isfinite(lp) else 0.0 for lp in logprobs]
+    return sum(index * weight for index, weight in enumerate(weights)) / sum(weights)
+
+
+def _judge_batch(group, explanation, client, template, rubric):
+    listing = "\n".join(f"{number}. {with_marked_target(context)}" for number, context in enumerate(group, 1))
+    prompt = template.render(explanation=explanation, rubric=rubric.describe(), contexts=listing)
+    try:
+        scores = client.generate(
+            [Message("user", prompt)],
+            stage="judge",
+            parse=lambda reply: parse_numbered_ratings(reply, len(group)),
+            max_tokens=8 * len(group),
+        )
+    except UnparseableReply as error:
+        failure = f"unparseable reply after {error.attempts} attempts"
+        return group, [(None, failure, error.raw) for _ in group]
+    return group, [(float(score), None, None) for score in scores]

@@ -1,0 +1,135 @@
+"""Held-out activation prediction: the simulator predicts 0–10 on every token from the explanation alone.
+
+Score per unit = Pearson and Spearman correlation between predicted and true
+activations over all tokens of its scoring contexts. A constant prediction has
+no correlation; it is reported as such (None with a reason), never as 0.
+
+Formats:
+- ``structured``: one call per context; the reply is a JSON list of 0–10 per token;
+- ``expected_value``: per token, the expected value over single-token answers
+  " 0".." 9" (Gemma splits "10", so the scale is 0–9), times 10/9;
+- ``likelihood``: per token, the likelihood judge's per-token log-likelihood
+  ratio r with that token marked, mapped by the stated rule 10 / (1 + exp(−2 r)).
+"""
+
+import math
+
+import numpy as np
+from scipy import stats as scipy_stats
+
+from harness.errors import MonoscopeError
+from harness.llm import LLMClient, UnparseableReply
+from harness.llm_types import CHOICE_LOGPROBS, CONTINUATION_LOGPROB, GENERATE, Message
+from harness.records import Simulation, TokenContext, UnitContexts
+from harness.render import clean, with_marked_target
+from harness.templates import load_template
+from scorers.parsing import parse_activation_list
+from scorers.rubric import expected_value, explanation_token_count
+
+SIMULATION_FORMATS = {
+    "structured": (GENERATE, "simulator_structured"),
+    "expected_value": (CHOICE_LOGPROBS, "simulator_digit"),
+    "likelihood": (CONTINUATION_LOGPROB, "rubric_likelihood"),
+}
+
+
+def simulate_unit(
+    contexts: UnitContexts, explanation: str, source: str, client: LLMClient, simulator_format: str = "structured"
+) -> list[Simulation]:
+    """Return one Simulation per scoring context of a unit (failures recorded with the raw reply)."""
+    if simulator_format not in SIMULATION_FORMATS:
+        raise MonoscopeError(f"unknown simulator format {simulator_format!r}", f"choose one of {', '.join(SIMULATION_FORMATS)}")
+    capability, template_name = SIMULATION_FORMATS[simulator_format]
+    client.require(capability)
+    template = load_template(template_name)
+
+    def record(context: TokenContext, predicted: list[float] | None, failure: str | None = None, raw: str | None = None) -> Simulation:
+        return Simulation(
+            unit=contexts.unit,
+            context_id=context.context_id,
+            source=source,
+            explanation=explanation,
+            predicted=None if predicted is None else tuple(predicted),
+            actual=context.activations,
+            simulator_format=simulator_format,
+            backend=client.backend.name,
+            model=client.backend.model,
+            prompt_hash=template.sha256,
+            failure=failure,
+            raw=raw,
+        )
+
+    if simulator_format == "structured":
+
+        def simulate(context: TokenContext) -> Simulation:
+            numbered = "\n".join(f"{index}: {clean(token)!r}" for index, token in enumerate(context.tokens, 1))
+            prompt = template.render(explanation=explanation, tokens=numbered, n_tokens=len(context.tokens))
+            try:
+                values = client.generate(
+                    [Message("user", prompt)],
+                    stage="simulate",
+                    parse=lambda reply: parse_activation_list(reply, len(context.tokens)),
+                    max_tokens=4 * len(context.tokens) + 8,
+                )
+            except UnparseableReply as error:
+                return record(context, None, f"unparseable reply after {error.attempts} attempts", error.raw)
+            return record(context, values)
+
+    elif simulator_format == "expected_value":
+        choices = [f" {digit}" for digit in range(10)]
+
+        def simulate(context: TokenContext) -> Simulation:
+            values = []
+            for position in range(len(context.tokens)):
+                prompt = template.render(explanation=explanation, context=with_marked_target(context, position))
+                logprobs = client.choice_logprobs([Message("user", prompt)], choices, stage="simulate")
+                value = expected_value([logprobs[c] for c in choices])
+                if value is None:
+                    return record(context, None, "no answer option had a finite log-probability", str(logprobs))
+                values.append(value * 10 / 9)
+            return record(context, values)
+
+    else:
+        baseline = client.continuation_logprob(template.render(context=""), f" {explanation}", stage="simulate")
+        n_tokens = explanation_token_count(client, explanation)
+
+        def simulate(context: TokenContext) -> Simulation:
+            values = []
+            for position in range(len(context.tokens)):
+                prompt = template.render(context=with_marked_target(context, position))
+                ratio = (client.continuation_logprob(prompt, f" {explanation}", stage="simulate") - baseline) / n_tokens
+                values.append(10.0 / (1.0 + math.exp(-2.0 * ratio)))
+            return record(context, values)
+
+    return client.map(simulate, list(contexts.score))
+
+
+def correlation_scores(simulations: list[Simulation]) -> dict[str, float | int | str | None]:
+    """Return Pearson and Spearman correlations over all tokens of a unit's parsed simulations.
+
+    ``reason`` says why a correlation is None: no parsed simulation, or a constant
+    prediction or a constant truth (no correlation exists).
+    """
+    parsed = [s for s in simulations if s.predicted is not None]
+    result: dict[str, float | int | str | None] = {
+        "pearson": None,
+        "spearman": None,
+        "n_tokens": 0,
+        "failed_contexts": len(simulations) - len(parsed),
+        "reason": None,
+    }
+    if not parsed:
+        result["reason"] = "no parsed simulation"
+        return result
+    predicted = np.concatenate([np.asarray(s.predicted, dtype=float) for s in parsed])
+    actual = np.concatenate([np.asarray(s.actual, dtype=float) for s in parsed])
+    result["n_tokens"] = int(predicted.size)
+    if np.ptp(predicted) == 0:
+        result["reason"] = "constant prediction"
+        return result
+    if np.ptp(actual) == 0:
+        result["reason"] = "constant true activations"
+        return result
+    result["pearson"] = float(np.corrcoef(predicted, actual)[0, 1])
+    result["spearman"] = float(scipy_stats.spearmanr(predicted, actual).statistic)
+    return result

@@ -1,0 +1,183 @@
+"""The local backend: exact log-probabilities with the LM head only where needed, greedy generation."""
+
+import math
+
+import pytest
+import torch
+
+from harness.backend_local import LocalBackend, make_local_backend
+from harness.errors import MonoscopeError
+from harness.llm_types import CHOICE_LOGPROBS, CONTINUATION_LOGPROB, GENERATE, Message
+
+SPECIALS = ["<pad>", "<eos>", "<bos>", "<unk>"]
+VOCAB_SIZE = 128
+
+
+def _tokenizer():
+    """A character-level BPE tokenizer of exactly 128 tokens with one merge ("a" + "b" -> "ab")."""
+    from tokenizers import Tokenizer, decoders, models
+    from transformers import PreTrainedTokenizerFast
+
+    chars = [chr(c) for c in range(32, 127)] + [chr(c) for c in range(192, 192 + VOCAB_SIZE - len(SPECIALS) - 95 - 1)]
+    tokens = SPECIALS + chars + ["ab"]
+    assert len(tokens) == VOCAB_SIZE
+    vocab = {token: i for i, token in enumerate(tokens)}
+    core = Tokenizer(models.BPE(vocab=vocab, merges=[("a", "b")], unk_token="<unk>"))
+    core.decoder = decoders.Fuse()
+    return PreTrainedTokenizerFast(tokenizer_object=core, bos_token="<bos>", eos_token="<eos>", pad_token="<pad>", unk_token="<unk>")
+
+
+@pytest.fixture(scope="module")
+def backend():
+    from transformers import Gemma3ForCausalLM, Gemma3TextConfig
+
+    from harness.model import wrap_model
+
+    torch.manual_seed(0)
+    config = Gemma3TextConfig(
+        vocab_size=VOCAB_SIZE,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        head_dim=16,
+        max_position_embeddings=128,
+        sliding_window=16,
+        bos_token_id=2,
+        eos_token_id=1,
+        pad_token_id=0,
+        final_logit_softcapping=5.0,
+    )
+    model = Gemma3ForCausalLM(config)
+    with torch.no_grad():  # sharper random logits, so soft-capping and greedy choices matter
+        model.lm_head.weight.mul_(20)
+    return make_local_backend(subject=wrap_model(model, _tokenizer(), name="tiny-gemma3"), batch_size=2, logit_rows=3)
+
+
+def _reference(backend: LocalBackend, prompt_ids: list[int], tokens: list[int]) -> float:
+    """log P(tokens | prompt) from one plain forward pass with logits at every position."""
+    with torch.no_grad():
+        logits = backend.subject.model(input_ids=torch.tensor([prompt_ids + tokens])).logits[0].float()
+    logprobs = torch.log_softmax(logits, dim=-1)
+    start = len(prompt_ids) - 1
+    return sum(float(logprobs[start + k, token]) for k, token in enumerate(tokens))
+
+
+# Longer than the sliding window (16), so the cached prefix is a trimmed sliding-window cache.
+LONG_PROMPT = "the quick brown fox jumps over the lazy dog; answer:"
+
+
+def test_backend_identity(backend):
+    assert backend.name == "local" and backend.model == "tiny-gemma3"
+    assert backend.capabilities == frozenset({GENERATE, CHOICE_LOGPROBS, CONTINUATION_LOGPROB})
+    assert backend.prompt_ids("xy") == [2, *backend.encode("xy")]
+    assert backend.prompt_ids("<bos>xy") == backend.prompt_ids("xy")  # BOS once
+
+
+def test_continuation_logprobs_equal_full_forward(backend):
+    continuations = [" yes", " no", "!", " maybe not", "", " ab ab"]
+    ids = backend.prompt_ids(LONG_PROMPT)
+    assert len(ids) > 16
+    got = backend.continuation_logprobs(LONG_PROMPT, continuations)
+    for continuation, value in zip(continuations, got, strict=True):
+        expected = _reference(backend, ids, backend.continuation_ids(LONG_PROMPT, ids, continuation))
+        assert value == pytest.approx(expected, abs=1e-4)
+        assert backend.continuation_logprob(LONG_PROMPT, continuation) == pytest.approx(expected, abs=1e-4)
+    assert got[4] == 0.0
+    assert backend.prefix_scores([LONG_PROMPT, "short"], " yes") == pytest.approx(
+        [got[0], backend.continuation_logprob("short", " yes")], abs=1e-5
+    )
+
+
+def test_choice_logprobs_equal_full_forward(backend):
+    messages = [Message("system", "rate it"), Message("user", "how good is this? score:")]
+    prompt = backend.render(messages)
+    assert prompt == "rate it\n\nhow good is this? score:"
+    choices = [" 0", " 1", " 2", " 3", "3"]
+    got = backend.choice_logprobs(messages, choices)
+    ids = backend.prompt_ids(prompt)
+    for choice in choices:
+        assert got[choice] == pytest.approx(_reference(backend, ids, backend.encode(choice)), abs=1e-4)
+
+
+def test_single_token_choices_over_whole_vocabulary_sum_to_one(backend):
+    tokenizer = backend.subject.tokenizer
+    choices = [tokenizer.convert_ids_to_tokens(i) for i in range(VOCAB_SIZE)]
+    prompt = "pick one: "  # ends with a character that merges with nothing
+    ids = backend.prompt_ids(prompt)
+    assert all(backend.continuation_ids(prompt, ids, c) == [i] for i, c in enumerate(choices))
+    total = sum(math.exp(v) for v in backend.choice_logprobs([Message("user", prompt)], choices).values())
+    assert total == pytest.approx(1.0, abs=1e-4)
+
+
+def test_boundary_rule(backend):
+    # "xa" + "b": the joined text merges "ab", so the prompt's tokens are no prefix of it.
+    ids = backend.prompt_ids("xa")
+    assert backend.continuation_ids("xa", ids, "b") == backend.encode("b")
+    assert backend.continuation_ids("xa", ids, " b") == backend.encode(" b")
+    assert backend.continuation_ids("x", backend.prompt_ids("x"), "ab") == backend.encode("ab") == [VOCAB_SIZE - 1]
+
+
+def test_greedy_generate_equals_hf_generate(backend):
+    messages = [Message("user", LONG_PROMPT)]
+    ids = backend.prompt_ids(backend.render(messages))
+    completion = backend.generate(messages, max_new_tokens=12)
+    with torch.no_grad():
+        reference = backend.subject.model.generate(
+            torch.tensor([ids]), attention_mask=torch.ones(1, len(ids), dtype=torch.long), do_sample=False, max_new_tokens=12
+        )[0, len(ids) :].tolist()
+    assert backend.generate_ids(ids, 12) == reference
+    assert completion.text == backend.subject.tokenizer.decode(reference, skip_special_tokens=True)
+    assert completion.usage.prompt_tokens == len(ids)
+    assert completion.usage.completion_tokens == len(reference)
+
+
+def test_generate_stops_at_stop_string(backend):
+    messages = [Message("user", LONG_PROMPT)]
+    full = backend.generate(messages, max_new_tokens=12)
+    stop = full.text[3:5]
+    if not stop or stop not in full.text:
+        pytest.skip("generation too short to test stop strings")
+    cut = backend.generate(messages, max_new_tokens=12, stop=[stop])
+    assert cut.text == full.text[: full.text.index(stop)]
+    assert cut.usage.completion_tokens <= full.usage.completion_tokens
+
+
+def test_sampling_is_seeded_and_errors_are_clear(backend):
+    messages = [Message("user", "hello")]
+    first = backend.generate(messages, temperature=1.0, seed=3, max_tokens=8)
+    assert first == backend.generate(messages, temperature=1.0, seed=3, max_tokens=8)
+    with pytest.raises(MonoscopeError, match="unknown generate parameter"):
+        backend.generate(messages, top_k=3)
+    with pytest.raises(MonoscopeError, match="unknown option"):
+        make_local_backend(subject=backend.subject, colour="red")
+    with pytest.raises(MonoscopeError, match="does not match"):
+        make_local_backend("gpt2", subject=backend.subject)
+    with pytest.raises(MonoscopeError, match="chat template"):
+        make_local_backend(subject=backend.subject, chat=True)
+
+
+def test_lm_head_runs_only_at_scored_positions(backend):
+    rows = []
+    handle = backend.subject.model.lm_head.register_forward_hook(lambda _m, inputs, _o: rows.append(inputs[0].shape[0]))
+    try:
+        backend.continuation_logprobs(LONG_PROMPT, [" 0", " 1", " 22"])  # first tokens share one row
+        assert sum(rows) == 1 + 1 + 1 + 2
+        rows.clear()
+        backend.continuation_logprob(LONG_PROMPT, " abc")  # " ", "ab", "c"
+        assert sum(rows) == 3
+    finally:
+        handle.remove()
+
+
+@pytest.mark.slow
+def test_embedded_model_scores():
+    from harness.model import load_subject_model
+
+    backend = make_local_backend(subject=load_subject_model("embedded"))
+    assert backend.model == "embedded"
+    scores = backend.choice_logprobs([Message("user", "Rate from 0 to 3.\nScore:")], [" 0", " 1", " 2", " 3"])
+    assert all(math.isfinite(v) and v < 0 for v in scores.values())
+    prompt = "def add(a, b):\n    return a"
+    assert backend.continuation_logprob(prompt, " + b") > backend.continuation_logprob(prompt, " banana elephant")
