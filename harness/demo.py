@@ -21,8 +21,15 @@ from harness.pipeline import (
     train_default_dictionaries,
 )
 from harness.runs import cpu_threads, prepare_run_directory, software_versions, timed_stage, update_manifest
+from harness.sampling import SamplingConfig
 
-DEMO_EVALUATION = EvaluationConfig(units_per_dictionary=3)
+# A handful of units per set: the embedded judge costs a forward pass per judgment
+# (and per token for simulation) on two CPU cores; configs scale the same run up.
+DEMO_EVALUATION = EvaluationConfig(
+    units_per_dictionary=2,
+    sampling=SamplingConfig(score_top=3, score_per_level=1, score_random=2, score_zero=3),
+    simulation_contexts=3,
+)
 
 
 def run_demo(

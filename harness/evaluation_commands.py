@@ -56,9 +56,8 @@ def explain_command(run_dir: Path, config: EvaluationConfig, explainer: Role, lo
     units = load_unit_contexts(run_dir, config, run_tokenizer(run_dir, shared_subject))
     explanations = explain_stage(run_dir, units, client, config)
     failed = [unit for unit, record in explanations.items() if record.text is None]
-    log(
-        f"explain: {len(explanations) - len(failed)} of {len(explanations)} units explained ({client.backend_calls} backend calls) → {run_dir / EXPLANATIONS}"
-    )
+    explained = len(explanations) - len(failed)
+    log(f"explain: {explained} of {len(explanations)} units explained ({client.backend_calls} backend calls) → {run_dir / EXPLANATIONS}")
     update_manifest(run_dir, roles={"explainer": explainer.__dict__}, usage={"explain": client.usage_by_stage()})
     return {"backend_calls": client.backend_calls, "failed": failed}
 
