@@ -103,31 +103,27 @@ def load_subject_model(name: str = "embedded", device: str = "cpu", dtype: str =
             "give a local path, a reachable hub id, or 'embedded'",
         ) from exc
     model.to(device)
-    model.eval()
-    config = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
-    return SubjectModel(
-        name=name,
-        model=model,
-        tokenizer=tokenizer,
-        n_layers=int(config.num_hidden_layers),
-        d_model=int(config.hidden_size),
-        d_mlp=int(getattr(config, "intermediate_size", None) or getattr(config, "n_inner", None) or 4 * config.hidden_size),
-        device=device,
-        bos_token_id=tokenizer.bos_token_id,
-    )
+    return wrap_model(model, tokenizer, name, device)
+
+
+def config_shape(config: Any) -> tuple[int, int, int]:
+    """Return (n_layers, d_model, d_mlp) read from a HF model config."""
+    config = config.get_text_config() if hasattr(config, "get_text_config") else config
+    d_mlp = getattr(config, "intermediate_size", None) or getattr(config, "n_inner", None) or 4 * config.hidden_size
+    return int(config.num_hidden_layers), int(config.hidden_size), int(d_mlp)
 
 
 def wrap_model(model: Any, tokenizer: Any, name: str = "in-memory", device: str = "cpu") -> SubjectModel:
-    """Return a SubjectModel around an already built model (used for tiny test models)."""
-    config = model.config
+    """Return a SubjectModel around a loaded or freshly built model."""
     model.eval()
+    n_layers, d_model, d_mlp = config_shape(model.config)
     return SubjectModel(
         name=name,
         model=model,
         tokenizer=tokenizer,
-        n_layers=int(config.num_hidden_layers),
-        d_model=int(config.hidden_size),
-        d_mlp=int(getattr(config, "intermediate_size", None) or 4 * config.hidden_size),
+        n_layers=n_layers,
+        d_model=d_model,
+        d_mlp=d_mlp,
         device=device,
         bos_token_id=getattr(tokenizer, "bos_token_id", None) if tokenizer is not None else None,
     )
@@ -234,6 +230,4 @@ def model_shape(name: str) -> tuple[int, int, int]:
         raise MonoscopeError(
             f"cannot load model {name!r}: {str(exc).splitlines()[0]}", "give a local path, a reachable hub id, or 'embedded'"
         ) from exc
-    config = config.get_text_config() if hasattr(config, "get_text_config") else config
-    d_mlp = getattr(config, "intermediate_size", None) or getattr(config, "n_inner", None) or 4 * config.hidden_size
-    return int(config.num_hidden_layers), int(config.hidden_size), int(d_mlp)
+    return config_shape(config)
