@@ -139,6 +139,7 @@ def _evaluation_options(command: Callable[..., Any]) -> Callable[..., Any]:
             ),
             click.option("--dictionary", "dictionaries", multiple=True, help="Index names to evaluate (default: all)."),
             click.option("--seed", type=int, default=0, show_default=True),
+            click.option("--base-url", default=None, help="Base URL for openai/anthropic roles (e.g. a local vLLM or Ollama server)."),
         ]
     ):
         command = option(command)
@@ -159,16 +160,17 @@ def explain(
     units_per_dictionary: int,
     dictionaries: tuple[str, ...],
     seed: int,
+    base_url: str | None,
     explainer_backend: str,
     explainer_model: str,
     chat: bool,
 ) -> None:
     """Explain random alive units of a run's indexes (writes explanations.jsonl; resumable)."""
     from harness.evaluate import EvaluationConfig
-    from harness.evaluation_commands import Role, explain_command
+    from harness.evaluation_commands import explain_command
 
     config = EvaluationConfig(dictionaries=dictionaries, units_per_dictionary=units_per_dictionary, explainer_chat=chat, seed=seed)
-    explain_command(run_dir, config, Role(explainer_backend, explainer_model), log=_log)
+    explain_command(run_dir, config, _role(explainer_backend, explainer_model, base_url), log=_log)
 
 
 @main.command()
@@ -181,10 +183,10 @@ def explain(
 @click.option("--simulator-model", default="embedded", show_default=True)
 @click.option("--simulator-format", default="likelihood", show_default=True, help="structured, expected_value or likelihood.")
 @user_errors
-def score(run_dir: Path, units_per_dictionary: int, dictionaries: tuple[str, ...], seed: int, **roles: str) -> None:
+def score(run_dir: Path, units_per_dictionary: int, dictionaries: tuple[str, ...], seed: int, base_url: str | None, **roles: str) -> None:
     """Score the explanations with the specificity rubric and held-out simulation, beside controls."""
     from harness.evaluate import EvaluationConfig
-    from harness.evaluation_commands import Role, score_command
+    from harness.evaluation_commands import score_command
 
     config = EvaluationConfig(
         dictionaries=dictionaries,
@@ -196,7 +198,14 @@ def score(run_dir: Path, units_per_dictionary: int, dictionaries: tuple[str, ...
     score_command(
         run_dir,
         config,
-        Role(roles["judge_backend"], roles["judge_model"]),
-        Role(roles["simulator_backend"], roles["simulator_model"]),
+        _role(roles["judge_backend"], roles["judge_model"], base_url),
+        _role(roles["simulator_backend"], roles["simulator_model"], base_url),
         log=_log,
     )
+
+
+def _role(backend: str, model: str, base_url: str | None) -> Any:
+    """Return the Role of one LLM role; a base URL applies to hosted backends only."""
+    from harness.evaluation_commands import Role
+
+    return Role(backend, model, base_url if backend != "local" else None)

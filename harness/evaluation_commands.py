@@ -20,6 +20,7 @@ class Role:
 
     backend: str = "local"
     model: str = "embedded"
+    base_url: str | None = None  # an OpenAI-compatible server (vLLM, Ollama, llama.cpp) or an API proxy
 
 
 def make_client(role: Role, run_dir: Path, shared_subject: Any = None, max_concurrency: int = 4) -> LLMClient:
@@ -27,6 +28,8 @@ def make_client(role: Role, run_dir: Path, shared_subject: Any = None, max_concu
     options: dict[str, Any] = {}
     if role.backend == "local" and shared_subject is not None and role.model == shared_subject.name:
         options["subject"] = shared_subject
+    if role.base_url is not None:
+        options["base_url"] = role.base_url
     backend = make_backend(role.backend, role.model, **options)
     return LLMClient(backend, cache_dir=run_dir / "llm-cache", max_concurrency=1 if role.backend == "local" else max_concurrency)
 

@@ -1,0 +1,87 @@
+"""Scorers and explainers: failures are recorded with the raw reply, never scored; correlations are honest."""
+
+from pathlib import Path
+
+import pytest
+
+from explainers.llm_explainer import explain_unit
+from explainers.token_stats import token_statistics_explanation
+from harness.errors import MonoscopeError
+from harness.llm import LLMClient
+from harness.llm_types import GENERATE, Completion, Message, Usage
+from harness.records import Simulation, TokenContext, UnitContexts
+from scorers.parsing import parse_activation_list, parse_numbered_ratings, parse_rating
+from scorers.rubric import judge_unit
+from scorers.simulation import correlation_scores, simulate_unit
+
+
+class ScriptedBackend:
+    name = "scripted"
+    model = "script"
+    capabilities = frozenset({GENERATE})
+
+    def __init__(self, reply: str) -> None:
+        self.reply = reply
+        self.prompts: list[str] = []
+
+    def generate(self, messages: list[Message], **params: object) -> Completion:
+        self.prompts.append(messages[-1].content)
+        return Completion(self.reply, Usage(10, 2))
+
+
+def contexts() -> UnitContexts:
+    firing = TokenContext("d/1", "d/1@3:2", "top", 3, ("a", " cat", " sat", "<b>"), (0.0, 4.0, 0.0, 1.0), 1)
+    quiet = TokenContext("d/1", "d/1@8:0", "zero", 8, ("x", " y", " z", " w"), (0.0, 0.0, 0.0, 0.0), 0)
+    return UnitContexts("d/1", 4.0, (firing,), (firing, quiet))
+
+
+def test_unparseable_judgments_are_failures_with_raw_text(tmp_path: Path):
+    client = LLMClient(ScriptedBackend("I cannot rate this."), cache_dir=tmp_path, max_parse_attempts=2)
+    judgments = judge_unit(contexts(), "cats", "real", client, "rating")
+    assert all(j.score is None and j.failure and j.raw == "I cannot rate this." for j in judgments)
+    assert client.backend_calls == 2 * 2, "each judgment re-asked a bounded number of times"
+    assert not list(tmp_path.rglob("*.json")), "unparseable replies are never cached"
+
+
+def test_unparseable_simulation_is_a_failure_not_zeros(tmp_path: Path):
+    client = LLMClient(ScriptedBackend("[1, 2]"), cache_dir=tmp_path, max_parse_attempts=1)
+    simulations = simulate_unit(contexts(), "cats", "real", client, "structured")
+    assert all(s.predicted is None and s.failure and s.raw == "[1, 2]" for s in simulations)
+    assert correlation_scores(simulations)["reason"] == "no parsed simulation"
+
+
+def test_constant_prediction_has_no_correlation():
+    flat = Simulation("d/1", "c", "real", "x", (5.0, 5.0, 5.0), (0.0, 3.0, 1.0), "structured", "b", "m", "h")
+    result = correlation_scores([flat])
+    assert result["pearson"] is None and result["spearman"] is None and result["reason"] == "constant prediction"
+
+
+def test_explainer_failure_record_and_prompt(tmp_path: Path):
+    backend = ScriptedBackend("   \n  ")
+    explanation = explain_unit(contexts(), LLMClient(backend, cache_dir=tmp_path, max_parse_attempts=1), chat=True)
+    assert explanation.text is None and explanation.failure and explanation.prompt_hash
+    assert "[[ cat]]{10}" in backend.prompts[0] and "[[<b>]]{2}" in backend.prompts[0]
+
+
+def test_format_needs_capability(tmp_path: Path):
+    client = LLMClient(ScriptedBackend("1"), cache_dir=tmp_path)
+    with pytest.raises(MonoscopeError, match="choice_logprobs"):
+        judge_unit(contexts(), "cats", "real", client, "expected_value")
+
+
+def test_token_statistics_names_the_firing_token():
+    assert '"cat"' in token_statistics_explanation(contexts()).text
+
+
+def test_parsers():
+    assert parse_rating(" 2") == 2 and parse_rating("Rating: 3") == 3
+    for bad in ("", "four", "7", "-1"):
+        with pytest.raises(ValueError):
+            parse_rating(bad)
+    assert parse_numbered_ratings("1: 0\n2: 3", 2) == [0, 3]
+    with pytest.raises(ValueError):
+        parse_numbered_ratings("1: 0", 2)
+    assert parse_activation_list("sure: [0, 10, 2.5]", 3) == [0.0, 10.0, 2.5]
+    for bad in ("[0, 11, 1]", "[true, 1, 1]", "[1, 2]", "none", "[NaN, 1, 2]"):
+        with pytest.raises(ValueError):
+            parse_activation_list(bad, 3)
