@@ -10,12 +10,18 @@ EXPLAINER_NAME = "llm"
 
 
 def parse_explanation(reply: str) -> str:
-    """Return the first line of a reply as an explanation; raise ValueError when there is none."""
+    """Return the first line of a reply as an explanation; raise ValueError when there is none.
+
+    A line that echoes the prompt's own notation (an "Excerpt" line, or [[ ]] marks)
+    is not an explanation and counts as unparseable.
+    """
     for line in reply.strip().splitlines():
         text = line.strip().strip('"').strip()
         if text:
             if len(text) > 200:
                 raise ValueError("explanation longer than 200 characters")
+            if text.startswith("Excerpt") or "[[" in text or "]]" in text:
+                raise ValueError("the reply echoes the excerpts instead of explaining them")
             return text.rstrip(".")
     raise ValueError("empty reply")
 

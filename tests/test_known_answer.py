@@ -32,7 +32,7 @@ class OracleBackend:
 
     def generate(self, messages: list[Message], **params: object) -> Completion:
         prompt = messages[-1].content
-        if "The feature fires on:" in prompt or "What does this feature detect" in prompt:
+        if "the marked tokens are" in prompt or "What does this feature detect" in prompt:
             marked = re.findall(r"\[\[(.*?)\]\]\{\d+\}", prompt)
             word = max(set(marked), key=marked.count)
             return Completion(f"the word {word}", Usage(len(prompt.split()), 3))
