@@ -19,9 +19,10 @@ def token_statistics_explanation(contexts: UnitContexts, top: int = 3) -> Explan
     everywhere: Counter[str] = Counter()
     for context in contexts.explain:
         for token, value in zip(context.tokens, context.activations, strict=True):
-            everywhere[token] += 1
+            word = clean(token).strip() or clean(token)  # " pos" and "pos" count as one token
+            everywhere[word] += 1
             if value > 0:
-                firing[token] += value / max(contexts.max_activation, 1e-9)
+                firing[word] += value / max(contexts.max_activation, 1e-9)
     n_firing = sum(firing.values())
     n_total = sum(everywhere.values())
     if not firing:
@@ -40,5 +41,5 @@ def token_statistics_explanation(contexts: UnitContexts, top: int = 3) -> Explan
         return math.log((firing[token] + 0.5) / (n_firing + 1)) - math.log((everywhere[token] + 0.5) / (n_total + 1))
 
     ranked = sorted(firing, key=lambda token: (-(log_odds(token) * math.sqrt(firing[token])), token))[:top]
-    text = "the tokens " + ", ".join(f'"{clean(token).strip() or clean(token)}"' for token in ranked)
+    text = "the tokens " + ", ".join(f'"{token}"' for token in ranked)
     return Explanation(contexts.unit, EXPLAINER_NAME, text, "none", "none", "", len(contexts.explain))
