@@ -21,7 +21,7 @@ from typing import Any
 import anthropic
 
 from harness.errors import MonoscopeError
-from harness.llm import PermanentBackendError, TransientBackendError, api_key_from_env, missing_capability, register_backend, status_error
+from harness.llm import TransientBackendError, api_key_from_env, missing_capability, register_backend, sdk_errors
 from harness.llm_types import CHOICE_LOGPROBS, CONTINUATION_LOGPROB, GENERATE, Completion, Message, Usage
 
 DEFAULT_MAX_TOKENS = 512
@@ -45,20 +45,8 @@ class AnthropicBackend:
         arguments: dict[str, Any] = {"max_tokens": DEFAULT_MAX_TOKENS, **{k: v for k, v in params.items() if k not in SAMPLING_PARAMETERS}}
         if system:
             arguments["system"] = system
-        try:
+        with sdk_errors(anthropic, "anthropic"):
             response = self._client.messages.create(model=self.model, messages=wire, **arguments)
-        except anthropic.APIStatusError as error:
-            raise status_error("anthropic", error.status_code, error.message, error.response.headers) from None
-        except anthropic.APITimeoutError:
-            raise TransientBackendError("anthropic: request timed out") from None
-        except anthropic.APIConnectionError as error:
-            raise TransientBackendError(f"anthropic: connection error ({error.message})") from None
-        except (anthropic.APIResponseValidationError, ValueError) as error:  # ValueError: a body that is not JSON
-            raise TransientBackendError(f"anthropic: malformed response ({type(error).__name__})") from None
-        except anthropic.AnthropicError as error:
-            raise PermanentBackendError(f"anthropic: {type(error).__name__}: {error}") from None
-        except TypeError as error:  # a parameter the SDK does not know
-            raise PermanentBackendError(f"anthropic: bad request parameters ({error})") from None
         return Completion(_text(response), _usage(response))
 
     def choice_logprobs(self, messages: list[Message], choices: list[str]) -> dict[str, float]:

@@ -26,13 +26,12 @@ from openai.types.chat import ChatCompletion
 
 from harness.errors import MonoscopeError
 from harness.llm import (
-    PermanentBackendError,
     TransientBackendError,
     api_key_from_env,
     missing_capability,
     register_backend,
     report_usage,
-    status_error,
+    sdk_errors,
 )
 from harness.llm_types import CHOICE_LOGPROBS, CONTINUATION_LOGPROB, GENERATE, Completion, Message, Usage
 
@@ -71,20 +70,8 @@ class OpenAIBackend:
 
     def _create(self, messages: list[Message], params: dict[str, Any]) -> ChatCompletion:
         wire = [{"role": m.role, "content": m.content} for m in messages]
-        try:
+        with sdk_errors(openai, "openai"):
             response = self._client.chat.completions.create(model=self.model, messages=wire, **params)
-        except openai.APIStatusError as error:
-            raise status_error("openai", error.status_code, error.message, error.response.headers) from None
-        except openai.APITimeoutError:
-            raise TransientBackendError("openai: request timed out") from None
-        except openai.APIConnectionError as error:
-            raise TransientBackendError(f"openai: connection error ({error.message})") from None
-        except (openai.APIResponseValidationError, ValueError) as error:  # ValueError: a body that is not JSON
-            raise TransientBackendError(f"openai: malformed response ({type(error).__name__})") from None
-        except openai.OpenAIError as error:
-            raise PermanentBackendError(f"openai: {type(error).__name__}: {error}") from None
-        except TypeError as error:  # a parameter the SDK does not know
-            raise PermanentBackendError(f"openai: bad request parameters ({error})") from None
         if not isinstance(response, ChatCompletion) or not getattr(response, "choices", None):
             raise TransientBackendError("openai: malformed response (no choices)")
         return response

@@ -19,8 +19,9 @@ import os
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -132,6 +133,32 @@ def scrub(text: str) -> str:
 
 
 # --- registry ----------------------------------------------------------------------------------------
+
+
+@contextmanager
+def sdk_errors(sdk: Any, backend: str) -> Iterator[None]:
+    """Translate the exceptions of an official SDK (openai and anthropic share their shape) into backend errors.
+
+    Rate limits, server errors, timeouts, lost connections and malformed bodies are
+    transient; everything else is permanent. The SDK exception is not chained, so
+    no request details (headers, keys) reach a printed traceback.
+    """
+    try:
+        yield
+    except sdk.APIStatusError as error:
+        raise status_error(backend, error.status_code, error.message, error.response.headers) from None
+    except sdk.APITimeoutError:
+        raise TransientBackendError(f"{backend}: request timed out") from None
+    except sdk.APIConnectionError as error:
+        raise TransientBackendError(f"{backend}: connection error ({error.message})") from None
+    except (sdk.APIResponseValidationError, ValueError) as error:  # ValueError: a body that is not JSON
+        raise TransientBackendError(f"{backend}: malformed response ({type(error).__name__})") from None
+    except TypeError as error:  # a parameter the SDK does not know
+        raise PermanentBackendError(f"{backend}: bad request parameters ({error})") from None
+    except Exception as error:
+        if isinstance(error, BackendError):
+            raise
+        raise PermanentBackendError(f"{backend}: {type(error).__name__}: {scrub(str(error))}") from None
 
 
 def register_backend(name: str) -> Callable[[BackendFactory], BackendFactory]:
