@@ -1,5 +1,7 @@
 """The LLM explainer: marked contexts in, a one-phrase explanation of what the unit detects out."""
 
+import re
+
 from harness.llm import LLMClient, UnparseableReply
 from harness.llm_types import Message
 from harness.records import Explanation, UnitContexts
@@ -12,22 +14,29 @@ EXPLAINER_NAME = "llm"
 def parse_explanation(reply: str) -> str:
     """Return the first line of a reply as an explanation; raise ValueError when there is none.
 
-    A line that echoes the prompt's own notation (an "Excerpt" line, or [[ ]] marks)
-    is not an explanation and counts as unparseable.
+    The prompt's token marks are unwrapped (a reply "[[ root]]{3}" names the token
+    " root"); a line that continues the list of excerpts instead of explaining
+    them counts as unparseable.
     """
     for line in reply.strip().splitlines():
-        text = line.strip().strip('"').strip()
+        text = re.sub(r"\[\[(.*?)\]\](\{\d*\}?)?", r"\1", line).replace("[[", "").replace("]]", "")
+        text = " ".join(text.split()).strip('"').strip()
         if text:
             if len(text) > 200:
                 raise ValueError("explanation longer than 200 characters")
-            if text.startswith("Excerpt") or "[[" in text or "]]" in text:
-                raise ValueError("the reply echoes the excerpts instead of explaining them")
+            if text.startswith("Excerpt"):
+                raise ValueError("the reply continues the excerpts instead of explaining them")
             return text.rstrip(".")
     raise ValueError("empty reply")
 
 
-def explain_unit(contexts: UnitContexts, client: LLMClient, chat: bool, max_contexts: int = 24) -> Explanation:
-    """Return the LLM's explanation of a unit from its explanation set (a failure record if unparseable)."""
+def explain_unit(contexts: UnitContexts, client: LLMClient, chat: bool, max_contexts: int | None = None) -> Explanation:
+    """Return the LLM's explanation of a unit from its explanation set (a failure record if unparseable).
+
+    Chat models see up to 24 firing contexts; base models 10, since a small base model
+    given a long list tends to continue the list instead of summarising it.
+    """
+    max_contexts = max_contexts or (24 if chat else 10)
     template = load_template("explainer_chat" if chat else "explainer_base")
     shown = [c for c in contexts.explain if max(c.activations) > 0][:max_contexts]
     lines = "\n".join(f"Excerpt {number}: {with_activations(c, contexts.max_activation)}" for number, c in enumerate(shown, 1))
