@@ -24,7 +24,7 @@ from harness.evaluate import EvaluationConfig, explain_stage, load_unit_contexts
 from harness.evaluation_commands import Role, make_client, run_tokenizer  # noqa: E402
 from scorers.rubric import judge_unit  # noqa: E402
 
-FORMATS = ("rating", "expected_value", "likelihood")
+FORMATS = ("rating", "expected_value", "yes_no", "likelihood")
 
 
 def separation(real: list[float], shuffled: list[float]) -> float | None:

@@ -5,6 +5,8 @@ Formats (the run records which one produced each judgment):
 - ``rating_batch``: several contexts per call, one numbered line per context;
 - ``expected_value``: expected value of the answer over "0".."3" from the
   backend's log-probabilities (one forward pass, no sampling);
+- ``yes_no``: the log-odds d = log P(" Yes") − log P(" No") of "does the explanation
+  describe the marked token?", mapped by the stated rule score = 3 / (1 + exp(−d));
 - ``likelihood``: for small base models, which carry signal in likelihoods and
   not in ratings: r = [log P(explanation | marked context + cue) −
   log P(explanation | cue alone)] / explanation tokens, mapped onto the rubric
@@ -27,6 +29,7 @@ RUBRIC_FORMATS = {
     "rating": (GENERATE, "rubric_rating"),
     "rating_batch": (GENERATE, "rubric_rating_batch"),
     "expected_value": (CHOICE_LOGPROBS, "rubric_rating"),
+    "yes_no": (CHOICE_LOGPROBS, "rubric_yes_no"),
     "likelihood": (CONTINUATION_LOGPROB, "rubric_likelihood"),
 }
 
@@ -106,6 +109,15 @@ def judge_unit(
             if value is None:
                 return record(context, None, "no answer option had a finite log-probability", str(logprobs))
             return record(context, value)
+
+    elif judge_format == "yes_no":
+
+        def single(context: TokenContext) -> Judgment:
+            logprobs = client.choice_logprobs([Message("user", prompt_for(context))], [" Yes", " No"], stage="judge")
+            odds = logprobs[" Yes"] - logprobs[" No"]
+            if not math.isfinite(odds):
+                return record(context, None, "yes/no log-probabilities are not finite", str(logprobs))
+            return record(context, 3.0 / (1.0 + math.exp(-odds)))
 
     else:
         baseline = client.continuation_logprob(template.render(context=""), f" {explanation}", stage="judge")

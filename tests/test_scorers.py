@@ -85,3 +85,26 @@ def test_parsers():
     for bad in ("[0, 11, 1]", "[true, 1, 1]", "[1, 2]", "none", "[NaN, 1, 2]"):
         with pytest.raises(ValueError):
             parse_activation_list(bad, 3)
+
+
+class LogprobBackend:
+    name = "logprobs"
+    model = "fixed"
+    capabilities = frozenset({GENERATE, "choice_logprobs"})
+
+    def choice_logprobs(self, messages: list[Message], choices: list[str]) -> dict[str, float]:
+        marked_cat = "[[ cat]]" in messages[-1].content
+        table = {" Yes": -0.1 if marked_cat else -3.0, " No": -3.0 if marked_cat else -0.1}
+        table |= {f" {d}": (-0.1 if (d == 3) == marked_cat else -5.0) for d in range(10)}
+        return {choice: table[choice] for choice in choices}
+
+
+def test_logprob_formats_map_by_the_stated_rules(tmp_path: Path):
+    import math
+
+    client = LLMClient(LogprobBackend(), cache_dir=tmp_path)
+    by_id = {j.context_id: j for j in judge_unit(contexts(), "cats", "real", client, "yes_no")}
+    assert by_id["d/1@3:2"].score == pytest.approx(3 / (1 + math.exp(-2.9)))
+    assert by_id["d/1@8:0"].score == pytest.approx(3 / (1 + math.exp(2.9)))
+    expected = {j.context_id: j.score for j in judge_unit(contexts(), "cats", "real", client, "expected_value")}
+    assert expected["d/1@3:2"] > 2.9 and expected["d/1@8:0"] < 1.6
