@@ -89,13 +89,14 @@ def score_command(run_dir: Path, config: EvaluationConfig, judge: Role, simulato
         score_summary=summary,
     )
     for metric in ("rubric", "simulation_pearson"):
-        row = summary[metric]["shuffled"]
-        if row["n_units"] == 0:
-            log(f"score: {metric}: no unit has both a real and a shuffled score")
-            continue
-        interval = f"[{row['ci95'][0]:+.3f}, {row['ci95'][1]:+.3f}]" if row["ci95"] else "(one unit: no interval)"
-        log(
-            f"score: {metric}: real {row['real']:.3f}, shuffled {row['control_mean']:.3f}, "
-            f"difference {row['difference']:+.3f} 95% CI {interval} over {row['n_units']} units"
-        )
+        for control in ("shuffled", "token_stats"):
+            row = summary[metric][control]
+            if row["n_units"] == 0:
+                log(f"score: {metric}: no unit has both a real and a {control} score")
+                continue
+            interval = f"[{row['ci95'][0]:+.3f}, {row['ci95'][1]:+.3f}]" if row["ci95"] else "(one unit: no interval)"
+            log(
+                f"score: {metric}: real {row['real']:.3f}, {control} {row['control_mean']:.3f}, "
+                f"difference {row['difference']:+.3f} 95% CI {interval} over {row['n_units']} units"
+            )
     return summary
