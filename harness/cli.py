@@ -168,8 +168,15 @@ def explain(
     """Explain random alive units of a run's indexes (writes explanations.jsonl; resumable)."""
     from harness.evaluate import EvaluationConfig
     from harness.evaluation_commands import explain_command
+    from harness.sampling import SamplingConfig
 
-    config = EvaluationConfig(dictionaries=dictionaries, units_per_dictionary=units_per_dictionary, explainer_chat=chat, seed=seed)
+    config = EvaluationConfig(
+        dictionaries=dictionaries,
+        units_per_dictionary=units_per_dictionary,
+        explainer_chat=chat,
+        seed=seed,
+        sampling=SamplingConfig(seed=seed),
+    )
     explain_command(run_dir, config, _role(explainer_backend, explainer_model, base_url), log=_log)
 
 
@@ -182,16 +189,23 @@ def explain(
 @click.option("--simulator-backend", default="local", show_default=True)
 @click.option("--simulator-model", default="embedded", show_default=True)
 @click.option("--simulator-format", default="likelihood", show_default=True, help="structured, expected_value or likelihood.")
+@click.option(
+    "--per-level", type=int, default=2, show_default=True, help="Held-out contexts per activation level (index capacity permitting)."
+)
 @user_errors
-def score(run_dir: Path, units_per_dictionary: int, dictionaries: tuple[str, ...], seed: int, base_url: str | None, **roles: str) -> None:
+def score(
+    run_dir: Path, units_per_dictionary: int, dictionaries: tuple[str, ...], seed: int, base_url: str | None, per_level: int, **roles: str
+) -> None:
     """Score the explanations with the specificity rubric and held-out simulation, beside controls."""
     from harness.evaluate import EvaluationConfig
     from harness.evaluation_commands import score_command
+    from harness.sampling import SamplingConfig
 
     config = EvaluationConfig(
         dictionaries=dictionaries,
         units_per_dictionary=units_per_dictionary,
         seed=seed,
+        sampling=SamplingConfig(score_per_level=per_level, seed=seed),
         judge_format=roles["judge_format"],
         simulator_format=roles["simulator_format"],
     )
