@@ -193,9 +193,8 @@ def test_timeout_is_retried(api: str, serve, tmp_path: Path):
     server = serve(api)
     server.plans.append(Plan(delay=1.0))
     client = client_for(server, tmp_path / "cache", timeout=0.3)
-    start = time.monotonic()
     assert ask(client).text == "echo: hello"
-    assert time.monotonic() - start < 0.9 and len(server.requests) == 2 and client.usage_by_stage()["test"]["retries"] == 1
+    assert len(server.requests) == 2 and client.usage_by_stage()["test"]["retries"] == 1
 
 
 @pytest.mark.parametrize("api", APIS)
@@ -319,10 +318,9 @@ def test_map_runs_calls_concurrently_in_order(serve, tmp_path: Path):
     server = serve("openai")
     server.default = Plan(delay=0.2)
     client = client_for(server, tmp_path / "cache", max_concurrency=4)
-    start = time.monotonic()
     replies = client.map(lambda i: ask(client, f"prompt {i}").text, range(8))
-    assert time.monotonic() - start < 1.2, "8 calls of 0.2 s, 4 at a time"
-    assert replies == [f"echo: prompt {i}" for i in range(8)] and server.max_in_flight <= 4
+    assert replies == [f"echo: prompt {i}" for i in range(8)]
+    assert 2 <= server.max_in_flight <= 4, "calls overlap, never more than the limit at once"
 
 
 def test_registry(monkeypatch: pytest.MonkeyPatch):
