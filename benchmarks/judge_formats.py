@@ -2,11 +2,17 @@
 
     python benchmarks/judge_formats.py RUN_DIR [--backend local --model embedded] [--units 4]
 
-Uses a finished run (e.g. runs/demo with explanations). Chooses the format on
-one set of units (seed 101) and reports every format on another (seed 202), so
-the choice is not tuned to the units it is reported on. Separation is the
-standardised difference of mean rubric scores, real minus shuffled (Cohen's d
-over judgments), because the formats' scales differ in spread.
+Uses a finished run (e.g. runs/demo). Chooses the format on one set of units
+(seed 101) and reports every format on another (seed 202), so the choice is
+not tuned to the units it is reported on. Separation is the standardised
+difference of mean rubric scores on firing contexts, matching minus shuffled
+explanation (Cohen's d over judgments), because the formats' scales differ in
+spread.
+
+The explanations judged are the token-statistics explanations of each unit's
+explanation set: they are specific to the unit by construction, so the
+experiment measures the judge, not the explainer (the embedded explainer's
+own explanations are too generic to tell a judge's formats apart).
 """
 
 import argparse
@@ -20,7 +26,8 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from harness.evaluate import EvaluationConfig, explain_stage, load_unit_contexts, shuffled_sources  # noqa: E402
+from explainers.token_stats import token_statistics_explanation  # noqa: E402
+from harness.evaluate import EvaluationConfig, load_unit_contexts, shuffled_sources  # noqa: E402
 from harness.evaluation_commands import Role, make_client, run_tokenizer  # noqa: E402
 from scorers.rubric import judge_unit  # noqa: E402
 
@@ -40,8 +47,8 @@ def measure(run_dir: Path, role: Role, units: int, seed: int, formats: tuple[str
     client = make_client(role, run_dir)
     config = EvaluationConfig(units_per_dictionary=units, seed=seed)
     contexts = load_unit_contexts(run_dir, config, run_tokenizer(run_dir))
-    explanations = explain_stage(run_dir, contexts, client, config)
-    usable = [c for c in contexts if explanations.get(c.unit) and explanations[c.unit].text]
+    explanations = {c.unit: token_statistics_explanation(c) for c in contexts}
+    usable = [c for c in contexts if explanations[c.unit].text]
     partner = shuffled_sources([c.unit for c in usable], seed)
     results = {}
     for judge_format in formats:

@@ -185,7 +185,7 @@ def explain(
 @_evaluation_options
 @click.option("--judge-backend", default="local", show_default=True)
 @click.option("--judge-model", default="embedded", show_default=True)
-@click.option("--judge-format", default="likelihood", show_default=True, help="rating, rating_batch, expected_value, yes_no or likelihood.")
+@click.option("--judge-format", default="rating", show_default=True, help="rating, rating_batch, expected_value, yes_no or likelihood.")
 @click.option("--simulator-backend", default="local", show_default=True)
 @click.option("--simulator-model", default="embedded", show_default=True)
 @click.option("--simulator-format", default="likelihood", show_default=True, help="structured, expected_value or likelihood.")

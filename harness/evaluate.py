@@ -39,7 +39,7 @@ class EvaluationConfig:
     units_per_dictionary: int = 4
     sampling: SamplingConfig = field(default_factory=SamplingConfig)
     explainer_chat: bool = False
-    judge_format: str = "likelihood"
+    judge_format: str = "rating"  # chosen by benchmarks/judge_formats.py (README)
     simulator_format: str = "likelihood"
     simulation_contexts: int = 6  # per unit: the simulator predicts every token of this many scoring contexts
     seed: int = 0
