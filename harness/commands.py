@@ -45,6 +45,15 @@ def _check_corpus_spec(corpus: str) -> None:
             raise MonoscopeError(f"corpus file {corpus!r} cannot be read ({exc.strerror})", "check its permissions") from exc
 
 
+def foundation_config(options: dict[str, Any]) -> FoundationConfig:
+    """Return the FoundationConfig of CLI options; options a command lacks keep their defaults."""
+    defaults = FoundationConfig()
+    fields = ("model", "layer", "corpus", "tokens", "context_length", "batch_size", "device", "dtype", "seed", "checkpoint_seconds")
+    chosen = {name: options[name] for name in fields if options.get(name) is not None}
+    index = options.get("index_config") or IndexConfig(seed=options.get("seed", defaults.seed))
+    return FoundationConfig(**chosen, index=index)
+
+
 def train_command(run_dir: Path, out: Path, log: Progress, **options: Any) -> None:
     """Train one dictionary on the residual stream of the run's corpus and save it to ``out``."""
     if options["d_sae"] < 1 or options["sparsity_coefficient"] < 0:
@@ -52,15 +61,7 @@ def train_command(run_dir: Path, out: Path, log: Progress, **options: Any) -> No
     _check_corpus_spec(options["corpus"])
     prepare_run_directory(run_dir)
     n_layers, _d_model, _d_mlp = model_shape(options["model"])
-    config = FoundationConfig(
-        model=options["model"],
-        layer=options["layer"],
-        corpus=options["corpus"],
-        tokens=options["tokens"],
-        device=options["device"],
-        dtype=options["dtype"],
-        seed=options["seed"],
-    )
+    config = foundation_config(options)
     layer = config.layer if config.layer is not None else n_layers // 2
     if not 0 <= layer < n_layers:
         raise MonoscopeError(f"layer {layer} is out of range", f"the model has blocks 0..{n_layers - 1}")
@@ -103,18 +104,7 @@ def index_command(run_dir: Path, specs: list[str], shard: tuple[int, int] | None
     names = [dictionary.name for dictionary in dictionaries]
     if len(set(names)) != len(names):
         raise MonoscopeError(f"two dictionaries share a name: {names}", "give each dictionary a distinct directory name")
-    config = FoundationConfig(
-        model=options["model"],
-        corpus=options["corpus"],
-        tokens=options["tokens"],
-        context_length=options["context_length"],
-        batch_size=options["batch_size"],
-        device=options["device"],
-        dtype=options["dtype"],
-        seed=options["seed"],
-        index=options.get("index_config") or IndexConfig(seed=options["seed"]),
-        checkpoint_seconds=options.get("checkpoint_seconds", 60.0),
-    )
+    config = foundation_config(options)
     subject = load_subject_model(config.model, config.device, config.dtype)
     chunks = prepare_corpus(run_dir, subject, config, log)
     suffix = "" if shard is None else f".shard-{shard[0]}-of-{shard[1]}"
