@@ -29,7 +29,11 @@ def test_hooked_residual_equals_hidden_states(gemma):
     hooked = collect_activations(gemma, tokens, ["blocks.9.hook_resid_post"])["blocks.9.hook_resid_post"]
     with torch.no_grad():
         reference = gemma.model(input_ids=with_bos(gemma, tokens), output_hidden_states=True).hidden_states[10]
-    torch.testing.assert_close(hooked, reference[:, 1:], rtol=1e-4, atol=1e-3)
+    # The residual stream has norm ~6,000 (a few near-constant dimensions), so float32
+    # rounding differences between two code paths reach ~1e-2 in absolute terms; a wrong
+    # layer or position would differ by orders of magnitude more.
+    torch.testing.assert_close(hooked, reference[:, 1:], rtol=1e-4, atol=2e-2)
+    assert (hooked - reference[:, 1:]).abs().max() < 1e-5 * reference.norm(dim=-1).max()
 
 
 def test_index_samples_match_a_fresh_forward_pass(gemma, tmp_path: Path, monkeypatch):
