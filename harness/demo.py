@@ -28,7 +28,7 @@ from harness.sampling import SamplingConfig
 DEMO_EVALUATION = EvaluationConfig(
     units_per_dictionary=2,
     sampling=SamplingConfig(score_top=3, score_per_level=1, score_random=2, score_zero=3),
-    simulation_contexts=3,
+    simulation_contexts=2,
 )
 
 
