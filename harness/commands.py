@@ -113,12 +113,12 @@ def index_command(run_dir: Path, specs: list[str], shard: tuple[int, int] | None
         IndexBuilder(run_dir / "index" / f"{d.name}{suffix}.safetensors", d, config.index, chunks.shape[1], about) for d in dictionaries
     ]
     wanted = shard_chunks(chunks.shape[0], shard)
-    todo = [chunk for chunk in wanted if any(chunk not in builder.done_chunks() for builder in builders)]
+    done_sets = [builder.done_chunks() for builder in builders]
+    todo = [chunk for chunk in wanted if any(chunk not in done for done in done_sets)]
     hooks = sorted({d.hook_name for d in dictionaries})
     log(f"index: {len(todo)} of {len(wanted)} chunks to process for {', '.join(names)}")
     update_manifest(run_dir, index={"dictionaries": specs, "shard": list(shard) if shard else None, "config": asdict(config.index)})
     last_save = time.perf_counter()
-    done_sets = [builder.done_chunks() for builder in builders]
     for batch in stream_activations(subject, chunks, hooks, todo, config.batch_size):
         for builder, done in zip(builders, done_sets, strict=True):
             fresh = [row for row, chunk in enumerate(batch.chunk_ids.tolist()) if chunk not in done]

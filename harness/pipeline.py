@@ -5,7 +5,6 @@ writes its own output; each skips work that is already on disk, so an
 interrupted run resumes where it stopped.
 """
 
-import json
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -24,7 +23,7 @@ from harness.index_store import load_index, save_index
 from harness.model import SubjectModel, parse_hook
 from harness.runs import timed_stage
 from harness.storage import atomic_write_json, read_json
-from harness.training import DictionaryStats, TrainingConfig, dictionary_stats, train_dictionary
+from harness.training import TrainingConfig, dictionary_stats, train_dictionary
 
 Progress = Callable[[str], None]
 
@@ -145,7 +144,8 @@ def collect_foundation_activations(
     neurons = identity_dictionary("neurons", layer, subject.d_mlp)
     about = {"corpus_fingerprint": fingerprint(chunks), "model": subject.name}
     builder = IndexBuilder(run_dir / "index" / f"{neurons.name}.safetensors", neurons, config.index, chunks.shape[1], about)
-    todo = [chunk for chunk in range(chunks.shape[0]) if chunk not in builder.done_chunks()]
+    done = builder.done_chunks()
+    todo = [chunk for chunk in range(chunks.shape[0]) if chunk not in done]
     if not todo:
         log(f"activations: reusing {chunks.shape[0]} chunks")
         return store
@@ -212,7 +212,8 @@ def index_dictionaries(
     about = {"corpus_fingerprint": fingerprint(chunks)}
     for dictionary in dictionaries:
         builder = IndexBuilder(run_dir / "index" / f"{dictionary.name}.safetensors", dictionary, config.index, chunks.shape[1], about)
-        todo = [chunk for chunk in range(chunks.shape[0]) if chunk not in builder.done_chunks()]
+        done = builder.done_chunks()
+        todo = [chunk for chunk in range(chunks.shape[0]) if chunk not in done]
         if not todo:
             log(f"index: reusing {dictionary.name}")
             continue
@@ -241,8 +242,3 @@ def check_layer(subject: SubjectModel, config: FoundationConfig) -> str:
     """Return the residual hook name of the configured layer, failing early if it is out of range."""
     layer = config.layer if config.layer is not None else subject.default_layer
     return parse_hook(f"blocks.{layer}.hook_resid_post", subject.n_layers).name
-
-
-def describe(stats: DictionaryStats) -> str:
-    """Return a one-line summary of dictionary statistics."""
-    return json.dumps(asdict(stats))

@@ -39,7 +39,7 @@ def likelihood_to_rubric(ratio_per_token: float) -> float:
     return 3.0 / (1.0 + math.exp(-2.0 * ratio_per_token))
 
 
-def explanation_token_count(client: LLMClient, explanation: str) -> int:
+def explanation_token_count(explanation: str) -> int:
     """Return a rough token count of an explanation (words + punctuation) used to normalise likelihoods."""
     return max(1, len(explanation.split()))
 
@@ -121,7 +121,7 @@ def judge_unit(
 
     else:
         baseline = client.continuation_logprob(template.render(context=""), f" {explanation}", stage="judge")
-        n_tokens = explanation_token_count(client, explanation)
+        n_tokens = explanation_token_count(explanation)
 
         def single(context: TokenContext) -> Judgment:
             with_context = client.continuation_logprob(

@@ -91,7 +91,7 @@ def simulate_unit(
 
     else:
         baseline = client.continuation_logprob(template.render(context=""), f" {explanation}", stage="simulate")
-        n_tokens = explanation_token_count(client, explanation)
+        n_tokens = explanation_token_count(explanation)
 
         def simulate(context: TokenContext) -> Simulation:
             values = []
