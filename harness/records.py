@@ -62,6 +62,7 @@ class TokenContext:
     activations: tuple[float, ...]
     target: int
     interval: int | None = None
+    split: str = "score"  # "explain" or "score": which set of its unit the context was drawn into
 
     @property
     def target_activation(self) -> float:
@@ -131,3 +132,47 @@ class Simulation:
     prompt_hash: str
     failure: str | None = None
     raw: str | None = None
+
+
+@dataclass(frozen=True)
+class EvaluatedUnit:
+    """A unit chosen for evaluation and what the tables need to know about it.
+
+    ``unit_set`` is the set it was drawn from: a dictionary (``sae-2k``) or the
+    neuron pool (``neurons``); ``index`` is its index in its own dictionary
+    (for a neuron, within its MLP layer).
+    """
+
+    unit: str  # "sae-2k/17" or "mlp.3/917"
+    unit_set: str
+    kind: str  # "feature" or "neuron"
+    layer: int
+    index: int
+    set_size: int  # features of its dictionary; for neurons, the MLP width of one layer
+    density: float  # firing tokens / indexed tokens
+    max_activation: float
+
+
+@dataclass(frozen=True)
+class FeatureCorrelation:
+    """A feature's strongest Pearson correlation with any MLP neuron of blocks 0..L and any residual direction."""
+
+    unit: str
+    dictionary: str
+    n_tokens: int
+    fire_count: int  # tokens on which the feature was > 0 among those n_tokens
+    max_neuron_correlation: float | None  # None when the feature is constant over the tokens
+    neuron: str | None  # "mlp.L/i" attaining it
+    max_residual_correlation: float | None
+    residual_direction: str | None  # "resid.L/i" attaining it
+
+
+@dataclass(frozen=True)
+class NearestFeatures:
+    """The features of another (larger) dictionary nearest to one feature by decoder cosine similarity."""
+
+    unit: str
+    dictionary: str
+    other_dictionary: str
+    nearest: tuple[str, ...]  # unit names, most similar first
+    cosine: tuple[float, ...]

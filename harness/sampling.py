@@ -89,7 +89,7 @@ def split_samples(
     return explain, score
 
 
-def render(sample: ContextSample, chunks: np.ndarray, tokenizer: Any) -> TokenContext:
+def render(sample: ContextSample, chunks: np.ndarray, tokenizer: Any, split: str = "score") -> TokenContext:
     """Return the TokenContext of a sample: its window's tokens decoded one by one."""
     ids = chunks[sample.chunk, sample.window_start : sample.window_start + len(sample.activations)].tolist()
     tokens = tuple(tokenizer.decode([token]) for token in ids)
@@ -102,6 +102,7 @@ def render(sample: ContextSample, chunks: np.ndarray, tokenizer: Any) -> TokenCo
         activations=sample.activations,
         target=sample.position - sample.window_start,
         interval=sample.interval,
+        split=split,
     )
 
 
@@ -113,6 +114,6 @@ def unit_contexts(
     return UnitContexts(
         unit=unit,
         max_activation=max_activation,
-        explain=tuple(render(s, chunks, tokenizer) for s in explain),
-        score=tuple(render(s, chunks, tokenizer) for s in score),
+        explain=tuple(render(s, chunks, tokenizer, "explain") for s in explain),
+        score=tuple(render(s, chunks, tokenizer, "score") for s in score),
     )
