@@ -50,12 +50,78 @@ def main() -> None:
 
 @main.command()
 @click.option("--run-dir", type=click.Path(path_type=Path), default=Path("runs/demo"), show_default=True)
-@click.option("--tokens", type=int, default=None, help="Token budget (default: the demo's 262,144).")
+@click.option("--tokens", type=int, default=None, help="Token budget (default: the bundled config's 262,144).")
+@user_errors
 def demo(run_dir: Path, tokens: int | None) -> None:
-    """Run the whole evaluation on the embedded model, corpus and default dictionaries."""
-    from harness.demo import run_demo
+    """Run the bundled default config (embedded model and corpus, three dictionaries, neurons) and write the report."""
+    from harness.batch_commands import run_demo
 
-    user_errors(run_demo)(run_dir, tokens=tokens, log=_log)
+    run_demo(run_dir, tokens=tokens, log=_log)
+
+
+def _config_options(command: Callable[..., Any]) -> Callable[..., Any]:
+    for option in reversed(
+        [
+            click.argument("config_path", metavar="CONFIG", type=click.Path(path_type=Path)),
+            click.option("--run-dir", type=click.Path(path_type=Path), default=None, help="Default: runs/<config name>."),
+        ]
+    ):
+        command = option(command)
+    return command
+
+
+@main.command()
+@_config_options
+@click.option("--dry-run", is_flag=True, help="Print the LLM calls, tokens and estimated cost per stage; spend nothing.")
+@click.option("--max-cost", type=float, default=None, help="Stop cleanly (resumable) before spending more than this many USD.")
+@click.option("--shard", default=None, help="Evaluate unit shard i of n (i/n) in this process; the last shard writes the results.")
+@user_errors
+def run(config_path: Path, run_dir: Path | None, dry_run: bool, max_cost: float | None, shard: str | None) -> None:
+    """Run (or resume) the whole evaluation a YAML/TOML config describes, ending with the HTML report."""
+    from harness.batch import run_evaluation
+    from harness.config import load_config
+
+    config = load_config(config_path)
+    run_evaluation(config, run_dir, dry_run=dry_run, max_cost=max_cost, shard=parse_shard(shard), log=_log)
+
+
+@main.command()
+@_config_options
+@click.option("--dictionary", default=None, help="Dictionary whose features are compared (default: every dictionary).")
+@click.option("--units", type=int, default=None, help="Features and neurons each (default: the config's units_per_dictionary).")
+@click.option("--match-density", is_flag=True, help="Choose neurons whose firing density matches the features'.")
+@user_errors
+def compare(config_path: Path, run_dir: Path | None, dictionary: str | None, units: int | None, match_density: bool) -> None:
+    """Features vs neurons: the same explain/score pipeline on N features and N neurons, with a rank test and intervals."""
+    from harness.batch_commands import compare_features_and_neurons
+    from harness.config import load_config
+
+    compare_features_and_neurons(load_config(config_path), run_dir, dictionary, units, match_density, log=_log)
+
+
+@main.command()
+@_config_options
+@click.option("--features", type=int, default=None, help="Random alive features per dictionary (default: the config's).")
+@click.option("--all", "all_features", is_flag=True, help="Every feature of every dictionary.")
+@click.option("--tokens", type=int, default=None, help="Tokens streamed (default: the config's).")
+@user_errors
+def correlate(config_path: Path, run_dir: Path | None, features: int | None, all_features: bool, tokens: int | None) -> None:
+    """Each sampled feature's maximum Pearson correlation with any MLP neuron of blocks 0..L (streaming, float64)."""
+    from harness.batch_commands import correlate as correlate_function
+    from harness.config import load_config
+
+    chosen = None if all_features else (features if features is not None else -1)
+    correlate_function(load_config(config_path), run_dir, chosen, tokens if tokens is not None else -1, log=_log)
+
+
+@main.command()
+@click.argument("run_dir", type=click.Path(path_type=Path))
+@user_errors
+def report(run_dir: Path) -> None:
+    """Rewrite a run's tables (CSV), plots (PNG), HTML report and SAEBench summary from its records."""
+    from harness.batch_commands import report as report_function
+
+    report_function(run_dir, log=_log)
 
 
 @main.command()

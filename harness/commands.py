@@ -29,7 +29,7 @@ from harness.storage import atomic_write_json
 from harness.training import TrainingConfig, dictionary_stats, train_dictionary
 
 
-def _check_corpus_spec(corpus: str) -> None:
+def check_corpus_spec(corpus: str) -> None:
     """Fail early (before any model is loaded) on a corpus path that cannot yield text."""
     if corpus == "python-stdlib" or corpus.startswith("hf:"):
         return
@@ -58,7 +58,7 @@ def train_command(run_dir: Path, out: Path, log: Progress, **options: Any) -> No
     """Train one dictionary on the residual stream of the run's corpus and save it to ``out``."""
     if options["d_sae"] < 1 or options["sparsity_coefficient"] < 0:
         raise MonoscopeError("--d-sae must be positive and --sparsity non-negative", "fix the values")
-    _check_corpus_spec(options["corpus"])
+    check_corpus_spec(options["corpus"])
     prepare_run_directory(run_dir)
     n_layers, _d_model, _d_mlp = model_shape(options["model"])
     config = foundation_config(options)
@@ -97,7 +97,7 @@ def shard_chunks(n_chunks: int, shard: tuple[int, int] | None) -> list[int]:
 
 def index_command(run_dir: Path, specs: list[str], shard: tuple[int, int] | None, log: Progress, **options: Any) -> list[Path]:
     """Build (or resume) the indexes of ``specs`` over the run's corpus; return the index paths."""
-    _check_corpus_spec(options["corpus"])
+    check_corpus_spec(options["corpus"])
     prepare_run_directory(run_dir)
     n_layers, d_model, d_mlp = model_shape(options["model"])
     dictionaries = [resolve_dictionary(spec, n_layers, d_model, d_mlp, options.get("hook")) for spec in specs]

@@ -8,6 +8,7 @@ makes any repeated call free).
 """
 
 import random
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -60,15 +61,18 @@ def load_unit_contexts(run_dir: Path, config: EvaluationConfig, tokenizer: Any) 
     result = []
     for name in names:
         state, about = load_index(run_dir / "index" / f"{name}.safetensors")
+        names_of_units = about.get("unit_names")  # the neuron pool names its units mlp.L/i
         for unit in select_units(state.fire_count.numpy(), config.units_per_dictionary, config.seed):
-            unit_name = f"{about.get('dictionary', name)}/{unit}"
+            unit_name = names_of_units[unit] if names_of_units else f"{about.get('dictionary', name)}/{unit}"
             samples = unit_samples(state, unit, unit_name)
             result.append(unit_contexts(unit_name, samples, float(state.maximum[unit]), chunks, tokenizer, config.sampling))
     update_manifest(run_dir, evaluation={"config": asdict(config), "units": [c.unit for c in result]})
     return result
 
 
-def explain_stage(run_dir: Path, units: list[UnitContexts], client: LLMClient, config: EvaluationConfig) -> dict[str, Explanation]:
+def explain_stage(
+    run_dir: Path, units: list[UnitContexts], client: LLMClient, config: EvaluationConfig, on_unit_done: Callable[[], None] | None = None
+) -> dict[str, Explanation]:
     """Return {unit: LLM explanation}, explaining only units without a parsed one on disk."""
     path = run_dir / EXPLANATIONS
     done = latest_by_key(read_records(path, Explanation), lambda r: (r.unit, r.explainer))
@@ -79,6 +83,8 @@ def explain_stage(run_dir: Path, units: list[UnitContexts], client: LLMClient, c
     def explain(contexts: UnitContexts) -> Explanation:
         explanation = explain_unit(contexts, client, chat=config.explainer_chat)
         append_records(path, [explanation])
+        if on_unit_done is not None:
+            on_unit_done()
         return explanation
 
     client.map(explain, todo)
@@ -95,10 +101,25 @@ def shuffled_sources(units: list[str], seed: int) -> dict[str, str]:
     return {unit: order[(index + shift) % len(order)] for index, unit in enumerate(order)}
 
 
-def score_stage(run_dir: Path, units: list[UnitContexts], judge: LLMClient, simulator: LLMClient, config: EvaluationConfig) -> None:
-    """Write judgments and simulations of every unit for real, shuffled and token-statistics explanations."""
-    explanations = latest_by_key(read_records(run_dir / EXPLANATIONS, Explanation), lambda r: (r.unit, r.explainer))
-    llm_units = [c.unit for c in units if explanations.get((c.unit, "llm")) and explanations[(c.unit, "llm")].text]
+def score_stage(
+    run_dir: Path,
+    units: list[UnitContexts],
+    judge: LLMClient,
+    simulator: LLMClient,
+    config: EvaluationConfig,
+    all_explanations: list[Explanation] | None = None,
+    on_unit_done: Callable[[], None] | None = None,
+) -> None:
+    """Write judgments and simulations of every unit for real, shuffled and token-statistics explanations.
+
+    ``all_explanations`` (default: those in ``run_dir``) are the explanations of every unit of the
+    run, the shuffled control's source; a shard scores its own ``units`` against all of them.
+    """
+    if all_explanations is None:
+        names = {c.unit for c in units}
+        all_explanations = [r for r in read_records(run_dir / EXPLANATIONS, Explanation) if r.unit in names]
+    explanations = latest_by_key(all_explanations, lambda r: (r.unit, r.explainer))
+    llm_units = sorted({unit for unit, explainer in explanations if explainer == "llm" and explanations[(unit, explainer)].text})
     shuffle = shuffled_sources(llm_units, config.seed)
     judged = latest_by_key(read_records(run_dir / JUDGMENTS, Judgment), lambda r: (r.unit, r.source, r.context_id))
     simulated = latest_by_key(read_records(run_dir / SIMULATIONS, Simulation), lambda r: (r.unit, r.source, r.context_id))
@@ -117,6 +138,8 @@ def score_stage(run_dir: Path, units: list[UnitContexts], judge: LLMClient, simu
             subset = simulation_subset(contexts, config.simulation_contexts)
             if not all(_parsed(simulated.get((contexts.unit, source, c.context_id))) for c in subset.score):
                 append_records(run_dir / SIMULATIONS, simulate_unit(subset, text, source, simulator, config.simulator_format))
+        if on_unit_done is not None:
+            on_unit_done()
     compact(run_dir / JUDGMENTS, Judgment, lambda r: (r.unit, r.source, r.context_id))
     compact(run_dir / SIMULATIONS, Simulation, lambda r: (r.unit, r.source, r.context_id))
 

@@ -1,9 +1,10 @@
 """Python functions behind ``monoscope explain`` and ``monoscope score`` (also used by the demo)."""
 
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from harness.budget import Budget
+from harness.config import Role
 from harness.errors import MonoscopeError
 from harness.evaluate import EXPLANATIONS, JUDGMENTS, SIMULATIONS, EvaluationConfig, explain_stage, load_unit_contexts, score_stage
 from harness.llm import LLMClient, make_backend
@@ -14,16 +15,14 @@ from results.store import read_records
 from results.summary import control_summary, unit_scores
 
 
-@dataclass(frozen=True)
-class Role:
-    """Backend and model of one LLM role (explainer, judge or simulator)."""
-
-    backend: str = "local"
-    model: str = "embedded"
-    base_url: str | None = None  # an OpenAI-compatible server (vLLM, Ollama, llama.cpp) or an API proxy
-
-
-def make_client(role: Role, run_dir: Path, shared_subject: Any = None, max_concurrency: int = 4) -> LLMClient:
+def make_client(
+    role: Role,
+    run_dir: Path,
+    shared_subject: Any = None,
+    max_concurrency: int = 4,
+    prices: dict[str, tuple[float, float]] | None = None,
+    budget: Budget | None = None,
+) -> LLMClient:
     """Return a cached, retrying client for ``role``; a local embedded role reuses ``shared_subject``."""
     options: dict[str, Any] = {}
     if role.backend == "local" and shared_subject is not None and role.model == shared_subject.name:
@@ -31,7 +30,8 @@ def make_client(role: Role, run_dir: Path, shared_subject: Any = None, max_concu
     if role.base_url is not None:
         options["base_url"] = role.base_url
     backend = make_backend(role.backend, role.model, **options)
-    return LLMClient(backend, cache_dir=run_dir / "llm-cache", max_concurrency=1 if role.backend == "local" else max_concurrency)
+    concurrency = 1 if role.backend == "local" else max_concurrency
+    return LLMClient(backend, cache_dir=run_dir / "llm-cache", max_concurrency=concurrency, prices=prices, budget=budget)
 
 
 def run_tokenizer(run_dir: Path, shared_subject: Any = None) -> Any:

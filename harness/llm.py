@@ -27,6 +27,7 @@ from typing import Any, TypeVar
 
 from tenacity import RetryCallState, Retrying, retry_if_exception_type, stop_after_attempt, wait_random_exponential
 
+from harness.budget import Budget, estimated_tokens
 from harness.errors import MonoscopeError
 from harness.llm_types import CHOICE_LOGPROBS, CONTINUATION_LOGPROB, GENERATE, Backend, Completion, Message, Usage
 
@@ -222,6 +223,7 @@ class LLMClient:
         retry_initial_wait: float = 1.0,
         retry_max_wait: float = 60.0,
         prices: Mapping[str, tuple[float, float]] | None = None,
+        budget: Budget | None = None,
     ) -> None:
         if max_concurrency < 1 or max_parse_attempts < 1 or retry_attempts < 1:
             raise MonoscopeError("max_concurrency, max_parse_attempts and retry_attempts must be at least 1", "pass positive values")
@@ -232,6 +234,12 @@ class LLMClient:
         self.retry_attempts = retry_attempts
         self.retry_max_wait = retry_max_wait
         self.prices = dict(prices or {})
+        self.budget = budget
+        if budget is not None and self._price() is None:
+            raise MonoscopeError(
+                f"--max-cost needs the price of model {backend.model!r} ({backend.name})",
+                "add it under llm.prices in the config: MODEL: [USD per 1M input tokens, USD per 1M output tokens]",
+            )
         self._backoff = wait_random_exponential(multiplier=retry_initial_wait, max=retry_max_wait)
         self._slots = threading.BoundedSemaphore(max_concurrency)
         self._lock = threading.Lock()
@@ -264,7 +272,9 @@ class LLMClient:
             self._count(stage, cached_calls=1)
             return value
         raw = ""
+        prompt_text = "".join(m.content for m in messages)
         for _ in range(self.max_parse_attempts):
+            self._reserve(stage, prompt_text, int(params.get("max_tokens") or params.get("max_new_tokens") or 256))
             completion = self._call(stage, lambda: self.backend.generate(list(messages), **params))
             try:
                 value = completion if parse is None else parse(completion.text)
@@ -285,6 +295,7 @@ class LLMClient:
         if hit:
             self._count(stage, cached_calls=1)
             return cached
+        self._reserve(stage, "".join(m.content for m in messages), 1)
         logprobs = self._call(stage, lambda: self.backend.choice_logprobs(list(messages), list(choices)))
         result = {choice: float(logprobs.get(choice, -math.inf)) for choice in choices}
         self._cache_write(key, CHOICE_LOGPROBS, request, {"logprobs": result})
@@ -299,6 +310,7 @@ class LLMClient:
         if hit:
             self._count(stage, cached_calls=1)
             return cached
+        self._reserve(stage, prompt + continuation, 0)
         value = float(self._call(stage, lambda: self.backend.continuation_logprob(prompt, continuation)))
         self._cache_write(key, CONTINUATION_LOGPROB, request, {"logprob": value})
         return value
@@ -327,7 +339,7 @@ class LLMClient:
         ``cost_usd`` comes from the price table (USD per 1M input and output tokens of the model);
         None when the model is not in it.
         """
-        price = self.prices.get(self.backend.model)
+        price = self._price()
         with self._lock:
             result: dict[str, dict[str, Any]] = {stage: dict(counts) for stage, counts in self._stats.items()}
         for counts in result.values():
@@ -336,6 +348,20 @@ class LLMClient:
         return result
 
     # --- internals ---
+
+    def _price(self) -> tuple[float, float] | None:
+        """Return (USD per 1M input, per 1M output tokens) of the model; the local backend is free."""
+        if self.backend.model in self.prices:
+            return self.prices[self.backend.model]
+        return (0.0, 0.0) if self.backend.name == "local" else None
+
+    def _reserve(self, stage: str, prompt_text: str, max_output_tokens: int) -> None:
+        """Refuse a call (BudgetExhausted) whose worst-case cost would pass the run's spending limit."""
+        price = self._price()
+        if self.budget is None or price is None:
+            return
+        estimate = (estimated_tokens(prompt_text) * price[0] + max_output_tokens * price[1]) / 1e6
+        self.budget.reserve(estimate, stage)
 
     def _count(self, stage: str, **increments: int) -> None:
         with self._lock:
@@ -374,6 +400,9 @@ class LLMClient:
             usage = result.usage if isinstance(result, Completion) else getattr(_CALL, "usage", None)
         if usage is not None:
             self._count(stage, prompt_tokens=usage.prompt_tokens, completion_tokens=usage.completion_tokens)
+            price = self._price()
+            if self.budget is not None and price is not None:
+                self.budget.charge((usage.prompt_tokens * price[0] + usage.completion_tokens * price[1]) / 1e6)
         return result
 
     def _wait(self, state: RetryCallState) -> float:

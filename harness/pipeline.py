@@ -16,11 +16,13 @@ import torch
 
 from harness.activations import stream_activations
 from harness.corpus import chunk_documents, corpus_documents, load_chunks, save_chunks
-from harness.dictionaries import STATS_FILE, Dictionary, encode, identity_dictionary, load_saelens_directory, save_saelens_directory
+from harness.dictionaries import STATS_FILE, Dictionary, encode, load_saelens_directory, save_saelens_directory
 from harness.errors import MonoscopeError
 from harness.index import IndexConfig, new_index, update_index
 from harness.index_store import load_index, save_index
 from harness.model import SubjectModel, parse_hook
+from harness.neurons import POOL_NAME, pool_activations, pool_dictionary, pool_hooks, pool_unit_names, sample_neuron_pool
+from harness.progress import progress_bar
 from harness.runs import timed_stage
 from harness.storage import atomic_write_json, read_json
 from harness.training import TrainingConfig, dictionary_stats, train_dictionary
@@ -49,6 +51,7 @@ class FoundationConfig:
     held_out_fraction: float = 0.1
     seed: int = 0
     index: IndexConfig = field(default_factory=IndexConfig)
+    neuron_pool_size: int = 512  # MLP neurons of blocks 0..L indexed as the neuron baseline (harness.neurons)
     checkpoint_seconds: float = 60.0
 
 
@@ -120,6 +123,10 @@ class IndexBuilder:
         """Encode hook activations [B, T, d_in] and fold them in."""
         update_index(self.state, encode(self.dictionary, hook_activations), chunk_ids)
 
+    def add_units(self, unit_activations: torch.Tensor, chunk_ids: torch.Tensor) -> None:
+        """Fold in unit activations [B, T, n_units] that need no encoding."""
+        update_index(self.state, unit_activations, chunk_ids)
+
     def save(self) -> None:
         """Write the current state atomically."""
         save_index(self.state, self.path, self.about)
@@ -129,40 +136,41 @@ def collect_foundation_activations(
     run_dir: Path, subject: SubjectModel, chunks: np.ndarray, config: FoundationConfig, log: Progress
 ) -> np.memmap:
     """Run the forward pass once over all chunks: keep the residual stream for training
-    (a float32 memmap) and fold the MLP neurons of the same block into their index.
+    (a float32 memmap) and fold a seeded pool of MLP neurons of blocks 0..L into the
+    ``neurons`` index (the neuron baseline, harness.neurons).
 
     Returns the residual memmap [n_chunks, T, d_model]. Resumable: the neuron
     index's chunk ranges say which chunks are done.
     """
     layer = config.layer if config.layer is not None else subject.default_layer
-    resid_hook, mlp_hook = f"blocks.{layer}.hook_resid_post", f"blocks.{layer}.mlp.hook_post"
+    resid_hook = f"blocks.{layer}.hook_resid_post"
     store_path = run_dir / "activations" / f"{resid_hook}.f32"
     store_path.parent.mkdir(parents=True, exist_ok=True)
     shape = (chunks.shape[0], chunks.shape[1], subject.d_model)
     mode = "r+" if store_path.exists() else "w+"
     store = np.memmap(store_path, dtype=np.float32, mode=mode, shape=shape)
-    neurons = identity_dictionary("neurons", layer, subject.d_mlp)
-    about = {"corpus_fingerprint": fingerprint(chunks), "model": subject.name}
-    builder = IndexBuilder(run_dir / "index" / f"{neurons.name}.safetensors", neurons, config.index, chunks.shape[1], about)
+    pool = sample_neuron_pool(layer + 1, subject.d_mlp, config.neuron_pool_size, config.seed)
+    about = {"corpus_fingerprint": fingerprint(chunks), "model": subject.name, "unit_names": pool_unit_names(pool)}
+    index_path = run_dir / "index" / f"{POOL_NAME}.safetensors"
+    builder = IndexBuilder(index_path, pool_dictionary(pool, layer), config.index, chunks.shape[1], about)
     done = builder.done_chunks()
     todo = [chunk for chunk in range(chunks.shape[0]) if chunk not in done]
     if not todo:
         log(f"activations: reusing {chunks.shape[0]} chunks")
         return store
-    log(f"activations: {len(todo)} chunks to run through blocks 0..{layer}")
-    started, last_save = time.perf_counter(), time.perf_counter()
-    with timed_stage(run_dir, "activations"):
-        for done, batch in enumerate(stream_activations(subject, chunks, [resid_hook, mlp_hook], todo, config.batch_size), 1):
+    log(f"activations: {len(todo)} chunks through blocks 0..{layer} ({len(pool)} pool neurons indexed)")
+    last_save = time.perf_counter()
+    hooks = [resid_hook, *pool_hooks(pool)]
+    with timed_stage(run_dir, "activations"), progress_bar(len(todo), "activations", "chunk") as bar:
+        for batch in stream_activations(subject, chunks, hooks, todo, config.batch_size):
             ids = batch.chunk_ids.numpy()
             store[ids] = batch.activations[resid_hook].cpu().numpy()
-            builder.add(batch.activations[mlp_hook], batch.chunk_ids)
+            builder.add_units(pool_activations(batch.activations, pool), batch.chunk_ids)
             if time.perf_counter() - last_save > config.checkpoint_seconds:
                 store.flush()
                 builder.save()
                 last_save = time.perf_counter()
-            if done % 20 == 0:
-                rate = done * config.batch_size * chunks.shape[1] / (time.perf_counter() - started)
-                log(f"  {min(done * config.batch_size, len(todo))}/{len(todo)} chunks, {rate:.0f} tokens/s")
+            bar.update(len(ids))
         store.flush()
         builder.save()
     return store
@@ -217,15 +225,15 @@ def index_dictionaries(
         if not todo:
             log(f"index: reusing {dictionary.name}")
             continue
-        log(f"index: {dictionary.name}, {len(todo)} chunks")
         last_save = time.perf_counter()
-        with timed_stage(run_dir, f"index.{dictionary.name}"):
+        with timed_stage(run_dir, f"index.{dictionary.name}"), progress_bar(len(todo), f"index {dictionary.name}", "chunk") as bar:
             for start in range(0, len(todo), config.batch_size * 2):
                 ids = todo[start : start + config.batch_size * 2]
                 builder.add(torch.from_numpy(np.asarray(residuals[ids])), torch.tensor(ids))
                 if time.perf_counter() - last_save > config.checkpoint_seconds:
                     builder.save()
                     last_save = time.perf_counter()
+                bar.update(len(ids))
             builder.save()
 
 

@@ -9,6 +9,7 @@ Layout of a run directory::
     index/<name>.safetensors  one activation index per dictionary (format: harness.index_store)
 """
 
+import fcntl
 import os
 import platform
 import subprocess
@@ -52,14 +53,19 @@ def read_manifest(run_dir: Path) -> dict[str, Any]:
 
 
 def update_manifest(run_dir: Path, **fields: Any) -> dict[str, Any]:
-    """Merge ``fields`` into the manifest (dictionaries merge one level deep) and return it."""
-    manifest = read_manifest(run_dir)
-    for key, value in fields.items():
-        if isinstance(value, dict) and isinstance(manifest.get(key), dict):
-            manifest[key] = {**manifest[key], **value}
-        else:
-            manifest[key] = value
-    atomic_write_json(run_dir / MANIFEST, manifest)
+    """Merge ``fields`` into the manifest (dictionaries merge one level deep) and return it.
+
+    Read-modify-write under a file lock, so shard processes of one run never lose each other's updates.
+    """
+    with (run_dir / ".manifest.lock").open("a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        manifest = read_manifest(run_dir)
+        for key, value in fields.items():
+            if isinstance(value, dict) and isinstance(manifest.get(key), dict):
+                manifest[key] = {**manifest[key], **value}
+            else:
+                manifest[key] = value
+        atomic_write_json(run_dir / MANIFEST, manifest)
     return manifest
 
 

@@ -61,9 +61,13 @@ def latest_by_key(records: list[T], key: Callable[[T], Any]) -> dict[Any, T]:
     return latest
 
 
+def records_text(records: Iterable[Any]) -> str:
+    """Return records as JSON Lines text (one object per line)."""
+    return "".join(json.dumps(_plain(record), ensure_ascii=False) + "\n" for record in records)
+
+
 def compact(path: Path, record_type: type[T], key: Callable[[T], Any]) -> list[T]:
     """Rewrite a record file atomically with only the last record per key; return those records."""
     records = list(latest_by_key(read_records(path, record_type), key).values())
-    data = "".join(json.dumps(_plain(record), ensure_ascii=False) + "\n" for record in records)
-    atomic_write_bytes(path, data.encode())
+    atomic_write_bytes(path, records_text(records).encode())
     return records

@@ -1,0 +1,426 @@
+"""``monoscope run CONFIG``: a whole evaluation from one config, resumable, shardable, with a spending limit.
+
+Stages, each reading what the one before wrote into the run directory:
+foundation (corpus → activations → dictionaries → indexes) → units and contexts
+→ explanations → scores → feature–neuron correlation and feature splitting →
+tables, plots, report. Every stage skips finished work, so a rerun of a finished
+run makes no LLM call and an interrupted run resumes where it stopped.
+
+Sharding (``shard=(i, n)``): the foundation is built once (the first process to
+take its lock builds it; the others wait and reuse it); unit k belongs to shard
+k mod n, whose records go to ``shards/<i>-of-<n>/``; scoring waits until every
+unit has an explanation (the shuffled control draws on all of them); shard 0
+computes the correlations; whichever shard finishes last merges the shard
+records into the run directory and writes the results.
+"""
+
+import fcntl
+import shutil
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from harness.budget import Budget, BudgetExhausted
+from harness.config import RunConfig
+from harness.dictionaries import STATS_FILE, Dictionary, load_dictionary
+from harness.errors import MonoscopeError
+from harness.evaluate import EXPLANATIONS, JUDGMENTS, SIMULATIONS, explain_stage, score_stage
+from harness.evaluation_commands import make_client
+from harness.index_store import firing_summary, load_index
+from harness.model import SubjectModel, load_subject_model, model_shape
+from harness.neurons import POOL_NAME
+from harness.pipeline import (
+    Progress,
+    check_layer,
+    collect_foundation_activations,
+    dictionary_label,
+    dictionary_table,
+    index_dictionaries,
+    prepare_corpus,
+    split_chunks,
+    train_default_dictionaries,
+)
+from harness.planning import placeholder_units, plan_calls
+from harness.progress import progress_bar
+from harness.records import EvaluatedUnit, Explanation, Judgment, NearestFeatures, Simulation
+from harness.runs import cpu_threads, prepare_run_directory, read_manifest, software_versions, timed_stage, update_manifest
+from harness.storage import atomic_write_bytes, atomic_write_json
+from harness.training import dictionary_stats
+from harness.units import choose_units, sample_contexts, sample_features
+from results.store import compact, latest_by_key, read_records, records_text
+
+CORRELATIONS, NEIGHBORS, DICTIONARIES = "correlations.jsonl", "neighbors.jsonl", "dictionaries.json"
+RECORD_KEYS = {
+    EXPLANATIONS: (Explanation, lambda r: (r.unit, r.explainer)),
+    JUDGMENTS: (Judgment, lambda r: (r.unit, r.source, r.context_id)),
+    SIMULATIONS: (Simulation, lambda r: (r.unit, r.source, r.context_id)),
+}
+
+
+def run_evaluation(
+    config: RunConfig,
+    run_dir: Path | None = None,
+    *,
+    dry_run: bool = False,
+    max_cost: float | None = None,
+    shard: tuple[int, int] | None = None,
+    log: Progress = print,
+    wait_seconds: float = 24 * 3600.0,
+) -> dict[str, Any]:
+    """Run (or resume) the evaluation ``config`` describes; return the results summary.
+
+    With ``dry_run`` nothing is spent: the return value (also logged) is the plan of LLM
+    calls, tokens and estimated cost per stage. ``max_cost`` (USD) stops the run with
+    BudgetExhausted before a call that could pass it; a rerun resumes.
+    """
+    run_dir = run_dir or Path("runs") / config.name
+    started = time.perf_counter()
+    preflight(config, max_cost)
+    prepare_run_directory(run_dir)
+    check_same_foundation(run_dir, config)
+    if dry_run and not foundation_done(run_dir, config):
+        return _log_plan(placeholder_plan(run_dir, config), log, upper_bound=True)
+    with file_lock(run_dir / ".foundation.lock"):
+        update_manifest(run_dir, config=_jsonable(config), seed=config.foundation.seed, versions=software_versions())
+        subject, chunks, dictionaries = build_foundation(run_dir, config, log)
+    chosen_sets = config.evaluation.dictionaries
+    units = choose_units(
+        run_dir,
+        [d.name for d in dictionaries if not chosen_sets or d.name in chosen_sets],
+        config.evaluation.units_per_dictionary,
+        config.evaluation.seed,
+        config.neurons.enabled,
+        config.neurons.match_density,
+        subject.d_mlp,
+    )
+    contexts = sample_contexts(run_dir, units, chunks, subject.tokenizer, config.evaluation.sampling)
+    log(f"units: {len(units)} ({', '.join(f'{s} {n}' for s, n in _counts(units).items())}); contexts → {run_dir / 'contexts.jsonl'}")
+    roles = {"explainer": config.explainer, "judge": config.judge, "simulator": config.simulator}
+    if dry_run:
+        return _log_plan(plan_calls(_record_dirs(run_dir), contexts, config.evaluation, roles, config.prices), log, upper_bound=False)
+    records_dir = shard_directory(run_dir, shard)
+    mine = [c for k, c in enumerate(contexts) if shard is None or k % shard[1] == shard[0]]
+    budget = Budget(max_cost) if max_cost is not None else None
+    clients = {name: make_client(role, run_dir, subject, config.max_concurrency, config.prices, budget) for name, role in roles.items()}
+    if config.simulator == config.judge:
+        clients["simulator"] = clients["judge"]  # one client: shared accounting and concurrency limit
+    try:
+        with timed_stage(run_dir, "explain"), progress_bar(len(mine), "explain", "unit") as bar:
+            explain_stage(records_dir, mine, clients["explainer"], config.evaluation, on_unit_done=lambda: bar.update(1))
+        all_explanations = wait_for_explanations(run_dir, units, shard, wait_seconds, log)
+        with timed_stage(run_dir, "score"), progress_bar(len(mine), "score", "unit") as bar:
+            score_stage(
+                records_dir, mine, clients["judge"], clients["simulator"], config.evaluation, all_explanations, lambda: bar.update(1)
+            )
+    except BudgetExhausted:
+        _record_usage(run_dir, clients, shard)
+        raise
+    _record_usage(run_dir, clients, shard)
+    if shard is None or shard[0] == 0:
+        correlation_stage(run_dir, config, subject, chunks, dictionaries, units, log)
+        neighbors_stage(run_dir, dictionaries, units)
+    if shard is not None:
+        atomic_write_json(records_dir / "done.json", {"units": [c.unit for c in mine]})
+        if not all((shard_directory(run_dir, (i, shard[1])) / "done.json").exists() for i in range(shard[1])):
+            log(f"shard {shard[0]}/{shard[1]} done; the last shard to finish writes the results")
+            return {"shard": list(shard), "units": [c.unit for c in mine]}
+    with file_lock(run_dir / ".results.lock"):
+        merge_shards(run_dir)
+        summary = results_stage(run_dir, log)
+    update_manifest(run_dir, summary=summary, wall_seconds=round(time.perf_counter() - started, 1))
+    return summary
+
+
+# --- checks before any work ----------------------------------------------------------------------------
+
+
+def preflight(config: RunConfig, max_cost: float | None) -> None:
+    """Raise MonoscopeError for anything that would fail later: roles without keys, unreadable dictionaries, a bad corpus."""
+    from harness.commands import check_corpus_spec
+    from harness.llm import make_backend
+
+    check_corpus_spec(config.foundation.corpus)
+    for name in ("explainer", "judge", "simulator"):
+        role = getattr(config, name)
+        if role.backend != "local":
+            options = {"base_url": role.base_url} if role.base_url else {}
+            make_backend(role.backend, role.model, **options)  # raises when the API key is missing
+        if max_cost is not None and role.backend != "local" and role.model not in config.prices:
+            raise MonoscopeError(
+                f"--max-cost needs the price of the {name}'s model {role.model!r}",
+                "add it under llm.prices in the config: MODEL: [USD per 1M input tokens, USD per 1M output tokens]",
+            )
+    if max_cost is not None and max_cost < 0:
+        raise MonoscopeError(f"--max-cost {max_cost} is negative", "give a limit in USD >= 0")
+    n_layers, d_model, _d_mlp = model_shape(config.foundation.model)
+    layer = config.foundation.layer if config.foundation.layer is not None else n_layers // 2
+    if not 0 <= layer < n_layers:
+        raise MonoscopeError(f"model.layer {layer} is out of range", f"the model has blocks 0..{n_layers - 1}")
+    names = {dictionary_label(size) for size in config.foundation.dictionary_sizes}
+    for spec in config.load_dictionaries:
+        dictionary = load_dictionary(spec)
+        if dictionary.hook_name != f"blocks.{layer}.hook_resid_post" or dictionary.d_in != d_model:
+            raise MonoscopeError(
+                f"dictionary {spec!r} reads {dictionary.hook_name} (d_in {dictionary.d_in})",
+                f"this run evaluates blocks.{layer}.hook_resid_post (d_in {d_model}): set model.layer or load another dictionary",
+            )
+        if dictionary.name in names or dictionary.name == POOL_NAME:
+            raise MonoscopeError(f"two dictionaries are named {dictionary.name!r}", "rename the directory of the loaded one")
+        names.add(dictionary.name)
+
+
+def check_same_foundation(run_dir: Path, config: RunConfig) -> None:
+    """Refuse a run directory whose corpus, activations or dictionaries came from another foundation config."""
+    stored = read_manifest(run_dir).get("config")
+    if not stored:
+        return
+    current = _jsonable(config)
+    for key in ("foundation", "load_dictionaries"):
+        if stored.get(key) != current[key]:
+            raise MonoscopeError(
+                f"{str(run_dir)!r} was built with another {key.replace('_', ' ')} config",
+                "use a new run directory (or the config it was built with); evaluation settings may change between runs",
+            )
+
+
+def foundation_done(run_dir: Path, config: RunConfig) -> bool:
+    """Return True when the run directory already holds every index the config needs."""
+    names = [dictionary_label(size) for size in config.foundation.dictionary_sizes] + [POOL_NAME]
+    return (run_dir / DICTIONARIES).exists() and all((run_dir / "index" / f"{name}.safetensors").exists() for name in names)
+
+
+# --- foundation ----------------------------------------------------------------------------------------
+
+
+def build_foundation(run_dir: Path, config: RunConfig, log: Progress) -> tuple[SubjectModel, np.ndarray, list[Dictionary]]:
+    """Return (subject model, corpus chunks, dictionaries smallest first) after building or reusing every foundation stage."""
+    foundation = config.foundation
+    torch.set_num_threads(cpu_threads())
+    with timed_stage(run_dir, "load_model"):
+        subject = load_subject_model(foundation.model, foundation.device, foundation.dtype)
+    hook_name = check_layer(subject, foundation)
+    update_manifest(run_dir, model={"name": subject.name, "n_layers": subject.n_layers, "d_model": subject.d_model, "hook": hook_name})
+    log(f"model: {subject.name} ({subject.n_layers} blocks, d_model {subject.d_model}); dictionaries read {hook_name}")
+    chunks = prepare_corpus(run_dir, subject, foundation, log)
+    residuals = collect_foundation_activations(run_dir, subject, chunks, foundation, log)
+    dictionaries = train_default_dictionaries(run_dir, residuals, hook_name, foundation, log) if foundation.dictionary_sizes else []
+    for spec in config.load_dictionaries:
+        dictionaries.append(_loaded_dictionary(run_dir, spec, residuals, foundation.held_out_fraction))
+    dictionaries.sort(key=lambda d: (d.d_sae, d.name))
+    index_dictionaries(run_dir, residuals, chunks, dictionaries, foundation, log)
+    rows = [row for row in dictionary_table(run_dir) if row["dictionary"] in {d.name for d in dictionaries}]
+    for row in rows:
+        row["dead_fraction_all_tokens"] = firing_summary(run_dir / "index" / f"{row['dictionary']}.safetensors")["dead_fraction_all_tokens"]
+    atomic_write_json(run_dir / DICTIONARIES, rows)
+    return subject, chunks, dictionaries
+
+
+def _loaded_dictionary(run_dir: Path, spec: str, residuals: np.memmap, held_out_fraction: float) -> Dictionary:
+    """Return a user's dictionary, recording its held-out statistics in the run directory once."""
+    dictionary = load_dictionary(spec)
+    stats_path = run_dir / "dictionaries" / dictionary.name / STATS_FILE
+    if not stats_path.exists():
+        _train_ids, held_ids = split_chunks(residuals.shape[0], held_out_fraction)
+        held_out = torch.from_numpy(np.asarray(residuals[held_ids]).reshape(-1, residuals.shape[2]))
+        stats = asdict(dictionary_stats(dictionary, held_out))
+        atomic_write_json(stats_path, stats | {"d_sae": dictionary.d_sae, "evaluated_on": "held-out chunks", "source": spec})
+    return dictionary
+
+
+# --- sharding ------------------------------------------------------------------------------------------
+
+
+def shard_directory(run_dir: Path, shard: tuple[int, int] | None) -> Path:
+    """Return where a shard writes its records (the run directory itself when unsharded)."""
+    if shard is None:
+        return run_dir
+    path = run_dir / "shards" / f"{shard[0]}-of-{shard[1]}"
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def _record_dirs(run_dir: Path) -> list[Path]:
+    return [run_dir, *sorted(p for p in (run_dir / "shards").glob("*-of-*") if p.is_dir())]
+
+
+def wait_for_explanations(
+    run_dir: Path, units: list[EvaluatedUnit], shard: tuple[int, int] | None, wait_seconds: float, log: Progress
+) -> list[Explanation]:
+    """Return every unit's explanations once all exist in the run (other shards' included), waiting for them up to ``wait_seconds``."""
+    names = {unit.unit for unit in units}
+    deadline, announced = time.monotonic() + wait_seconds, False
+    while True:
+        records = [r for d in _record_dirs(run_dir) for r in read_records(d / EXPLANATIONS, Explanation) if r.unit in names]
+        missing = names - {r.unit for r in records if r.explainer == "llm"}
+        if not missing:
+            return records
+        if shard is None:
+            raise MonoscopeError(f"{len(missing)} units have no explanation record", "rerun: the explain stage redoes them")
+        if time.monotonic() > deadline:
+            raise MonoscopeError(
+                f"shard {shard[0]}/{shard[1]} waited {wait_seconds:.0f} s for {len(missing)} explanations of other shards",
+                "start the other shards (or rerun this one later: its work so far is saved)",
+            )
+        if not announced:
+            log(f"shard {shard[0]}/{shard[1]}: waiting for the other shards' explanations ({len(missing)} units)")
+            announced = True
+        time.sleep(1.0)
+
+
+def merge_shards(run_dir: Path) -> None:
+    """Fold every shard's records into the run directory's record files (last record per key wins)."""
+    shards = _record_dirs(run_dir)[1:]
+    if not shards:
+        return
+    for name, (record_type, key) in RECORD_KEYS.items():
+        records = [r for directory in [run_dir, *shards] for r in read_records(directory / name, record_type)]
+        merged = list(latest_by_key(records, key).values())
+        atomic_write_bytes(run_dir / name, records_text(merged).encode("utf-8"))
+
+
+@contextmanager
+def file_lock(path: Path) -> Iterator[None]:
+    """Hold an exclusive lock on ``path`` (shared by all processes working on one run directory)."""
+    with path.open("a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+# --- comparisons and results ---------------------------------------------------------------------------
+
+
+def correlation_stage(
+    run_dir: Path,
+    config: RunConfig,
+    subject: SubjectModel,
+    chunks: np.ndarray,
+    dictionaries: list[Dictionary],
+    units: list[EvaluatedUnit],
+    log: Progress,
+) -> None:
+    """Write correlations.jsonl: sampled features (the evaluated ones included) against every neuron of blocks 0..L."""
+    from harness.correlation import correlate_features
+
+    settings = {**asdict(config.correlation), "dictionaries": [d.name for d in dictionaries], "units": [u.unit for u in units]}
+    path = run_dir / CORRELATIONS
+    if not config.correlation.enabled or not dictionaries:
+        return
+    if path.exists() and read_manifest(run_dir).get("correlation") == settings:
+        log("correlate: reusing correlations.jsonl")
+        return
+    features = []
+    for dictionary in dictionaries:
+        state, _about = load_index(run_dir / "index" / f"{dictionary.name}.safetensors")
+        required = [u.index for u in units if u.unit_set == dictionary.name]
+        features.append(
+            (dictionary, sample_features(state.fire_count.numpy(), config.correlation.features, config.foundation.seed, required))
+        )
+    n_chunks = chunks.shape[0]
+    if config.correlation.tokens is None:
+        chunk_ids = list(range(n_chunks))
+    else:
+        wanted = min(n_chunks, -(-config.correlation.tokens // chunks.shape[1]))
+        chunk_ids = sorted(np.random.default_rng(config.foundation.seed).choice(n_chunks, size=wanted, replace=False).tolist())
+    n_features = sum(len(indices) for _d, indices in features)
+    log(f"correlate: {n_features} features × every neuron of blocks 0..L over {len(chunk_ids) * chunks.shape[1]} tokens")
+    with timed_stage(run_dir, "correlate"), progress_bar(len(chunk_ids), "correlate", "chunk") as bar:
+        records = correlate_features(subject, chunks, chunk_ids, features, config.foundation.batch_size, bar.update)
+    atomic_write_bytes(path, records_text(records).encode("utf-8"))
+    update_manifest(run_dir, correlation=settings)
+
+
+def neighbors_stage(run_dir: Path, dictionaries: list[Dictionary], units: list[EvaluatedUnit]) -> None:
+    """Write neighbors.jsonl: for each evaluated feature, its nearest features in every larger dictionary."""
+    from harness.splitting import nearest_features
+
+    records: list[NearestFeatures] = []
+    for small in dictionaries:
+        indices = [u.index for u in units if u.unit_set == small.name]
+        for large in dictionaries:
+            if large.d_sae > small.d_sae and indices and small.W_dec is not None and large.W_dec is not None:
+                records += nearest_features(small, indices, large)
+    atomic_write_bytes(run_dir / NEIGHBORS, records_text(records).encode("utf-8"))
+
+
+def results_stage(run_dir: Path, log: Progress) -> dict[str, Any]:
+    """Compact the records, write tables, plots, the HTML report and the SAEBench summary; return the summary."""
+    from results.build import write_results
+    from results.report import write_report
+    from results.saebench import write_saebench_summary
+
+    for name, (record_type, key) in RECORD_KEYS.items():
+        compact(run_dir / name, record_type, key)
+    shutil.rmtree(run_dir / "results" / "plots", ignore_errors=True)  # plots of units a previous config evaluated
+    with timed_stage(run_dir, "results"):
+        summary = write_results(run_dir)
+        report = write_report(run_dir)
+        saebench = write_saebench_summary(run_dir)
+    log(f"report: {report}")
+    log(f"SAEBench summary: {saebench}")
+    return summary
+
+
+def _record_usage(run_dir: Path, clients: dict[str, Any], shard: tuple[int, int] | None) -> None:
+    label = "" if shard is None else f".shard-{shard[0]}-of-{shard[1]}"
+    seen: set[int] = set()
+    usage = {}
+    for name, client in clients.items():
+        if client is None or id(client) in seen:
+            continue
+        seen.add(id(client))
+        usage[f"{name}{label}"] = client.usage_by_stage()
+    update_manifest(run_dir, usage=usage)
+
+
+def placeholder_plan(run_dir: Path, config: RunConfig) -> dict[str, dict[str, Any]]:
+    """Return the call plan of a run whose indexes do not exist yet, from placeholder contexts (an upper bound)."""
+    sets = [dictionary_label(size) for size in config.foundation.dictionary_sizes]
+    sets += [load_dictionary(spec).name for spec in config.load_dictionaries]
+    if config.neurons.enabled:
+        sets.append(POOL_NAME)
+    names = [f"{unit_set}/{i}" for unit_set in sets for i in range(config.evaluation.units_per_dictionary)]
+    units = placeholder_units(names, config.evaluation, config.foundation.index.window)
+    roles = {"explainer": config.explainer, "judge": config.judge, "simulator": config.simulator}
+    return plan_calls(_record_dirs(run_dir), units, config.evaluation, roles, config.prices)
+
+
+def _log_plan(plan: dict[str, dict[str, Any]], log: Progress, upper_bound: bool) -> dict[str, Any]:
+    note = " (upper bound: the indexes do not exist yet, so every sampling slot is counted)" if upper_bound else ""
+    log(f"dry run: LLM calls still needed{note}; tokens are estimates (characters / 4)")
+    log(f"{'stage':<9} {'role':<10} {'backend/model':<32} {'calls':>8} {'prompt tok':>11} {'output tok':>11} {'est. cost':>10}")
+    total = 0.0
+    priced = True
+    for stage, row in plan.items():
+        cost = row["cost_usd"]
+        priced = priced and cost is not None
+        total += cost or 0.0
+        cost_text = "unpriced" if cost is None else f"${cost:.4f}"
+        model = f"{row['backend']}/{row['model']}"
+        log(
+            f"{stage:<9} {row['role']:<10} {model:<32} {row['calls']:>8} {row['prompt_tokens']:>11}"
+            f" {row['completion_tokens']:>11} {cost_text:>10}"
+        )
+    log(f"estimated cost: ${total:.4f}" + ("" if priced else " for the priced models (add the others under llm.prices)"))
+    return {"dry_run": True, "upper_bound": upper_bound, "stages": plan, "estimated_cost_usd": total}
+
+
+def _counts(units: list[EvaluatedUnit]) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for unit in units:
+        counts[unit.unit_set] = counts.get(unit.unit_set, 0) + 1
+    return counts
+
+
+def _jsonable(config: RunConfig) -> dict[str, Any]:
+    import json
+
+    return json.loads(json.dumps(asdict(config)))

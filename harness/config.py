@@ -1,0 +1,284 @@
+"""One file describes a whole evaluation: ``monoscope run CONFIG`` (YAML or TOML).
+
+Sections and their keys (every key is optional; see ``harness/configs/default.yaml``)::
+
+    name: my-run                 # run directory name under runs/ (default: the file's stem)
+    seed: 0                      # seeds corpus split, training, index sampling, unit choice, shuffling
+    model:       {name, layer, device, dtype, batch_size}
+    corpus:      {source, text_field, tokens, context_length, held_out_fraction}
+    dictionaries: {train: [sizes], sparsity_coefficient, learning_rate, training_batch_size, epochs, load: [specs]}
+    index:       {top_k, interval_samples, bins_per_octave, min_exponent, max_exponent, random_nonzero, random_zero,
+                  window_before, window_after}
+    neurons:     {enabled, pool_size, match_density}   (pool_size: neurons of blocks 0..L indexed; see harness.neurons)
+    evaluation:  {units_per_dictionary, simulation_contexts, judge_format, simulator_format, explainer_chat,
+                  sampling: {score_fraction, explain_top, explain_per_level, explain_random, score_top,
+                             score_per_level, score_random, score_zero, levels}}
+    correlation: {enabled, features, tokens}
+    explainer / judge / simulator: {backend, model, base_url}
+    llm:         {max_concurrency, prices: {MODEL: [USD per 1M input tokens, USD per 1M output tokens]}}
+
+Unknown keys, wrong types and impossible values are reported with the section
+and key before any work starts.
+"""
+
+import tomllib
+import types
+import typing
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from harness.errors import MonoscopeError
+from harness.evaluate import EvaluationConfig
+from harness.index import IndexConfig
+from harness.pipeline import FoundationConfig
+from harness.sampling import SamplingConfig
+from scorers.rubric import RUBRIC_FORMATS
+from scorers.simulation import SIMULATION_FORMATS
+
+DEFAULT_CONFIG = Path(__file__).parent / "configs" / "default.yaml"
+
+
+@dataclass(frozen=True)
+class Role:
+    """Backend and model of one LLM role (explainer, judge or simulator)."""
+
+    backend: str = "local"
+    model: str = "embedded"
+    base_url: str | None = None  # an OpenAI-compatible server (vLLM, Ollama, llama.cpp) or an API proxy
+
+
+@dataclass(frozen=True)
+class NeuronConfig:
+    """The neuron baseline: a pool of MLP neurons of blocks 0..L indexed beside the dictionaries."""
+
+    enabled: bool = True
+    match_density: str | None = None  # a dictionary name: choose neurons whose firing density is nearest its evaluated features'
+
+
+@dataclass(frozen=True)
+class CorrelationConfig:
+    """Feature–neuron correlation: which features and over how many tokens."""
+
+    enabled: bool = True
+    features: int | None = 300  # random alive features per dictionary; None = every feature
+    tokens: int | None = None  # tokens streamed (whole chunks from the start of the corpus); None = all
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """A whole evaluation: foundation, unit sets, scoring roles, comparisons."""
+
+    name: str = "run"
+    foundation: FoundationConfig = field(default_factory=FoundationConfig)
+    load_dictionaries: tuple[str, ...] = ()  # SAELens dirs or .safetensors reading the configured layer's residual stream
+    evaluation: EvaluationConfig = field(default_factory=EvaluationConfig)
+    neurons: NeuronConfig = field(default_factory=NeuronConfig)
+    correlation: CorrelationConfig = field(default_factory=CorrelationConfig)
+    explainer: Role = field(default_factory=Role)
+    judge: Role = field(default_factory=Role)
+    simulator: Role = field(default_factory=Role)
+    max_concurrency: int = 4
+    prices: dict[str, tuple[float, float]] = field(default_factory=dict)
+
+
+_SECTIONS = (
+    "name", "seed", "model", "corpus", "dictionaries", "index", "neurons", "evaluation", "correlation",
+    "explainer", "judge", "simulator", "llm",
+)  # fmt: skip
+_MODEL_KEYS = {"name": "model", "layer": "layer", "device": "device", "dtype": "dtype", "batch_size": "batch_size"}
+_CORPUS_KEYS = {
+    "source": "corpus",
+    "text_field": "text_field",
+    "tokens": "tokens",
+    "context_length": "context_length",
+    "held_out_fraction": "held_out_fraction",
+}
+_DICTIONARY_KEYS = {
+    "train": "dictionary_sizes",
+    "sparsity_coefficient": "sparsity_coefficient",
+    "learning_rate": "learning_rate",
+    "training_batch_size": "training_batch_size",
+    "epochs": "epochs",
+}
+
+
+def read_config_file(path: Path) -> dict[str, Any]:
+    """Return the mapping in a YAML (.yaml/.yml) or TOML (.toml) file; MonoscopeError if unreadable."""
+    if not path.is_file():
+        raise MonoscopeError(f"config {str(path)!r} not found", "give the path of a .yaml or .toml file")
+    try:
+        text = path.read_text(encoding="utf-8")
+        data = tomllib.loads(text) if path.suffix == ".toml" else yaml.safe_load(text)
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError, yaml.YAMLError) as exc:
+        raise MonoscopeError(f"config {str(path)!r} cannot be parsed ({str(exc).splitlines()[0]})", "fix the file's syntax") from exc
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise MonoscopeError(f"config {str(path)!r} is not a mapping of sections", "see harness/configs/default.yaml")
+    return data
+
+
+def load_config(path: Path) -> RunConfig:
+    """Return the validated RunConfig of a YAML or TOML file (its name defaults to the file's stem)."""
+    data = read_config_file(path)
+    return config_from_mapping(data, default_name=path.stem)
+
+
+def config_from_mapping(data: dict[str, Any], default_name: str = "run") -> RunConfig:
+    """Return the validated RunConfig of a parsed config mapping."""
+    _check_keys(data, _SECTIONS, "the config")
+    seed = _typed(data.get("seed", 0), int, "seed")
+    foundation: dict[str, Any] = {"seed": seed}
+    for section, mapping in (("model", _MODEL_KEYS), ("corpus", _CORPUS_KEYS), ("dictionaries", _DICTIONARY_KEYS)):
+        values = _section(data, section)
+        _check_keys(values, tuple(mapping) + (("load",) if section == "dictionaries" else ()), f"section {section!r}")
+        foundation |= {mapping[key]: value for key, value in values.items() if key in mapping}
+    index = _build(IndexConfig, _section(data, "index") | {"seed": seed}, "index")
+    neurons = dict(_section(data, "neurons"))
+    if "pool_size" in neurons:
+        foundation["neuron_pool_size"] = neurons.pop("pool_size")
+    foundation_config = _build(FoundationConfig, foundation | {"index": index}, "model/corpus/dictionaries")
+    evaluation_data = dict(_section(data, "evaluation"))
+    sampling = _build(SamplingConfig, dict(evaluation_data.pop("sampling", None) or {}) | {"seed": seed}, "evaluation.sampling")
+    evaluation = _build(EvaluationConfig, evaluation_data | {"sampling": sampling, "seed": seed}, "evaluation")
+    llm = _section(data, "llm")
+    _check_keys(llm, ("max_concurrency", "prices"), "section 'llm'")
+    config = RunConfig(
+        name=_typed(data.get("name", default_name), str, "name"),
+        foundation=foundation_config,
+        load_dictionaries=tuple(_typed(spec, str, "dictionaries.load[]") for spec in _section(data, "dictionaries").get("load") or ()),
+        evaluation=evaluation,
+        neurons=_build(NeuronConfig, neurons, "neurons"),
+        correlation=_build(CorrelationConfig, _section(data, "correlation"), "correlation"),
+        explainer=_build(Role, _section(data, "explainer"), "explainer"),
+        judge=_build(Role, _section(data, "judge"), "judge"),
+        simulator=_build(Role, _section(data, "simulator"), "simulator"),
+        max_concurrency=_typed(llm.get("max_concurrency", 4), int, "llm.max_concurrency"),
+        prices=_prices(llm.get("prices") or {}),
+    )
+    check_config(config)
+    return config
+
+
+def check_config(config: RunConfig) -> None:
+    """Raise MonoscopeError for values no run can use (checked before any work starts)."""
+    foundation, evaluation = config.foundation, config.evaluation
+    positive = {
+        "corpus.tokens": foundation.tokens,
+        "corpus.context_length": foundation.context_length,
+        "model.batch_size": foundation.batch_size,
+        "dictionaries.training_batch_size": foundation.training_batch_size,
+        "dictionaries.epochs": foundation.epochs,
+        "evaluation.units_per_dictionary": evaluation.units_per_dictionary,
+        "evaluation.simulation_contexts": evaluation.simulation_contexts,
+        "neurons.pool_size": foundation.neuron_pool_size,
+        "llm.max_concurrency": config.max_concurrency,
+    }
+    for key, value in positive.items():
+        if value < 1:
+            raise MonoscopeError(f"{key} is {value}", "it must be at least 1")
+    if foundation.context_length < foundation.index.window:
+        raise MonoscopeError(
+            f"corpus.context_length {foundation.context_length} is shorter than the index window ({foundation.index.window} tokens)",
+            "raise context_length or shrink index.window_before / window_after",
+        )
+    if any(size < 1 for size in foundation.dictionary_sizes):
+        raise MonoscopeError(f"dictionaries.train has a size below 1: {list(foundation.dictionary_sizes)}", "sizes must be positive")
+    if not 0 < foundation.held_out_fraction < 1:
+        raise MonoscopeError(f"corpus.held_out_fraction is {foundation.held_out_fraction}", "it must be between 0 and 1")
+    if foundation.sparsity_coefficient < 0:
+        raise MonoscopeError("dictionaries.sparsity_coefficient is negative", "use a value >= 0")
+    if not foundation.dictionary_sizes and not config.load_dictionaries:
+        raise MonoscopeError("the config names no dictionary", "list sizes under dictionaries.train or paths under dictionaries.load")
+    if evaluation.judge_format not in RUBRIC_FORMATS:
+        raise MonoscopeError(f"unknown evaluation.judge_format {evaluation.judge_format!r}", f"choose one of {', '.join(RUBRIC_FORMATS)}")
+    if evaluation.simulator_format not in SIMULATION_FORMATS:
+        raise MonoscopeError(
+            f"unknown evaluation.simulator_format {evaluation.simulator_format!r}", f"choose one of {', '.join(SIMULATION_FORMATS)}"
+        )
+    for name in ("features", "tokens"):
+        value = getattr(config.correlation, name)
+        if value is not None and value < 1:
+            raise MonoscopeError(f"correlation.{name} is {value}", "give a positive number, or null for all")
+    from harness.llm import backend_names
+
+    for role_name in ("explainer", "judge", "simulator"):
+        role = getattr(config, role_name)
+        if role.backend not in backend_names():
+            raise MonoscopeError(f"{role_name}.backend {role.backend!r} is not known", f"choose one of {', '.join(backend_names())}")
+
+
+def with_seed(config: RunConfig, seed: int) -> RunConfig:
+    """Return ``config`` with every seed set to ``seed``."""
+    foundation = replace(config.foundation, seed=seed, index=replace(config.foundation.index, seed=seed))
+    evaluation = replace(config.evaluation, seed=seed, sampling=replace(config.evaluation.sampling, seed=seed))
+    return replace(config, foundation=foundation, evaluation=evaluation)
+
+
+def _section(data: dict[str, Any], name: str) -> dict[str, Any]:
+    value = data.get(name) or {}
+    if not isinstance(value, dict):
+        raise MonoscopeError(f"section {name!r} of the config is not a mapping", f"write {name}: followed by indented keys")
+    return value
+
+
+def _check_keys(values: dict[str, Any], known: tuple[str, ...], where: str) -> None:
+    for key in values:
+        if key not in known:
+            raise MonoscopeError(f"unknown key {key!r} in {where}", f"known keys: {', '.join(known)}")
+
+
+def _typed(value: Any, kind: Any, key: str) -> Any:
+    """Return ``value`` converted to ``kind`` (an annotation), or raise naming the key."""
+    origin = typing.get_origin(kind)
+    if origin in (types.UnionType, typing.Union):
+        options = typing.get_args(kind)
+        if value is None and type(None) in options:
+            return None
+        for option in options:
+            if option is type(None):
+                continue
+            try:
+                return _typed(value, option, key)
+            except MonoscopeError:
+                continue
+        raise MonoscopeError(f"{key} has the wrong type ({value!r})", f"expected {kind}")
+    if origin is tuple:
+        if not isinstance(value, list | tuple):
+            raise MonoscopeError(f"{key} should be a list, not {value!r}", "write it as [a, b, ...]")
+        item = typing.get_args(kind)[0]
+        return tuple(_typed(element, item, f"{key}[]") for element in value)
+    if kind is float and isinstance(value, int | float) and not isinstance(value, bool):
+        return float(value)
+    if kind in (int, str, bool) and isinstance(value, kind) and not (kind is int and isinstance(value, bool)):
+        return value
+    if kind is Any:
+        return value
+    raise MonoscopeError(f"{key} has the wrong type ({value!r})", f"expected {getattr(kind, '__name__', kind)}")
+
+
+def _build(cls: type, values: dict[str, Any], where: str) -> Any:
+    """Return ``cls(**values)`` with every value checked against the field's annotation."""
+    hints = typing.get_type_hints(cls)
+    names = tuple(f.name for f in fields(cls))
+    _check_keys(values, names, f"section {where!r}")
+    checked = {}
+    for key, value in values.items():
+        kind = hints[key]
+        checked[key] = value if isinstance(value, IndexConfig | SamplingConfig) else _typed(value, kind, f"{where}.{key}")
+    return cls(**checked)
+
+
+def _prices(values: Any) -> dict[str, tuple[float, float]]:
+    if not isinstance(values, dict):
+        raise MonoscopeError("llm.prices is not a mapping", "write llm.prices as {model: [input USD/1M, output USD/1M]}")
+    prices = {}
+    for model, pair in values.items():
+        pair = _typed(pair, tuple[float, ...], f"llm.prices.{model}")
+        if len(pair) != 2 or min(pair) < 0:
+            raise MonoscopeError(f"llm.prices.{model} is {list(pair)}", "give two non-negative numbers: input and output USD per 1M tokens")
+        prices[str(model)] = (pair[0], pair[1])
+    return prices

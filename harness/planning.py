@@ -1,0 +1,142 @@
+"""``--dry-run``: count the LLM calls and tokens a run still needs, and what they would cost, spending nothing.
+
+The explain and score stages run for real against a planning backend that
+answers every request with a canned reply the stage's parser accepts, in a
+scratch copy of the run's records (so finished work is not counted). Tokens are
+estimated (prompt characters / 4; completion tokens at the request's maximum),
+so figures are upper-bound estimates, not quotes.
+"""
+
+import math
+import shutil
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from harness.budget import estimated_tokens
+from harness.config import Role
+from harness.evaluate import EXPLANATIONS, JUDGMENTS, SIMULATIONS, EvaluationConfig, explain_stage, score_stage
+from harness.llm import LLMClient, report_usage
+from harness.llm_types import CHOICE_LOGPROBS, CONTINUATION_LOGPROB, GENERATE, Completion, Message, Usage
+from harness.records import Explanation, TokenContext, UnitContexts
+
+_CAPABILITIES = {
+    "local": frozenset({GENERATE, CHOICE_LOGPROBS, CONTINUATION_LOGPROB}),
+    "openai": frozenset({GENERATE, CHOICE_LOGPROBS}),
+    "anthropic": frozenset({GENERATE}),
+}
+
+
+@dataclass
+class PlanningBackend:
+    """Stands in for a backend: same name, model and capabilities; canned replies with estimated usage."""
+
+    name: str
+    model: str
+    capabilities: frozenset[str]
+
+    def generate(self, messages: list[Message], **params: Any) -> Completion:
+        """Return a placeholder reply; usage = estimated prompt tokens and the request's output maximum."""
+        limit = int(params.get("max_tokens") or params.get("max_new_tokens") or 256)
+        return Completion("", Usage(estimated_tokens("".join(m.content for m in messages)), limit))
+
+    def choice_logprobs(self, messages: list[Message], choices: list[str]) -> dict[str, float]:
+        """Return uniform log-probabilities over the choices (usage: estimated prompt tokens, one output token)."""
+        report_usage(Usage(estimated_tokens("".join(m.content for m in messages)), 1))
+        return dict.fromkeys(choices, -math.log(len(choices)))
+
+    def continuation_logprob(self, prompt: str, continuation: str) -> float:
+        """Return a fixed log-probability (usage: estimated tokens of prompt and continuation)."""
+        report_usage(Usage(estimated_tokens(prompt + continuation), 0))
+        return -1.0
+
+
+class PlanningClient(LLMClient):
+    """An LLMClient over a PlanningBackend whose ``generate`` hands the parser a reply it accepts."""
+
+    def generate(self, messages: list[Message], stage: str, parse: Callable[[str], Any] | None = None, **params: Any) -> Any:
+        """Count the call, then return ``parse`` of the first canned reply it accepts."""
+        completion = super().generate(messages, stage, **params)
+        if parse is None:
+            return completion
+        for reply in _canned_replies():
+            try:
+                return parse(reply)
+            except ValueError:
+                continue
+        raise ValueError("no canned reply fits this parser")
+
+
+def _canned_replies() -> list[str]:
+    numbered = ["\n".join(f"{i}: 2" for i in range(1, count + 1)) for count in range(1, 129)]
+    lists = ["[" + ", ".join(["0"] * count) + "]" for count in range(1, 257)]
+    return ["2", *numbered, *lists]
+
+
+def planning_client(role: Role, prices: dict[str, tuple[float, float]]) -> PlanningClient:
+    """Return a PlanningClient standing in for ``role``."""
+    backend = PlanningBackend(role.backend, role.model, _CAPABILITIES.get(role.backend, frozenset(_CAPABILITIES["local"])))
+    return PlanningClient(backend, cache_dir=None, max_concurrency=1, max_parse_attempts=1, retry_attempts=1, prices=prices)
+
+
+def plan_calls(
+    record_dirs: list[Path],
+    units: list[UnitContexts],
+    config: EvaluationConfig,
+    roles: dict[str, Role],
+    prices: dict[str, tuple[float, float]],
+) -> dict[str, dict[str, Any]]:
+    """Return {stage: {role, backend, model, calls, prompt_tokens, completion_tokens, cost_usd}} still needed.
+
+    ``record_dirs`` hold the records written so far (the run directory and any shard
+    directories); they are copied to a scratch directory, never written.
+    """
+    clients = {name: planning_client(role, prices) for name, role in roles.items()}
+    with tempfile.TemporaryDirectory(prefix="monoscope-plan-") as scratch:
+        work = Path(scratch)
+        for name in (EXPLANATIONS, JUDGMENTS, SIMULATIONS):
+            with (work / name).open("ab") as merged:
+                for directory in record_dirs:
+                    if (directory / name).exists():
+                        with (directory / name).open("rb") as part:
+                            shutil.copyfileobj(part, merged)
+        explain_stage(work, units, clients["explainer"], config)
+        simulator = clients["judge"] if roles["simulator"] == roles["judge"] else clients["simulator"]
+        from results.store import read_records
+
+        score_stage(work, units, clients["judge"], simulator, config, read_records(work / EXPLANATIONS, Explanation))
+    plan = {}
+    for stage, role_name in (("explain", "explainer"), ("judge", "judge"), ("simulate", "simulator")):
+        client = simulator if role_name == "simulator" else clients[role_name]
+        usage = client.usage_by_stage().get(stage, {})
+        role = roles[role_name]
+        plan[stage] = {
+            "role": role_name,
+            "backend": role.backend,
+            "model": role.model,
+            "calls": usage.get("calls", 0),
+            "prompt_tokens": usage.get("prompt_tokens", 0),
+            "completion_tokens": usage.get("completion_tokens", 0),
+            "cost_usd": usage.get("cost_usd") if usage else (0.0 if client._price() is not None else None),
+        }
+    return plan
+
+
+def placeholder_units(unit_names: list[str], config: EvaluationConfig, window: int) -> list[UnitContexts]:
+    """Return units with the most contexts the sampling config allows, of placeholder tokens (for planning before the index exists)."""
+    sampling = config.sampling
+    n_explain = sampling.explain_top + sampling.levels * sampling.explain_per_level + sampling.explain_random
+    n_score = sampling.score_top + sampling.levels * sampling.score_per_level + sampling.score_random + sampling.score_zero
+    units = []
+    for name in unit_names:
+
+        def context(index: int, split: str, firing: bool, unit: str = name) -> TokenContext:
+            activations = tuple(1.0 if firing and position == window // 2 else 0.0 for position in range(window))
+            return TokenContext(unit, f"{unit}@{index}:0", "top", index, (" token",) * window, activations, window // 2, None, split)
+
+        explain = tuple(context(i, "explain", True) for i in range(n_explain))
+        score = tuple(context(n_explain + i, "score", i < n_score - sampling.score_zero) for i in range(n_score))
+        units.append(UnitContexts(name, 1.0, explain, score))
+    return units

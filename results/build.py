@@ -1,0 +1,172 @@
+"""Build a run's result tables and figures from its record files.
+
+Reads <run>/units.jsonl, explanations.jsonl, judgments.jsonl,
+simulations.jsonl, correlations.jsonl, neighbors.jsonl and dictionaries.json
+(the last three may be absent), keeps the last record per key, and writes CSV
+tables to <run>/results/tables/ and PNG figures to <run>/results/plots/. The
+same records give byte-identical CSVs.
+"""
+
+import math
+from collections import defaultdict
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+import numpy as np
+import pandas as pd
+
+from harness.records import EvaluatedUnit, Explanation, FeatureCorrelation, Judgment, NearestFeatures, Simulation
+from harness.storage import read_json
+from results.plots import plot_max_correlation, plot_metrics_vs_size, plot_score_distributions, plot_specificity
+from results.store import latest_by_key, read_records
+from results.tables import (
+    SPECIFICITY_COLUMNS,
+    compare_table,
+    control_table,
+    correlation_summary,
+    correlation_table,
+    set_order,
+    set_table,
+    specificity_table,
+    unit_table,
+    write_table,
+)
+
+NEURON_SET = "neurons"
+CORRELATION_THRESHOLD = 0.3
+
+T = TypeVar("T")
+
+
+def safe_name(unit: str) -> str:
+    """Return a unit name usable in a file name ("/" and "." replaced by "_")."""
+    return unit.replace("/", "_").replace(".", "_")
+
+
+def _plain(value: Any) -> Any:
+    """Return a table cell as a JSON value: numpy scalars as Python numbers, NaN and missing as None."""
+    if value is None or value is pd.NA:
+        return None
+    if isinstance(value, np.generic):
+        value = value.item()
+    if isinstance(value, float) and math.isnan(value):
+        return None
+    return value
+
+
+def _rows(df: pd.DataFrame) -> list[dict[str, Any]]:
+    """Return a table's rows as JSON-ready dicts."""
+    return [{key: _plain(value) for key, value in row.items()} for row in df.astype(object).to_dict("records")]
+
+
+def _interval(row: dict[str, Any], metric: str) -> list[float] | None:
+    """Return [low, high] of a metric's interval in a set-table row, or None."""
+    low, high = row[f"{metric}_ci_low"], row[f"{metric}_ci_high"]
+    return None if low is None or high is None else [low, high]
+
+
+def _short(text: str | None, limit: int = 70) -> str:
+    """Return an explanation cut to ``limit`` characters for a figure title."""
+    if not text:
+        return "(no explanation)"
+    text = " ".join(text.split())
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def _latest(path: Path, record_type: type[T], key: Callable[[T], Any]) -> list[T]:
+    """Return the last record per key of a record file (none when the file is absent)."""
+    return list(latest_by_key(read_records(path, record_type), key).values())
+
+
+def write_results(run_dir: Path, levels: int = 10) -> dict[str, Any]:
+    """Write the run's tables and figures; return a JSON-ready summary (paths and headline numbers, None for missing)."""
+    run_dir = Path(run_dir)
+    units = _latest(run_dir / "units.jsonl", EvaluatedUnit, lambda r: r.unit)
+    explanations = _latest(run_dir / "explanations.jsonl", Explanation, lambda r: (r.unit, r.explainer))
+    judgments = _latest(run_dir / "judgments.jsonl", Judgment, lambda r: (r.unit, r.source, r.context_id))
+    simulations = _latest(run_dir / "simulations.jsonl", Simulation, lambda r: (r.unit, r.source, r.context_id))
+    correlations = _latest(run_dir / "correlations.jsonl", FeatureCorrelation, lambda r: r.unit)
+    neighbors = _latest(run_dir / "neighbors.jsonl", NearestFeatures, lambda r: (r.unit, r.other_dictionary))
+    dictionaries_path = run_dir / "dictionaries.json"
+    dictionary_rows: list[dict] = read_json(dictionaries_path) if dictionaries_path.exists() else []
+    dictionary_order = [row["dictionary"] for row in sorted(dictionary_rows, key=lambda row: (row.get("d_sae") or 0, row["dictionary"]))]
+
+    units_df = unit_table(units, explanations, judgments, simulations, correlations, neighbors)
+    sets_df = set_table(units_df, dictionary_rows)
+    compare_df = compare_table(units_df, NEURON_SET)
+    controls_df = control_table(units_df)
+    correlations_df = correlation_table(correlations, dictionary_order)
+    correlation_summary_df = correlation_summary(correlations, CORRELATION_THRESHOLD, dictionary_order)
+
+    evaluated_sets = [name for name in set_order(units_df, dictionary_rows, NEURON_SET) if name in set(units_df["unit_set"])]
+    pooled = {name: specificity_table(judgments, unit_set=name, units=units, levels=levels) for name in evaluated_sets}
+    by_unit: dict[str, list[Judgment]] = defaultdict(list)
+    for judgment in judgments:
+        by_unit[judgment.unit].append(judgment)
+    per_unit = {unit: specificity_table(by_unit[unit], unit=unit, levels=levels) for unit in units_df["unit"]}
+    pooled_df = _stack(pooled, "unit_set")
+    per_unit_df = _stack(per_unit, "unit")
+
+    tables = {
+        "units": units_df,
+        "sets": sets_df,
+        "compare": compare_df,
+        "controls": controls_df,
+        "correlations": correlations_df,
+        "correlation_summary": correlation_summary_df,
+        "specificity_pooled": pooled_df,
+        "specificity_units": per_unit_df,
+    }
+    table_paths = {name: str(write_table(run_dir, name, df)) for name, df in tables.items()}
+
+    plots_dir = run_dir / "results" / "plots"
+    plot_paths: dict[str, str] = {}
+    for name, table in pooled.items():
+        n_units = int((units_df["unit_set"] == name).sum())
+        title = f"Specificity vs activation: {name} ({n_units} units, real explanations)"
+        plot_paths[f"specificity_{name}"] = str(plot_specificity(table, title, plots_dir / f"specificity_{name}.png"))
+    explanation_of = dict(zip(units_df["unit"], units_df["explanation"], strict=True))
+    for unit, table in per_unit.items():
+        stem = f"specificity_unit_{safe_name(unit)}"
+        title = f"{unit}: {_short(explanation_of.get(unit))}"
+        plot_paths[stem] = str(plot_specificity(table, title, plots_dir / f"{stem}.png"))
+    is_neuron = units_df["unit_set"] == NEURON_SET
+    if is_neuron.any() and not is_neuron.all():
+        plot_paths["features_vs_neurons"] = str(plot_score_distributions(units_df, plots_dir / "features_vs_neurons.png", NEURON_SET))
+    if not correlations_df.empty:
+        plot_paths["max_correlation"] = str(plot_max_correlation(correlations_df, plots_dir / "max_correlation.png", CORRELATION_THRESHOLD))
+    plot_paths["metrics_vs_size"] = str(plot_metrics_vs_size(sets_df, plots_dir / "metrics_vs_size.png"))
+
+    set_rows = _rows(sets_df)
+    return {
+        "run_dir": str(run_dir),
+        "tables": table_paths,
+        "plots": plot_paths,
+        "sets": [
+            {
+                "unit_set": row["unit_set"],
+                "kind": row["kind"],
+                "n_units": row["n_units"],
+                "rubric_mean": row["rubric_mean"],
+                "rubric_ci": _interval(row, "rubric"),
+                "pearson_mean": row["pearson_mean"],
+                "pearson_ci": _interval(row, "pearson"),
+            }
+            for row in set_rows
+        ],
+        "compare": _rows(compare_df),
+        "controls": _rows(controls_df),
+        "max_correlation": {
+            "threshold": CORRELATION_THRESHOLD,
+            "fraction_at_most_threshold": {row["dictionary"]: row["fraction_at_most_threshold"] for row in _rows(correlation_summary_df)},
+        },
+    }
+
+
+def _stack(tables: dict[str, pd.DataFrame], column: str) -> pd.DataFrame:
+    """Return the specificity tables stacked with their key in a leading ``column``."""
+    parts = [table.assign(**{column: key})[[column, *SPECIFICITY_COLUMNS]] for key, table in tables.items() if not table.empty]
+    if not parts:
+        return pd.DataFrame(columns=[column, *SPECIFICITY_COLUMNS])
+    return pd.concat(parts, ignore_index=True)

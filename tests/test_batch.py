@@ -1,0 +1,221 @@
+"""Config-driven batch runs (``monoscope run``): sharding, reruns, dry runs and the spending limit.
+
+The subject model is a tiny random Gemma with a byte tokenizer (the loader is
+patched), the LLM a deterministic fake whose replies depend only on the prompt,
+so two runs of the same work must give the same records.
+"""
+
+import hashlib
+import json
+import math
+import threading
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+import torch
+
+import harness.batch
+from harness.batch import run_evaluation
+from harness.budget import BudgetExhausted
+from harness.config import config_from_mapping
+from harness.evaluate import EXPLANATIONS, JUDGMENTS, SIMULATIONS
+from harness.llm import register_backend, report_usage
+from harness.llm_types import CHOICE_LOGPROBS, GENERATE, Completion, Message, Usage
+
+CALLS: list[str] = []
+CALLS_LOCK = threading.Lock()
+
+
+class ByteTokenizer:
+    """Stateless tokenizer: one token per ASCII character (so every process decodes alike)."""
+
+    bos_token_id = 2
+    eos_token_id = 1
+
+    def __call__(self, text: str, add_special_tokens: bool = False) -> dict[str, list[int]]:
+        return {"input_ids": [10 + min(ord(c), 117) for c in text]}
+
+    def decode(self, ids: list[int]) -> str:
+        return "".join(chr(i - 10) if i >= 10 else "" for i in ids)
+
+
+class FakeBackend:
+    """Replies are a function of the prompt only: a rating digit, or log-probabilities from a hash."""
+
+    name = "fake-test"
+    model = "fake-model"
+    capabilities = frozenset({GENERATE, CHOICE_LOGPROBS})
+
+    def generate(self, messages: list[Message], **params: object) -> Completion:
+        digest = _digest(messages)
+        with CALLS_LOCK:
+            CALLS.append(digest)
+        return Completion(str(int(digest[:8], 16) % 4), Usage(100, 1))
+
+    def choice_logprobs(self, messages: list[Message], choices: list[str]) -> dict[str, float]:
+        digest = _digest(messages)
+        with CALLS_LOCK:
+            CALLS.append(digest)
+        report_usage(Usage(100, 1))
+        weights = [1 + int(digest[2 * i : 2 * i + 2], 16) for i in range(len(choices))]
+        return {choice: math.log(w / sum(weights)) for choice, w in zip(choices, weights, strict=True)}
+
+
+def _digest(messages: list[Message]) -> str:
+    return hashlib.sha256("".join(m.content for m in messages).encode()).hexdigest()
+
+
+register_backend("fake-test")(lambda model="fake-model", **_options: FakeBackend())
+
+
+@pytest.fixture
+def tiny_subject(monkeypatch: pytest.MonkeyPatch):
+    """Patch the batch runner's model loading to a tiny random Gemma with a byte tokenizer."""
+    from transformers import Gemma3ForCausalLM, Gemma3TextConfig
+
+    from harness.model import wrap_model
+
+    torch.manual_seed(0)
+    config = Gemma3TextConfig(
+        vocab_size=128,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=4,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        head_dim=16,
+        max_position_embeddings=128,
+        sliding_window=16,
+        bos_token_id=2,
+        eos_token_id=1,
+        pad_token_id=0,
+    )
+    subject = wrap_model(Gemma3ForCausalLM(config), ByteTokenizer(), name="tiny-byte-gemma")
+    monkeypatch.setattr(harness.batch, "load_subject_model", lambda *args, **kwargs: subject)
+    monkeypatch.setattr(harness.batch, "model_shape", lambda name: (4, 32, 64))
+    monkeypatch.setenv("MONOSCOPE_PROGRESS", "0")
+    return subject
+
+
+def tiny_config(**overrides: object):
+    """Return a RunConfig of a run that takes seconds."""
+    data = {
+        "name": "tiny",
+        "seed": 3,
+        "model": {"name": "tiny-byte-gemma", "layer": 2, "batch_size": 16},
+        "corpus": {"tokens": 6144, "context_length": 32},
+        "dictionaries": {"train": [16, 32], "training_batch_size": 64},
+        "index": {"top_k": 4, "interval_samples": 1, "random_nonzero": 2, "random_zero": 2, "window_before": 5, "window_after": 2},
+        "neurons": {"pool_size": 24},
+        "evaluation": {
+            "units_per_dictionary": 2,
+            "simulation_contexts": 2,
+            "judge_format": "rating",
+            "simulator_format": "expected_value",
+            "sampling": {
+                "explain_top": 4,
+                "explain_per_level": 1,
+                "score_top": 2,
+                "score_per_level": 1,
+                "score_random": 1,
+                "score_zero": 2,
+            },
+        },
+        "correlation": {"features": 4, "tokens": 2048},
+        "explainer": {"backend": "fake-test", "model": "fake-model"},
+        "judge": {"backend": "fake-test", "model": "fake-model"},
+        "simulator": {"backend": "fake-test", "model": "fake-model"},
+        "llm": {"max_concurrency": 2, "prices": {"fake-model": [1000.0, 1000.0]}},
+    }
+    data.update(overrides)
+    return config_from_mapping(data)
+
+
+def record_lines(run_dir: Path, name: str) -> list[str]:
+    """Return a record file's lines, sorted (record order depends on scheduling, content must not)."""
+    return sorted((run_dir / name).read_text(encoding="utf-8").splitlines())
+
+
+def test_shards_merged_equal_an_unsharded_run(tmp_path: Path, tiny_subject: object) -> None:
+    config = tiny_config()
+    whole = tmp_path / "whole"
+    run_evaluation(config, whole, log=lambda _message: None)
+
+    sharded = tmp_path / "sharded"
+    errors: list[BaseException] = []
+
+    def shard(index: int) -> None:
+        try:
+            run_evaluation(config, sharded, shard=(index, 2), log=lambda _message: None, wait_seconds=300)
+        except BaseException as error:  # reported below
+            errors.append(error)
+
+    threads = [threading.Thread(target=shard, args=(index,)) for index in (0, 1)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert not errors, errors
+    assert (sharded / "shards" / "0-of-2" / "done.json").exists() and (sharded / "shards" / "1-of-2" / "done.json").exists()
+    for name in (EXPLANATIONS, JUDGMENTS, SIMULATIONS, "units.jsonl", "contexts.jsonl", "correlations.jsonl", "neighbors.jsonl"):
+        assert record_lines(sharded, name) == record_lines(whole, name), name
+    units = [json.loads(line)["unit_set"] for line in record_lines(whole, "units.jsonl")]
+    assert sorted(set(units)) == ["neurons", "sae-16", "sae-32"]
+    for table in sorted((whole / "results" / "tables").glob("*.csv")):
+        assert (sharded / "results" / "tables" / table.name).read_bytes() == table.read_bytes(), table.name
+    assert (sharded / "results" / "report.html").exists()
+
+
+def test_rerun_of_finished_run_makes_no_call_and_changes_nothing(tmp_path: Path, tiny_subject: object) -> None:
+    config = tiny_config()
+    run_evaluation(config, tmp_path, log=lambda _message: None)
+    before = {name: (tmp_path / name).read_bytes() for name in (EXPLANATIONS, JUDGMENTS, SIMULATIONS, "correlations.jsonl")}
+    CALLS.clear()
+    run_evaluation(config, tmp_path, log=lambda _message: None)
+    assert CALLS == []
+    assert before == {name: (tmp_path / name).read_bytes() for name in before}
+
+
+def test_dry_run_counts_calls_and_spends_nothing(tmp_path: Path, tiny_subject: object) -> None:
+    config = tiny_config()
+    CALLS.clear()
+    before_foundation = run_evaluation(config, tmp_path / "new", dry_run=True, log=lambda _message: None)
+    assert before_foundation["upper_bound"] and before_foundation["stages"]["judge"]["calls"] > 0
+    assert before_foundation["estimated_cost_usd"] > 0
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    harness.batch.build_foundation(run_dir, config, log=lambda _message: None)  # local work only: no LLM call
+    planned = run_evaluation(config, run_dir, dry_run=True, log=lambda _message: None)
+    assert CALLS == [] and not (run_dir / JUDGMENTS).exists() and not (run_dir / EXPLANATIONS).exists()
+    assert not planned["upper_bound"]
+    assert planned["stages"]["judge"]["calls"] <= before_foundation["stages"]["judge"]["calls"]
+    run_evaluation(config, run_dir, log=lambda _message: None)
+    usage = json.loads((run_dir / "manifest.json").read_text())["usage"]
+    requests = sum(counts["calls"] + counts["cached_calls"] for client in usage.values() for counts in client.values())
+    # the plan counts every request the run makes; identical prompts are answered from the cache, so it bounds the calls
+    assert sum(stage["calls"] for stage in planned["stages"].values()) == requests
+    assert len(CALLS) <= requests
+    after = run_evaluation(config, run_dir, dry_run=True, log=lambda _message: None)
+    assert all(stage["calls"] == 0 for stage in after["stages"].values())
+
+
+def test_max_cost_stops_cleanly_and_a_rerun_resumes(tmp_path: Path, tiny_subject: object) -> None:
+    config = tiny_config()
+    CALLS.clear()
+    # each call costs 100 prompt + 1 output token at $1000 per 1M: ~$0.101; allow about ten of them
+    with pytest.raises(BudgetExhausted):
+        run_evaluation(config, tmp_path, max_cost=1.05, log=lambda _message: None)
+    spent_calls = len(CALLS)
+    assert 0 < spent_calls <= 11
+    kept = (tmp_path / EXPLANATIONS).read_text().splitlines()
+    assert len([line for line in kept if '"llm"' in line]) > 0
+    CALLS.clear()
+    run_evaluation(config, tmp_path, log=lambda _message: None)
+    unsharded = tmp_path.parent / "reference"
+    first_calls = set(CALLS)
+    CALLS.clear()
+    run_evaluation(replace(config), unsharded, log=lambda _message: None)
+    # the resumed run asked only what the stopped one had not: together they made the reference run's calls
+    assert len(first_calls) + spent_calls >= len(set(CALLS))
+    assert record_lines(tmp_path, JUDGMENTS) == record_lines(unsharded, JUDGMENTS)
