@@ -15,7 +15,6 @@ records into the run directory and writes the results.
 """
 
 import fcntl
-import shutil
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -30,7 +29,7 @@ from harness.budget import Budget, BudgetExhausted
 from harness.config import RunConfig
 from harness.dictionaries import STATS_FILE, Dictionary, load_dictionary
 from harness.errors import MonoscopeError
-from harness.evaluate import EXPLANATIONS, JUDGMENTS, SIMULATIONS, explain_stage, score_stage
+from harness.evaluate import EXPLANATIONS, explain_stage, score_stage
 from harness.evaluation_commands import make_client
 from harness.index_store import firing_summary, load_index
 from harness.model import SubjectModel, load_subject_model, model_shape
@@ -46,21 +45,17 @@ from harness.pipeline import (
     split_chunks,
     train_default_dictionaries,
 )
-from harness.planning import placeholder_units, plan_calls
+from harness.planning import log_plan, placeholder_plan, plan_calls
 from harness.progress import progress_bar
-from harness.records import EvaluatedUnit, Explanation, Judgment, NearestFeatures, Simulation
+from harness.records import EvaluatedUnit, Explanation, NearestFeatures
+from harness.reporting import CORRELATIONS, RECORD_KEYS, results_stage
 from harness.runs import cpu_threads, prepare_run_directory, read_manifest, software_versions, timed_stage, update_manifest
 from harness.storage import atomic_write_bytes, atomic_write_json
 from harness.training import dictionary_stats
 from harness.units import choose_units, sample_contexts, sample_features
-from results.store import compact, latest_by_key, read_records, records_text
+from results.store import latest_by_key, read_records, records_text
 
-CORRELATIONS, NEIGHBORS, DICTIONARIES = "correlations.jsonl", "neighbors.jsonl", "dictionaries.json"
-RECORD_KEYS = {
-    EXPLANATIONS: (Explanation, lambda r: (r.unit, r.explainer)),
-    JUDGMENTS: (Judgment, lambda r: (r.unit, r.source, r.context_id)),
-    SIMULATIONS: (Simulation, lambda r: (r.unit, r.source, r.context_id)),
-}
+NEIGHBORS, DICTIONARIES = "neighbors.jsonl", "dictionaries.json"
 
 
 def run_evaluation(
@@ -85,7 +80,7 @@ def run_evaluation(
     prepare_run_directory(run_dir)
     check_same_foundation(run_dir, config)
     if dry_run and not foundation_done(run_dir, config):
-        return _log_plan(placeholder_plan(run_dir, config), log, upper_bound=True)
+        return log_plan(placeholder_plan(_record_dirs(run_dir), config), log, upper_bound=True)
     with file_lock(run_dir / ".foundation.lock"):
         update_manifest(run_dir, config=_jsonable(config), seed=config.foundation.seed, versions=software_versions())
         subject, chunks, dictionaries = build_foundation(run_dir, config, log)
@@ -103,7 +98,7 @@ def run_evaluation(
     log(f"units: {len(units)} ({', '.join(f'{s} {n}' for s, n in _counts(units).items())}); contexts → {run_dir / 'contexts.jsonl'}")
     roles = {"explainer": config.explainer, "judge": config.judge, "simulator": config.simulator}
     if dry_run:
-        return _log_plan(plan_calls(_record_dirs(run_dir), contexts, config.evaluation, roles, config.prices), log, upper_bound=False)
+        return log_plan(plan_calls(_record_dirs(run_dir), contexts, config.evaluation, roles, config.prices), log, upper_bound=False)
     records_dir = shard_directory(run_dir, shard)
     mine = [c for k, c in enumerate(contexts) if shard is None or k % shard[1] == shard[0]]
     budget = Budget(max_cost) if max_cost is not None else None
@@ -351,24 +346,6 @@ def neighbors_stage(run_dir: Path, dictionaries: list[Dictionary], units: list[E
     atomic_write_bytes(run_dir / NEIGHBORS, records_text(records).encode("utf-8"))
 
 
-def results_stage(run_dir: Path, log: Progress) -> dict[str, Any]:
-    """Compact the records, write tables, plots, the HTML report and the SAEBench summary; return the summary."""
-    from results.build import write_results
-    from results.report import write_report
-    from results.saebench import write_saebench_summary
-
-    for name, (record_type, key) in RECORD_KEYS.items():
-        compact(run_dir / name, record_type, key)
-    shutil.rmtree(run_dir / "results" / "plots", ignore_errors=True)  # plots of units a previous config evaluated
-    with timed_stage(run_dir, "results"):
-        summary = write_results(run_dir)
-        report = write_report(run_dir)
-        saebench = write_saebench_summary(run_dir)
-    log(f"report: {report}")
-    log(f"SAEBench summary: {saebench}")
-    return summary
-
-
 def _record_usage(run_dir: Path, clients: dict[str, Any], shard: tuple[int, int] | None) -> None:
     label = "" if shard is None else f".shard-{shard[0]}-of-{shard[1]}"
     seen: set[int] = set()
@@ -379,38 +356,6 @@ def _record_usage(run_dir: Path, clients: dict[str, Any], shard: tuple[int, int]
         seen.add(id(client))
         usage[f"{name}{label}"] = client.usage_by_stage()
     update_manifest(run_dir, usage=usage)
-
-
-def placeholder_plan(run_dir: Path, config: RunConfig) -> dict[str, dict[str, Any]]:
-    """Return the call plan of a run whose indexes do not exist yet, from placeholder contexts (an upper bound)."""
-    sets = [dictionary_label(size) for size in config.foundation.dictionary_sizes]
-    sets += [load_dictionary(spec).name for spec in config.load_dictionaries]
-    if config.neurons.enabled:
-        sets.append(POOL_NAME)
-    names = [f"{unit_set}/{i}" for unit_set in sets for i in range(config.evaluation.units_per_dictionary)]
-    units = placeholder_units(names, config.evaluation, config.foundation.index.window)
-    roles = {"explainer": config.explainer, "judge": config.judge, "simulator": config.simulator}
-    return plan_calls(_record_dirs(run_dir), units, config.evaluation, roles, config.prices)
-
-
-def _log_plan(plan: dict[str, dict[str, Any]], log: Progress, upper_bound: bool) -> dict[str, Any]:
-    note = " (upper bound: the indexes do not exist yet, so every sampling slot is counted)" if upper_bound else ""
-    log(f"dry run: LLM calls still needed{note}; tokens are estimates (characters / 4)")
-    log(f"{'stage':<9} {'role':<10} {'backend/model':<32} {'calls':>8} {'prompt tok':>11} {'output tok':>11} {'est. cost':>10}")
-    total = 0.0
-    priced = True
-    for stage, row in plan.items():
-        cost = row["cost_usd"]
-        priced = priced and cost is not None
-        total += cost or 0.0
-        cost_text = "unpriced" if cost is None else f"${cost:.4f}"
-        model = f"{row['backend']}/{row['model']}"
-        log(
-            f"{stage:<9} {row['role']:<10} {model:<32} {row['calls']:>8} {row['prompt_tokens']:>11}"
-            f" {row['completion_tokens']:>11} {cost_text:>10}"
-        )
-    log(f"estimated cost: ${total:.4f}" + ("" if priced else " for the priced models (add the others under llm.prices)"))
-    return {"dry_run": True, "upper_bound": upper_bound, "stages": plan, "estimated_cost_usd": total}
 
 
 def _counts(units: list[EvaluatedUnit]) -> dict[str, int]:

@@ -4,11 +4,12 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from harness.batch import build_foundation, check_same_foundation, correlation_stage, preflight, results_stage, run_evaluation
+from harness.batch import build_foundation, check_same_foundation, correlation_stage, preflight, run_evaluation
 from harness.config import DEFAULT_CONFIG, RunConfig, load_config
 from harness.errors import MonoscopeError
 from harness.pipeline import Progress
 from harness.records import EvaluatedUnit, FeatureCorrelation
+from harness.reporting import results_stage
 from harness.runs import prepare_run_directory
 from results.store import read_records
 

@@ -16,10 +16,13 @@ from pathlib import Path
 from typing import Any
 
 from harness.budget import estimated_tokens
-from harness.config import Role
+from harness.config import Role, RunConfig
+from harness.dictionaries import load_dictionary
 from harness.evaluate import EXPLANATIONS, JUDGMENTS, SIMULATIONS, EvaluationConfig, explain_stage, score_stage
 from harness.llm import LLMClient, report_usage
 from harness.llm_types import CHOICE_LOGPROBS, CONTINUATION_LOGPROB, GENERATE, Completion, Message, Usage
+from harness.neurons import POOL_NAME
+from harness.pipeline import Progress, dictionary_label
 from harness.records import Explanation, TokenContext, UnitContexts
 
 _CAPABILITIES = {
@@ -140,3 +143,35 @@ def placeholder_units(unit_names: list[str], config: EvaluationConfig, window: i
         score = tuple(context(n_explain + i, "score", i < n_score - sampling.score_zero) for i in range(n_score))
         units.append(UnitContexts(name, 1.0, explain, score))
     return units
+
+
+def placeholder_plan(record_dirs: list[Path], config: RunConfig) -> dict[str, dict[str, Any]]:
+    """Return the call plan of a run whose indexes do not exist yet, from placeholder contexts (an upper bound)."""
+    sets = [dictionary_label(size) for size in config.foundation.dictionary_sizes]
+    sets += [load_dictionary(spec).name for spec in config.load_dictionaries]
+    if config.neurons.enabled:
+        sets.append(POOL_NAME)
+    names = [f"{unit_set}/{i}" for unit_set in sets for i in range(config.evaluation.units_per_dictionary)]
+    units = placeholder_units(names, config.evaluation, config.foundation.index.window)
+    roles = {"explainer": config.explainer, "judge": config.judge, "simulator": config.simulator}
+    return plan_calls(record_dirs, units, config.evaluation, roles, config.prices)
+
+
+def log_plan(plan: dict[str, dict[str, Any]], log: Progress, upper_bound: bool) -> dict[str, Any]:
+    note = " (upper bound: the indexes do not exist yet, so every sampling slot is counted)" if upper_bound else ""
+    log(f"dry run: LLM calls still needed{note}; tokens are estimates (characters / 4)")
+    log(f"{'stage':<9} {'role':<10} {'backend/model':<32} {'calls':>8} {'prompt tok':>11} {'output tok':>11} {'est. cost':>10}")
+    total = 0.0
+    priced = True
+    for stage, row in plan.items():
+        cost = row["cost_usd"]
+        priced = priced and cost is not None
+        total += cost or 0.0
+        cost_text = "unpriced" if cost is None else f"${cost:.4f}"
+        model = f"{row['backend']}/{row['model']}"
+        log(
+            f"{stage:<9} {row['role']:<10} {model:<32} {row['calls']:>8} {row['prompt_tokens']:>11}"
+            f" {row['completion_tokens']:>11} {cost_text:>10}"
+        )
+    log(f"estimated cost: ${total:.4f}" + ("" if priced else " for the priced models (add the others under llm.prices)"))
+    return {"dry_run": True, "upper_bound": upper_bound, "stages": plan, "estimated_cost_usd": total}
