@@ -38,6 +38,7 @@ def activation_throughput(args: argparse.Namespace) -> dict:
         run()
         timings[name] = time.perf_counter() - run_started
     tokens = chunks.numel()
+    ceiling = flop_ceiling(subject, layer, dictionary.d_sae)
     return {
         "tokens": tokens,
         "monoscope_tokens_per_s": round(tokens / timings["monoscope"], 1),
@@ -46,4 +47,25 @@ def activation_throughput(args: argparse.Namespace) -> dict:
         "naive_outputs": f"{dictionary.d_sae} features (plus logits and all hidden states)",
         "ratio": round(timings["naive"] / timings["monoscope"], 2),
         "target": ">= 5",
+        "matmul_flops_per_token": ceiling,
+        "note": (
+            f"Both sides are dense float32 matmuls on the same tokens, so the ratio cannot pass the ratio of their matmul work: "
+            f"{ceiling['naive']:,} vs {ceiling['monoscope']:,} multiply-adds per token = {ceiling['ceiling_ratio']}x "
+            f"(monoscope stops after block {layer} of {subject.n_layers} and never computes the "
+            f"{ceiling['lm_head']:,}-multiply-add LM head). A ratio of 5 on this model would need less arithmetic than the "
+            "blocks themselves require; the measured ratio is compared with that ceiling."
+        ),
     }
+
+
+def flop_ceiling(subject, layer: int, d_sae: int) -> dict:
+    """Return multiply-adds per token of both sides, counted from the model's own weight shapes, and their ratio."""
+    from harness.model import transformer_blocks
+
+    blocks = transformer_blocks(subject.model)
+    per_block = [sum(m.weight.numel() for m in block.modules() if isinstance(m, torch.nn.Linear)) for block in blocks]
+    lm_head = subject.model.get_output_embeddings().weight.numel()
+    encode = subject.d_model * d_sae
+    monoscope = sum(per_block[: layer + 1]) + encode
+    naive = sum(per_block) + lm_head + encode
+    return {"monoscope": monoscope, "naive": naive, "lm_head": lm_head, "ceiling_ratio": round(naive / monoscope, 2)}

@@ -12,7 +12,10 @@ with ``common.benchmark``; its docstring says what it compares.
 import argparse
 import importlib
 import json
+import os
+import platform
 import sys
+import time
 from pathlib import Path
 
 import torch
@@ -27,12 +30,64 @@ for module in MODULES:
         importlib.import_module(module)
 
 
+RESULTS = Path(__file__).parent / "RESULTS.md"
+BEGIN, END = "<!-- begin generated: python benchmarks/run.py --write-results -->", "<!-- end generated -->"
+
+
+def target_met(ratio: object, target: object) -> str:
+    """Return "yes", "no" or "n/a" for a ratio against a target like ">= 5" or "<= 1.1"."""
+    if not isinstance(ratio, int | float) or not isinstance(target, str):
+        return "n/a"
+    for operator, holds in ((">=", lambda a, b: a >= b), ("<=", lambda a, b: a <= b), ("<", lambda a, b: a < b), (">", lambda a, b: a > b)):
+        if target.strip().startswith(operator):
+            try:
+                return "yes" if holds(float(ratio), float(target.strip()[len(operator) :].split()[0])) else "no"
+            except ValueError:
+                return "n/a"
+    return "n/a"
+
+
+def results_markdown(results: dict[str, dict]) -> str:
+    """Return the generated part of RESULTS.md: a summary table and each benchmark's figures."""
+    lines = [
+        BEGIN,
+        "",
+        f"Measured with `python benchmarks/run.py --write-results` on {platform.machine()}"
+        f" ({os.cpu_count()} CPUs), {time.strftime('%Y-%m-%d')}.",
+        "",
+        "| benchmark | ratio | target | met |",
+        "|---|---:|---|---|",
+    ]
+    for name, result in results.items():
+        ratio, target = result.get("ratio", "—"), result.get("target", "—")
+        lines.append(f"| `{name}` | {ratio} | {target} | {target_met(ratio, target)} |")
+    for name, result in results.items():
+        lines += ["", f"### {name}", ""]
+        if result.get("note"):
+            lines += [str(result["note"]), ""]
+        lines += ["```json", json.dumps(result, indent=2), "```"]
+    lines += ["", END]
+    return "\n".join(lines)
+
+
+def write_results(results: dict[str, dict]) -> None:
+    """Replace the generated part of RESULTS.md (the hand-written parts around it are kept)."""
+    text = RESULTS.read_text(encoding="utf-8") if RESULTS.exists() else f"# Benchmark results\n\n{BEGIN}\n{END}\n"
+    if BEGIN not in text or END not in text:
+        text = text.rstrip() + f"\n\n{BEGIN}\n{END}\n"
+    before, rest = text.split(BEGIN, 1)
+    after = rest.split(END, 1)[1]
+    RESULTS.write_text(before + results_markdown(results) + after, encoding="utf-8")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
     parser.add_argument("--only", action="append", choices=sorted(BENCHMARKS), help="run only these benchmarks")
     parser.add_argument("--throughput-tokens", type=int, default=4096)
     parser.add_argument("--index-tokens", type=int, default=16384)
+    parser.add_argument("--demo-run-dir", type=Path, default=Path("runs/demo"), help="finished demo run whose timings demo_wall_time reads")
+    parser.add_argument("--write-results", action="store_true", help="regenerate the generated part of benchmarks/RESULTS.md")
     args = parser.parse_args()
     torch.set_num_threads(max(1, torch.get_num_threads()))
     results = {}
@@ -42,6 +97,8 @@ def main() -> None:
             print(f"{name}: " + ", ".join(f"{key}={value}" for key, value in results[name].items()), flush=True)
     if args.json:
         print(json.dumps(results, indent=2))
+    if args.write_results:
+        write_results(results)
 
 
 if __name__ == "__main__":
