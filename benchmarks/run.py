@@ -87,6 +87,8 @@ def main() -> None:
     parser.add_argument("--throughput-tokens", type=int, default=4096)
     parser.add_argument("--index-tokens", type=int, default=16384)
     parser.add_argument("--demo-run-dir", type=Path, default=Path("runs/demo"), help="finished demo run whose timings demo_wall_time reads")
+    parser.add_argument("--scale-tokens", type=int, default=32768, help="tokens per size for index_scale")
+    parser.add_argument("--scale-threads", type=int, default=1, help="torch threads in the index_scale subprocesses")
     parser.add_argument("--write-results", action="store_true", help="regenerate the generated part of benchmarks/RESULTS.md")
     args = parser.parse_args()
     torch.set_num_threads(max(1, torch.get_num_threads()))
