@@ -106,10 +106,10 @@ def run_evaluation(
     if config.simulator == config.judge:
         clients["simulator"] = clients["judge"]  # one client: shared accounting and concurrency limit
     try:
-        with timed_stage(run_dir, "explain"), progress_bar(len(mine), "explain", "unit") as bar:
+        with _timed_if_called(run_dir, "explain", clients), progress_bar(len(mine), "explain", "unit") as bar:
             explain_stage(records_dir, mine, clients["explainer"], config.evaluation, on_unit_done=lambda: bar.update(1))
         all_explanations = wait_for_explanations(run_dir, units, shard, wait_seconds, log)
-        with timed_stage(run_dir, "score"), progress_bar(len(mine), "score", "unit") as bar:
+        with _timed_if_called(run_dir, "score", clients), progress_bar(len(mine), "score", "unit") as bar:
             score_stage(
                 records_dir, mine, clients["judge"], clients["simulator"], config.evaluation, all_explanations, lambda: bar.update(1)
             )
@@ -128,8 +128,19 @@ def run_evaluation(
     with file_lock(run_dir / ".results.lock"):
         merge_shards(run_dir)
         summary = results_stage(run_dir, log)
-    update_manifest(run_dir, summary=summary, wall_seconds=round(time.perf_counter() - started, 1))
+    elapsed = round(time.perf_counter() - started, 1)
+    first_completion = "wall_seconds" not in read_manifest(run_dir)  # a rerun's seconds say nothing of the run's cost
+    update_manifest(run_dir, summary=summary, last_invocation_seconds=elapsed, **({"wall_seconds": elapsed} if first_completion else {}))
     return summary
+
+
+@contextmanager
+def _timed_if_called(run_dir: Path, stage: str, clients: dict[str, Any]) -> Iterator[None]:
+    """Record a stage's wall time in the manifest only if it made backend calls (a skipped stage keeps its earlier time)."""
+    calls, started = sum(client.backend_calls for client in set(clients.values())), time.perf_counter()
+    yield
+    if sum(client.backend_calls for client in set(clients.values())) > calls:
+        update_manifest(run_dir, timings={stage: round(time.perf_counter() - started, 2)})
 
 
 # --- checks before any work ----------------------------------------------------------------------------
