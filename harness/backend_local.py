@@ -10,6 +10,17 @@ prompt: its KV cache is repeated over a batch of continuations, and only the
 continuation tokens are fed after it. ``generate`` decodes greedily with the
 same cache and computes the head at the last position only.
 
+Greedy generation reuses work across calls (option ``reuse``, on by default;
+the tokens are those of plain greedy decoding, the same arithmetic cut into
+other chunks, so logits agree to float rounding): a prompt prefix shared with the
+previous prompt (a judge's prompts for one unit and explanation share their
+opening) keeps its KV cache, and the previous reply with the same length limit
+and stop strings is a draft of up to 8 tokens, fed after the prompt in the same
+forward pass and kept as far as it matches the greedy choices (the head then
+runs at those few positions). A rubric judge's replies repeat ("1 — The
+explanation"), so its decoding steps mostly vanish. Sampling
+(temperature > 0) never reuses.
+
 Text to tokens:
 - a prompt is encoded without special tokens and BOS is put in front once
   (not again if the text, e.g. a chat template, already starts with it);
@@ -34,7 +45,10 @@ from harness.llm_types import CHOICE_LOGPROBS, CONTINUATION_LOGPROB, GENERATE, C
 from harness.model import SubjectModel, load_subject_model
 
 _GENERATE_PARAMS = frozenset({"temperature", "max_new_tokens", "max_tokens", "stop", "seed"})
-_OPTIONS = frozenset({"chat", "batch_size", "logit_rows"})
+_OPTIONS = frozenset({"chat", "batch_size", "logit_rows", "reuse"})
+_MIN_SHARED_PREFIX = 16  # tokens: a shorter common prefix with the previous prompt is not worth a cache of its own
+_MAX_DRAFT = 8  # tokens of the previous reply verified after a prompt in its forward pass
+_MAX_DRAFT_KEYS = 16  # (length limit, stop strings) settings whose last reply is kept as a draft
 
 
 class LocalBackend:
@@ -43,13 +57,25 @@ class LocalBackend:
     name = "local"
     capabilities = frozenset({GENERATE, CHOICE_LOGPROBS, CONTINUATION_LOGPROB})
 
-    def __init__(self, subject: SubjectModel, model: str | None = None, chat: bool = False, batch_size: int = 16, logit_rows: int = 64):
+    def __init__(
+        self,
+        subject: SubjectModel,
+        model: str | None = None,
+        chat: bool = False,
+        batch_size: int = 16,
+        logit_rows: int = 64,
+        reuse: bool = True,
+    ):
         self.subject = subject
         self.model = model or subject.name
         self.chat = chat
         self.batch_size = max(1, int(batch_size))  # continuations per forward pass after a shared prompt
         self.logit_rows = max(1, int(logit_rows))  # positions per LM-head matmul (each row is vocab-wide)
+        self.reuse = bool(reuse)  # greedy generation: shared-prefix KV cache and previous reply as a draft
         self._lock = threading.RLock()
+        self._previous_prompt: list[int] = []
+        self._prefix: tuple[list[int], Any] | None = None  # token ids and KV cache of the last shared prompt prefix
+        self._drafts: dict[tuple[int, tuple[str, ...]], list[int]] = {}  # last greedy reply per (limit, stop strings)
         lm = subject.model
         self._base = lm.base_model if hasattr(lm, "base_model") else lm.model
         self._head = lm.get_output_embeddings()
@@ -208,6 +234,8 @@ class LocalBackend:
         self, prompt_ids: list[int], max_new_tokens: int, temperature: float = 0.0, stop: list[str] | None = None, seed: int | None = None
     ) -> list[int]:
         """Return the generated token ids after ``prompt_ids`` (stops at EOS, a stop string, or the limit)."""
+        if temperature <= 0 and self.reuse and max_new_tokens > 0:
+            return self._generate_greedy_reusing(prompt_ids, max_new_tokens, list(stop or []))
         device = self.subject.device
         generator = torch.Generator().manual_seed(int(seed)) if seed is not None else None
         generated: list[int] = []
@@ -224,10 +252,95 @@ class LocalBackend:
                 else:
                     token = int(torch.argmax(logits))
                 generated.append(token)
-                if token in self._eos or (stop and any(s in self._decode(generated) for s in stop)):
+                if self._finished(generated, stop):
                     break
                 inputs = torch.tensor([[token]], device=device)
         return generated
+
+    def _finished(self, generated: list[int], stop: list[str] | None) -> bool:
+        """Return True when the last generated token is EOS or the decoded text contains a stop string."""
+        return generated[-1] in self._eos or bool(stop and any(s in self._decode(generated) for s in stop))
+
+    def _generate_greedy_reusing(self, prompt_ids: list[int], max_new_tokens: int, stop: list[str]) -> list[int]:
+        """Return the greedy tokens after ``prompt_ids``, reusing a shared prefix's KV cache and verifying a draft.
+
+        The draft (the previous reply under the same limit and stop strings) is fed after the
+        prompt in one forward pass; the greedy token at each position is kept while the draft
+        agrees with it, so the result equals plain greedy decoding.
+        """
+        device = self.subject.device
+        key = (max_new_tokens, tuple(stop))
+        draft = self._drafts.get(key, [])[: min(max_new_tokens - 1, _MAX_DRAFT)]
+        generated: list[int] = []
+        with self._lock, torch.inference_mode():
+            cache, start = self._shared_prefix(prompt_ids)
+            out = self._base(input_ids=torch.tensor([prompt_ids[start:] + draft], device=device), past_key_values=cache, use_cache=True)
+            cache = out.past_key_values
+            proposals = torch.argmax(self._logits(out.last_hidden_state[0, -(len(draft) + 1) :]), dim=-1).tolist()
+            done = False
+            for index, token in enumerate(proposals):  # proposal i is the greedy token after prompt + draft[:i]
+                generated.append(int(token))
+                done = self._finished(generated, stop) or len(generated) == max_new_tokens
+                if done or (index < len(draft) and token != draft[index]):
+                    break
+            if not done:
+                surplus = len(draft) - (len(generated) - 1)  # draft tokens in the cache beyond the accepted ones
+                if surplus > 0:
+                    cache = self._cropped(cache, surplus, prompt_ids + generated[:-1])
+                while len(generated) < max_new_tokens:
+                    out = self._base(input_ids=torch.tensor([[generated[-1]]], device=device), past_key_values=cache, use_cache=True)
+                    cache = out.past_key_values
+                    generated.append(int(torch.argmax(self._logits(out.last_hidden_state[0, -1:])[0])))
+                    if self._finished(generated, stop):
+                        break
+            self._drafts.pop(key, None)
+            self._drafts[key] = generated
+            while len(self._drafts) > _MAX_DRAFT_KEYS:
+                self._drafts.pop(next(iter(self._drafts)))
+        return generated
+
+    def _shared_prefix(self, prompt_ids: list[int]) -> tuple[Any, int]:
+        """Return (a copy of the KV cache of ``prompt_ids[:n]``, n), n = 0 (no cache) when no prefix is shared.
+
+        The prefix is the one this prompt shares with the previous prompt (at least
+        ``_MIN_SHARED_PREFIX`` tokens, never the whole prompt); its cache is kept for the next call
+        and extended from the kept one when that is a shorter prefix of it.
+        """
+        previous, self._previous_prompt = self._previous_prompt, list(prompt_ids)
+        shared = 0
+        for a, b in zip(previous, prompt_ids, strict=False):
+            if a != b:
+                break
+            shared += 1
+        shared = min(shared, len(prompt_ids) - 1)
+        kept_ids, kept_cache = self._prefix if self._prefix is not None else ([], None)
+        kept = kept_cache is not None and len(kept_ids) < len(prompt_ids) and prompt_ids[: len(kept_ids)] == kept_ids
+        if shared >= _MIN_SHARED_PREFIX and (not kept or shared > len(kept_ids)):
+            base_cache, start = (copy.deepcopy(kept_cache), len(kept_ids)) if kept else (None, 0)
+            inputs = torch.tensor([prompt_ids[start:shared]], device=self.subject.device)
+            cache = self._base(input_ids=inputs, past_key_values=base_cache, use_cache=True).past_key_values
+            self._prefix = (list(prompt_ids[:shared]), cache)
+            return copy.deepcopy(cache), shared
+        if kept:
+            return copy.deepcopy(kept_cache), len(kept_ids)
+        return None, 0
+
+    def _cropped(self, cache: Any, surplus: int, ids: list[int]) -> Any:
+        """Return ``cache`` without its last ``surplus`` positions, or a fresh cache of ``ids`` where it cannot be cut
+        (a sliding-window layer that has dropped its oldest positions)."""
+        layers = getattr(cache, "layers", None)
+        if layers is not None and all(_croppable(layer) for layer in layers):
+            cache.crop(-surplus)
+            return cache
+        return self._base(input_ids=torch.tensor([ids], device=self.subject.device), use_cache=True).past_key_values
+
+
+def _croppable(layer: Any) -> bool:
+    """Return True when a cache layer still holds every position (it is no sliding-window layer past its window)."""
+    if not getattr(layer, "is_sliding", False):
+        return hasattr(layer, "crop")
+    window = getattr(layer, "sliding_window", None)
+    return window is not None and layer.get_seq_length() < window
 
 
 def make_local_backend(
@@ -238,7 +351,8 @@ def make_local_backend(
     ``subject`` reuses an already loaded SubjectModel (the judge and the subject
     model are then one object in memory). Options: ``chat`` (render messages with
     the tokenizer's chat template), ``batch_size`` (continuations per forward pass),
-    ``logit_rows`` (positions per LM-head product).
+    ``logit_rows`` (positions per LM-head product), ``reuse`` (greedy generation reuses a
+    shared prompt prefix's KV cache and the previous reply as a draft; default on).
     """
     unknown = set(options) - _OPTIONS
     if unknown:

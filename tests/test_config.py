@@ -23,7 +23,9 @@ def test_yaml_and_toml_give_the_same_config(tmp_path: Path) -> None:
     yaml_path = tmp_path / "run.yaml"
     yaml_path.write_text("seed: 5\ncorpus: {tokens: 4096}\nevaluation: {units_per_dictionary: 3, sampling: {score_top: 1}}\n")
     toml_path = tmp_path / "run.toml"
-    toml_path.write_text("seed = 5\n[corpus]\ntokens = 4096\n[evaluation]\nunits_per_dictionary = 3\n[evaluation.sampling]\nscore_top = 1\n")
+    toml_path.write_text(
+        "seed = 5\n[corpus]\ntokens = 4096\n[evaluation]\nunits_per_dictionary = 3\n[evaluation.sampling]\nscore_top = 1\n"
+    )
     from_yaml, from_toml = load_config(yaml_path), load_config(toml_path)
     assert from_yaml == from_toml
     assert from_yaml.evaluation.sampling.seed == 5 and from_yaml.foundation.index.seed == 5
