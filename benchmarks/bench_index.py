@@ -122,7 +122,7 @@ def index_scale(args: argparse.Namespace) -> dict:
         "time_ratio_64k_over_1k": round(results["64k"]["seconds"] / results["1k"]["seconds"], 1),
         "unit_ratio_64k_over_1k": 64,
         "steady_time_exponent": round(_fitted_exponent(units, [r["steady_us_per_token"] for r in results.values()]), 3),
-        "rss_growth_exponent": round(_fitted_exponent(units, [r["rss_growth_mib"] for r in results.values()]), 3),
+        "state_growth_exponent": round(_fitted_exponent(units, [r["state_mib"] for r in results.values()]), 3),
         "ratio": round(time_exponent, 3),
         "target": "report",
     }

@@ -98,7 +98,10 @@ def main() -> None:
     torch.set_num_threads(max(1, torch.get_num_threads()))
     results = {}
     for name in args.only or list(BENCHMARKS):
-        results[name] = BENCHMARKS[name](args)
+        try:
+            results[name] = BENCHMARKS[name](args)
+        except Exception as error:  # one broken benchmark must not hide the others' figures
+            results[name] = {"error": f"{type(error).__name__}: {error}"}
         if not args.json:
             print(f"{name}: " + ", ".join(f"{key}={value}" for key, value in results[name].items()), flush=True)
     if args.json:
