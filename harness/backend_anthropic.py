@@ -42,6 +42,7 @@ class AnthropicBackend:
         """Return the reply's text blocks joined, and its usage."""
         system = "\n\n".join(m.content for m in messages if m.role == "system")
         wire = [{"role": m.role, "content": m.content} for m in messages if m.role != "system"]
+        params = {("max_tokens" if k == "max_new_tokens" else "stop_sequences" if k == "stop" else k): v for k, v in params.items()}
         arguments: dict[str, Any] = {"max_tokens": DEFAULT_MAX_TOKENS, **{k: v for k, v in params.items() if k not in SAMPLING_PARAMETERS}}
         if system:
             arguments["system"] = system

@@ -66,9 +66,9 @@ def _interval(row: dict[str, Any], metric: str) -> list[float] | None:
     return None if low is None or high is None else [low, high]
 
 
-def _short(text: str | None, limit: int = 70) -> str:
-    """Return an explanation cut to ``limit`` characters for a figure title."""
-    if not text:
+def _short(text: str | float | None, limit: int = 70) -> str:
+    """Return an explanation cut to ``limit`` characters for a figure title (a failed explanation is NaN in the table)."""
+    if not isinstance(text, str) or not text:
         return "(no explanation)"
     text = " ".join(text.split())
     return text if len(text) <= limit else text[: limit - 1] + "…"
