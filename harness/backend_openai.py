@@ -49,7 +49,11 @@ class OpenAIBackend:
         self._client = client
 
     def generate(self, messages: list[Message], **params: object) -> Completion:
-        """Return the first choice's text and the response's usage."""
+        """Return the first choice's text and the response's usage (``max_new_tokens`` is sent as ``max_tokens``)."""
+        params = dict(params)
+        if "max_new_tokens" in params:
+            params.setdefault("max_tokens", params.pop("max_new_tokens"))
+            params.pop("max_new_tokens", None)
         response = self._create(messages, params)
         usage = _usage(response)
         return Completion(_content(response), usage)

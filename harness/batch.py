@@ -29,7 +29,7 @@ from harness.budget import Budget, BudgetExhausted
 from harness.config import RunConfig
 from harness.dictionaries import STATS_FILE, Dictionary, load_dictionary
 from harness.errors import MonoscopeError
-from harness.evaluate import EXPLANATIONS, explain_stage, score_stage
+from harness.evaluate import EXPLANATIONS, UnitsFailed, explain_stage, failed_units, score_stage
 from harness.evaluation_commands import make_client
 from harness.index_store import firing_summary, load_index
 from harness.model import SubjectModel, load_subject_model, model_shape
@@ -73,6 +73,10 @@ def run_evaluation(
     With ``dry_run`` nothing is spent: the return value (also logged) is the plan of LLM
     calls, tokens and estimated cost per stage. ``max_cost`` (USD) stops the run with
     BudgetExhausted before a call that could pass it; a rerun resumes.
+
+    Units whose backend calls failed (permanently, or after every retry) are recorded as
+    failures and the run goes on; at its end, after the results are written (the summary and
+    the manifest list the failures), UnitsFailed names them. A rerun redoes only those units.
     """
     run_dir = run_dir or Path("runs") / config.name
     started = time.perf_counter()
@@ -124,13 +128,27 @@ def run_evaluation(
         atomic_write_json(records_dir / "done.json", {"units": [c.unit for c in mine]})
         if not all((shard_directory(run_dir, (i, shard[1])) / "done.json").exists() for i in range(shard[1])):
             log(f"shard {shard[0]}/{shard[1]} done; the last shard to finish writes the results")
+            mine_failed = failed_units(records_dir, [c.unit for c in mine])
+            if mine_failed:
+                raise UnitsFailed(mine_failed)
             return {"shard": list(shard), "units": [c.unit for c in mine]}
     with file_lock(run_dir / ".results.lock"):
         merge_shards(run_dir)
         summary = results_stage(run_dir, log)
+    failures = failed_units(run_dir, [u.unit for u in units])
+    summary = {**summary, "failures": [{"unit": unit, "reason": reason} for unit, reason in sorted(failures.items())]}
     elapsed = round(time.perf_counter() - started, 1)
     first_completion = "wall_seconds" not in read_manifest(run_dir)  # a rerun's seconds say nothing of the run's cost
-    update_manifest(run_dir, summary=summary, last_invocation_seconds=elapsed, **({"wall_seconds": elapsed} if first_completion else {}))
+    update_manifest(
+        run_dir,
+        summary=summary,
+        failures=summary["failures"],
+        last_invocation_seconds=elapsed,
+        **({"wall_seconds": elapsed} if first_completion and not failures else {}),
+    )
+    if failures:
+        log(f"{len(failures)} unit(s) failed: {', '.join(sorted(failures))} (reasons in the manifest; a rerun redoes only them)")
+        raise UnitsFailed(failures)
     return summary
 
 

@@ -5,6 +5,13 @@ the run directory, one record per explanation / judged context / simulated
 context. Both stages are resumable: a unit whose records are all present and
 parsed is skipped, and a rerun redoes only failures (the LLM response cache
 makes any repeated call free).
+
+A unit whose backend calls fail (a permanent error such as 401 or 400, or a
+transient one that outlasted every retry) is recorded with ``failure`` naming
+the reason (``harness.llm.BACKEND_FAILURE``) and no text, score or prediction;
+the other units go on. ``failed_units`` lists such units; a run ends with
+``UnitsFailed`` while any remain. ``BudgetExhausted`` is not a backend error:
+it still stops the run.
 """
 
 import random
@@ -20,10 +27,11 @@ from explainers.token_stats import token_statistics_explanation
 from harness.corpus import load_chunks
 from harness.errors import MonoscopeError
 from harness.index_store import load_index, unit_samples
-from harness.llm import LLMClient
+from harness.llm import BACKEND_FAILURE, BackendError, LLMClient, failure_reason
 from harness.records import Explanation, Judgment, Simulation, UnitContexts
 from harness.runs import update_manifest
 from harness.sampling import SamplingConfig, unit_contexts
+from harness.templates import load_template
 from results.store import append_records, compact, latest_by_key, read_records
 from scorers.rubric import judge_unit
 from scorers.simulation import simulate_unit
@@ -44,6 +52,18 @@ class EvaluationConfig:
     simulator_format: str = "likelihood"
     simulation_contexts: int = 6  # per unit: the simulator predicts every token of this many scoring contexts
     seed: int = 0
+
+
+class UnitsFailed(MonoscopeError):  # noqa: N818 (reads as what happened to the run)
+    """Some units' backend calls failed; they are recorded as failures, everything else is saved and written."""
+
+    def __init__(self, failures: dict[str, str]) -> None:
+        self.failures = dict(sorted(failures.items()))
+        listing = "; ".join(f"{unit}: {reason}" for unit, reason in self.failures.items())
+        super().__init__(
+            f"{len(self.failures)} unit(s) failed, the rest of the run is complete: {listing}"[:2000],
+            "fix the cause and rerun the same command: only the failed units are redone",
+        )
 
 
 def select_units(fire_count: np.ndarray, count: int, seed: int) -> list[int]:
@@ -81,7 +101,19 @@ def explain_stage(
     append_records(path, [token_statistics_explanation(c) for c in todo_stats])
 
     def explain(contexts: UnitContexts) -> Explanation:
-        explanation = explain_unit(contexts, client, chat=config.explainer_chat)
+        try:
+            explanation = explain_unit(contexts, client, chat=config.explainer_chat)
+        except BackendError as error:
+            explanation = Explanation(
+                unit=contexts.unit,
+                explainer="llm",
+                text=None,
+                backend=client.backend.name,
+                model=client.backend.model,
+                prompt_hash=load_template("explainer_chat" if config.explainer_chat else "explainer_base").sha256,
+                n_contexts=0,
+                failure=failure_reason(error),
+            )
         append_records(path, [explanation])
         if on_unit_done is not None:
             on_unit_done()
@@ -166,3 +198,23 @@ def _parsed(record: Judgment | Simulation | None) -> bool:
     if record is None or record.failure is not None:
         return False
     return (record.score if isinstance(record, Judgment) else record.predicted) is not None
+
+
+def failed_units(run_dir: Path, units: list[str]) -> dict[str, str]:
+    """Return {unit: reason} for ``units`` whose latest explanation, judgment or simulation records a backend failure."""
+    wanted = set(units)
+    failures: dict[str, str] = {}
+    files = (
+        (EXPLANATIONS, Explanation, lambda r: (r.unit, r.explainer)),
+        (JUDGMENTS, Judgment, _score_key),
+        (SIMULATIONS, Simulation, _score_key),
+    )
+    for name, record_type, key in files:
+        for record in latest_by_key(read_records(run_dir / name, record_type), key).values():
+            if record.unit in wanted and record.failure and record.failure.startswith(BACKEND_FAILURE):
+                failures.setdefault(record.unit, f"{name.split('.')[0]}: {record.failure}")
+    return failures
+
+
+def _score_key(record: Judgment | Simulation) -> tuple[str, str, str]:
+    return (record.unit, record.source, record.context_id)

@@ -66,6 +66,14 @@ class PermanentBackendError(BackendError):
     """A failure that retrying cannot fix (400, 401, 403, 404, ...): raised at once."""
 
 
+BACKEND_FAILURE = "backend error: "  # how a record's ``failure`` names a failed backend call (not an unparseable reply)
+
+
+def failure_reason(error: "BackendError") -> str:
+    """Return the ``failure`` of a record whose backend call failed (permanently, or after every retry)."""
+    return f"{BACKEND_FAILURE}{error}"[:500]
+
+
 class UnparseableReply(Exception):  # noqa: N818 (the name callers use)
     """Every attempt's reply failed to parse; ``raw`` is the last reply, ``attempts`` how many were made."""
 
@@ -276,6 +284,7 @@ class LLMClient:
         for _ in range(self.max_parse_attempts):
             self._reserve(stage, prompt_text, int(params.get("max_tokens") or params.get("max_new_tokens") or 256))
             completion = self._call(stage, lambda: self.backend.generate(list(messages), **params))
+            completion = Completion(scrub(completion.text), completion.usage, completion.cached)  # a reply may echo a key
             try:
                 value = completion if parse is None else parse(completion.text)
             except ValueError:

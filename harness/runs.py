@@ -13,6 +13,7 @@ import fcntl
 import os
 import platform
 import subprocess
+import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -32,10 +33,9 @@ def prepare_run_directory(path: Path) -> Path:
         path.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise MonoscopeError(f"cannot create run directory {str(path)!r} ({exc.strerror})", "choose a writable --run-dir") from exc
-    probe = path / ".write-test"
     try:
-        probe.write_text("ok")
-        probe.unlink()
+        with tempfile.NamedTemporaryFile(dir=path, prefix=".write-test-"):  # a name of its own: shard processes probe at once
+            pass
     except OSError as exc:
         raise MonoscopeError(f"run directory {str(path)!r} is not writable ({exc.strerror})", "choose a writable --run-dir") from exc
     return path

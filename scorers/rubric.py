@@ -17,7 +17,7 @@ import math
 from collections.abc import Callable
 
 from harness.errors import MonoscopeError
-from harness.llm import LLMClient, UnparseableReply
+from harness.llm import BackendError, LLMClient, UnparseableReply, failure_reason
 from harness.llm_types import CHOICE_LOGPROBS, CONTINUATION_LOGPROB, GENERATE, Message
 from harness.records import Judgment, TokenContext, UnitContexts
 from harness.render import with_marked_target
@@ -53,7 +53,11 @@ def judge_unit(
     rubric: Rubric | None = None,
     batch_size: int = 8,
 ) -> list[Judgment]:
-    """Return one Judgment per scoring context of a unit (failures recorded, never scored as 0)."""
+    """Return one Judgment per scoring context of a unit (failures recorded, never scored as 0).
+
+    A context whose backend call fails (BackendError: permanent, or retries exhausted) gets a
+    failure record naming the error; the other contexts are still judged.
+    """
     if judge_format not in RUBRIC_FORMATS:
         raise MonoscopeError(f"unknown rubric format {judge_format!r}", f"choose one of {', '.join(RUBRIC_FORMATS)}")
     capability, template_name = RUBRIC_FORMATS[judge_format]
@@ -98,13 +102,18 @@ def judge_unit(
                 score = client.generate([Message("user", prompt_for(context))], stage="judge", parse=parse_rating, max_tokens=4)
             except UnparseableReply as error:
                 return record(context, None, f"unparseable reply after {error.attempts} attempts", error.raw)
+            except BackendError as error:
+                return record(context, None, failure_reason(error))
             return record(context, float(score))
 
     elif judge_format == "expected_value":
         choices = ["0", "1", "2", "3"]
 
         def single(context: TokenContext) -> Judgment:
-            logprobs = client.choice_logprobs([Message("user", prompt_for(context))], [f" {c}" for c in choices], stage="judge")
+            try:
+                logprobs = client.choice_logprobs([Message("user", prompt_for(context))], [f" {c}" for c in choices], stage="judge")
+            except BackendError as error:
+                return record(context, None, failure_reason(error))
             value = expected_value([logprobs[f" {c}"] for c in choices])
             if value is None:
                 return record(context, None, "no answer option had a finite log-probability", str(logprobs))
@@ -113,20 +122,29 @@ def judge_unit(
     elif judge_format == "yes_no":
 
         def single(context: TokenContext) -> Judgment:
-            logprobs = client.choice_logprobs([Message("user", prompt_for(context))], [" Yes", " No"], stage="judge")
+            try:
+                logprobs = client.choice_logprobs([Message("user", prompt_for(context))], [" Yes", " No"], stage="judge")
+            except BackendError as error:
+                return record(context, None, failure_reason(error))
             odds = logprobs[" Yes"] - logprobs[" No"]
             if not math.isfinite(odds):
                 return record(context, None, "yes/no log-probabilities are not finite", str(logprobs))
             return record(context, 3.0 / (1.0 + math.exp(-odds)))
 
     else:
-        baseline = client.continuation_logprob(template.render(context=""), f" {explanation}", stage="judge")
+        try:
+            baseline = client.continuation_logprob(template.render(context=""), f" {explanation}", stage="judge")
+        except BackendError as error:
+            return [record(context, None, failure_reason(error)) for context in contexts.score]
         n_tokens = explanation_token_count(explanation)
 
         def single(context: TokenContext) -> Judgment:
-            with_context = client.continuation_logprob(
-                template.render(context=with_marked_target(context)), f" {explanation}", stage="judge"
-            )
+            try:
+                with_context = client.continuation_logprob(
+                    template.render(context=with_marked_target(context)), f" {explanation}", stage="judge"
+                )
+            except BackendError as error:
+                return record(context, None, failure_reason(error))
             return record(context, likelihood_to_rubric((with_context - baseline) / n_tokens))
 
     return client.map(single, list(contexts.score))
@@ -155,4 +173,6 @@ def _judge_batch(group, explanation, client, template, rubric):
     except UnparseableReply as error:
         failure = f"unparseable reply after {error.attempts} attempts"
         return group, [(None, failure, error.raw) for _ in group]
+    except BackendError as error:
+        return group, [(None, failure_reason(error), None) for _ in group]
     return group, [(float(score), None, None) for score in scores]

@@ -18,7 +18,7 @@ import numpy as np
 from scipy import stats as scipy_stats
 
 from harness.errors import MonoscopeError
-from harness.llm import LLMClient, UnparseableReply
+from harness.llm import BackendError, LLMClient, UnparseableReply, failure_reason
 from harness.llm_types import CHOICE_LOGPROBS, CONTINUATION_LOGPROB, GENERATE, Message
 from harness.records import Simulation, TokenContext, UnitContexts
 from harness.render import clean, with_marked_target
@@ -36,7 +36,11 @@ SIMULATION_FORMATS = {
 def simulate_unit(
     contexts: UnitContexts, explanation: str, source: str, client: LLMClient, simulator_format: str = "structured"
 ) -> list[Simulation]:
-    """Return one Simulation per scoring context of a unit (failures recorded with the raw reply)."""
+    """Return one Simulation per scoring context of a unit (failures recorded with the raw reply).
+
+    A context whose backend calls fail (BackendError: permanent, or retries exhausted) gets a
+    failure record naming the error and no prediction; the other contexts are still simulated.
+    """
     if simulator_format not in SIMULATION_FORMATS:
         raise MonoscopeError(f"unknown simulator format {simulator_format!r}", f"choose one of {', '.join(SIMULATION_FORMATS)}")
     capability, template_name = SIMULATION_FORMATS[simulator_format]
@@ -73,6 +77,8 @@ def simulate_unit(
                 )
             except UnparseableReply as error:
                 return record(context, None, f"unparseable reply after {error.attempts} attempts", error.raw)
+            except BackendError as error:
+                return record(context, None, failure_reason(error))
             return record(context, values)
 
     elif simulator_format == "expected_value":
@@ -82,7 +88,10 @@ def simulate_unit(
             values = []
             for position in range(len(context.tokens)):
                 prompt = template.render(explanation=explanation, context=with_marked_target(context, position))
-                logprobs = client.choice_logprobs([Message("user", prompt)], choices, stage="simulate")
+                try:
+                    logprobs = client.choice_logprobs([Message("user", prompt)], choices, stage="simulate")
+                except BackendError as error:
+                    return record(context, None, failure_reason(error))
                 value = expected_value([logprobs[c] for c in choices])
                 if value is None:
                     return record(context, None, "no answer option had a finite log-probability", str(logprobs))
@@ -90,14 +99,20 @@ def simulate_unit(
             return record(context, values)
 
     else:
-        baseline = client.continuation_logprob(template.render(context=""), f" {explanation}", stage="simulate")
+        try:
+            baseline = client.continuation_logprob(template.render(context=""), f" {explanation}", stage="simulate")
+        except BackendError as error:
+            return [record(context, None, failure_reason(error)) for context in contexts.score]
         n_tokens = explanation_token_count(explanation)
 
         def simulate(context: TokenContext) -> Simulation:
             values = []
             for position in range(len(context.tokens)):
                 prompt = template.render(context=with_marked_target(context, position))
-                ratio = (client.continuation_logprob(prompt, f" {explanation}", stage="simulate") - baseline) / n_tokens
+                try:
+                    ratio = (client.continuation_logprob(prompt, f" {explanation}", stage="simulate") - baseline) / n_tokens
+                except BackendError as error:
+                    return record(context, None, failure_reason(error))
                 values.append(10.0 / (1.0 + math.exp(-2.0 * ratio)))
             return record(context, values)
 
