@@ -169,6 +169,8 @@ def preflight(config: RunConfig, max_cost: float | None) -> None:
     from harness.commands import check_corpus_spec
     from harness.llm import make_backend
 
+    if max_cost is not None and max_cost < 0:
+        raise MonoscopeError(f"--max-cost {max_cost} is negative", "give a limit in USD >= 0")
     check_corpus_spec(config.foundation.corpus)
     for name in ("explainer", "judge", "simulator"):
         role = getattr(config, name)
@@ -180,8 +182,6 @@ def preflight(config: RunConfig, max_cost: float | None) -> None:
                 f"--max-cost needs the price of the {name}'s model {role.model!r}",
                 "add it under llm.prices in the config: MODEL: [USD per 1M input tokens, USD per 1M output tokens]",
             )
-    if max_cost is not None and max_cost < 0:
-        raise MonoscopeError(f"--max-cost {max_cost} is negative", "give a limit in USD >= 0")
     n_layers, d_model, _d_mlp = model_shape(config.foundation.model)
     layer = config.foundation.layer if config.foundation.layer is not None else n_layers // 2
     if not 0 <= layer < n_layers:

@@ -110,6 +110,8 @@ def correlate(config_path: Path, run_dir: Path | None, features: int | None, all
     from harness.batch_commands import correlate as correlate_function
     from harness.config import load_config
 
+    if all_features and features is not None:
+        raise MonoscopeError("--all and --features conflict", "give --all for every feature or --features N for a sample, not both")
     chosen = None if all_features else (features if features is not None else -1)
     correlate_function(load_config(config_path), run_dir, chosen, tokens if tokens is not None else -1, log=_log)
 

@@ -13,9 +13,14 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any, TypeVar
 
+from harness.errors import MonoscopeError
 from harness.storage import atomic_write_bytes
 
 T = TypeVar("T")
+
+
+class CorruptRecordsError(MonoscopeError, ValueError):
+    """A record file has a damaged line that is not its last (a cut-off last line is a kill, and is skipped)."""
 
 
 def _plain(record: Any) -> dict[str, Any]:
@@ -47,9 +52,16 @@ def read_records(path: Path, record_type: type[T]) -> list[T]:
         except json.JSONDecodeError:
             if number == len(lines) - 1:
                 continue  # a record cut off by a kill; it will be redone
-            raise ValueError(f"{path}: line {number + 1} is not JSON") from None
+            raise CorruptRecordsError(
+                f"{path}: line {number + 1} is not JSON", "restore it, or delete that line and rerun: the stage redoes what is missing"
+            ) from None
         values = {key: tuple(value) if isinstance(value, list) else value for key, value in data.items() if key in fields}
-        records.append(record_type(**values))
+        try:
+            records.append(record_type(**values))
+        except TypeError:
+            raise CorruptRecordsError(
+                f"{path}: line {number + 1} is not a {record_type.__name__} record", "restore it, or delete that line and rerun"
+            ) from None
     return records
 
 

@@ -1,0 +1,152 @@
+"""Bad input against an existing, finished run: one line naming the problem and the fix, exit code 2,
+no model loaded, and the run directory left exactly as it was.
+
+With tests/test_cli_errors.py (dictionary, corpus, model, layer, shard and
+run-directory cases) and tests/test_config.py (config typos and wrong types),
+these make up the bad-input suite.
+"""
+
+import hashlib
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+import yaml
+from click.testing import CliRunner
+
+import harness.batch
+from harness.batch import run_evaluation
+from harness.cli import main
+from tests.test_batch import tiny_config, tiny_subject  # noqa: F401 (a fixture)
+
+CONFIG = {
+    "name": "tiny",
+    "seed": 3,
+    "model": {"name": "tiny-byte-gemma", "layer": 2, "batch_size": 16},
+    "corpus": {"tokens": 6144, "context_length": 32},
+    "dictionaries": {"train": [16, 32], "training_batch_size": 64},
+    "index": {"top_k": 4, "interval_samples": 1, "random_nonzero": 2, "random_zero": 2, "window_before": 5, "window_after": 2},
+    "neurons": {"pool_size": 24},
+    "evaluation": {"units_per_dictionary": 2, "simulation_contexts": 2, "judge_format": "rating", "simulator_format": "expected_value"},
+    "correlation": {"features": 4, "tokens": 2048},
+    "explainer": {"backend": "fake-test", "model": "fake-model"},
+    "judge": {"backend": "fake-test", "model": "fake-model"},
+    "simulator": {"backend": "fake-test", "model": "fake-model"},
+}
+
+
+def snapshot(run_dir: Path) -> dict[str, str]:
+    """Return {relative path: sha256} of every file in the run directory."""
+    return {str(p.relative_to(run_dir)): hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(run_dir.rglob("*")) if p.is_file()}
+
+
+@pytest.fixture
+def finished_run(tmp_path: Path, tiny_subject: object, monkeypatch: pytest.MonkeyPatch) -> Path:  # noqa: F811
+    """A finished tiny run; afterwards, loading a model is an error (bad input must fail before any model runs)."""
+    run_dir = tmp_path / "run"
+    config_path = tmp_path / "tiny.yaml"
+    config_path.write_text(yaml.safe_dump(CONFIG))
+    run_evaluation(tiny_config(), run_dir, log=lambda _message: None)
+
+    def refuse(*_args: object, **_kwargs: object) -> None:
+        raise AssertionError("a model was loaded although the input was bad")
+
+    monkeypatch.setattr(harness.batch, "load_subject_model", refuse)
+    return run_dir
+
+
+def write_config(tmp_path: Path, **changes: object) -> str:
+    """Write the tiny config with ``changes`` merged into its sections; return its path."""
+    data = {key: dict(value) if isinstance(value, dict) else value for key, value in CONFIG.items()}
+    for section, value in changes.items():
+        if isinstance(value, dict):
+            data[section] = {**data.get(section, {}), **value}
+        else:
+            data[section] = value
+    path = tmp_path / "changed.yaml"
+    path.write_text(yaml.safe_dump(data))
+    return str(path)
+
+
+def damage(run_dir: Path, name: str, text: str) -> None:
+    """Overwrite one file of the run (the case's bad input)."""
+    (run_dir / name).write_text(text)
+
+
+CASES: dict[str, tuple[Callable[[Path, Path], list[str]], str]] = {
+    "unit index out of range": (
+        lambda run, tmp: ["show-unit", str(run / "index" / "sae-16.safetensors"), "999"],
+        "out of range",
+    ),
+    "corpus of another run": (
+        lambda run, tmp: ["run", write_config(tmp, corpus={"tokens": 4096}), "--run-dir", str(run)],
+        "another foundation config",
+    ),
+    "conflicting flags": (
+        lambda run, tmp: ["correlate", write_config(tmp), "--run-dir", str(run), "--all", "--features", "5"],
+        "conflict",
+    ),
+    "missing API key": (
+        lambda run, tmp: ["run", write_config(tmp, judge={"backend": "openai", "model": "gpt-x"}), "--run-dir", str(run)],
+        "OPENAI_API_KEY",
+    ),
+    "unknown backend": (
+        lambda run, tmp: ["run", write_config(tmp, simulator={"backend": "nope", "model": "x"}), "--run-dir", str(run)],
+        "is not known",
+    ),
+    "negative max cost": (
+        lambda run, tmp: ["run", write_config(tmp), "--run-dir", str(run), "--max-cost", "-1"],
+        "negative",
+    ),
+    "report of a directory with no run": (
+        lambda run, tmp: ["report", str(tmp / "empty")],
+        "no evaluated units",
+    ),
+    "loaded dictionary that does not exist": (
+        lambda run, tmp: ["run", write_config(tmp, dictionaries={"load": [str(tmp / "missing-sae")]}), "--run-dir", str(run)],
+        "not found",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_bad_input_is_one_line_exit_2_and_leaves_the_run_untouched(
+    case: str, finished_run: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    (tmp_path / "empty").mkdir()
+    arguments, fragment = CASES[case]
+    before = snapshot(finished_run)
+    result = CliRunner().invoke(main, arguments(finished_run, tmp_path))
+    lines = result.output.strip().splitlines()
+    assert result.exit_code == 2, result.output
+    assert len(lines) == 1 and lines[0].startswith("error: ") and " — " in lines[0], result.output
+    assert fragment in lines[0], lines[0]
+    assert snapshot(finished_run) == before
+
+
+@pytest.mark.parametrize(
+    ("name", "text", "fragment"),  # text None: a line of garbage inside the real file
+    [
+        ("judgments.jsonl", None, "is not JSON"),
+        ("manifest.json", "{ half a manifest", "is corrupt"),
+    ],
+)
+def test_a_corrupt_results_file_is_reported_not_overwritten(finished_run: Path, name: str, text: str | None, fragment: str) -> None:
+    if text is None:  # damage the middle of the real file
+        lines = (finished_run / name).read_text().splitlines()
+        text = "\n".join([*lines[:3], "not json", *lines[3:]]) + "\n"
+    damage(finished_run, name, text)
+    before = snapshot(finished_run)
+    result = CliRunner().invoke(
+        main,
+        ["report", str(finished_run)] if name != "manifest.json" else ["run", str(_config(finished_run)), "--run-dir", str(finished_run)],
+    )
+    lines = result.output.strip().splitlines()
+    assert result.exit_code == 2 and len(lines) == 1 and lines[0].startswith("error: ") and fragment in lines[0], result.output
+    assert snapshot(finished_run) == before
+
+
+def _config(run_dir: Path) -> Path:
+    path = run_dir.parent / "tiny.yaml"
+    return path
