@@ -29,7 +29,7 @@ from harness.budget import Budget, BudgetExhausted
 from harness.config import RunConfig
 from harness.dictionaries import STATS_FILE, Dictionary, load_dictionary
 from harness.errors import MonoscopeError
-from harness.evaluate import EXPLANATIONS, UnitsFailed, explain_stage, failed_units, score_stage
+from harness.evaluate import EXPLANATIONS, RECORD_KEYS, UnitsFailed, explain_stage, failed_units, score_stage
 from harness.evaluation_commands import make_client
 from harness.index_store import firing_summary, load_index
 from harness.model import SubjectModel, load_subject_model, model_shape
@@ -48,7 +48,7 @@ from harness.pipeline import (
 from harness.planning import log_plan, placeholder_plan, plan_calls
 from harness.progress import progress_bar
 from harness.records import EvaluatedUnit, Explanation, NearestFeatures
-from harness.reporting import CORRELATIONS, RECORD_KEYS, results_stage
+from harness.reporting import CORRELATIONS, results_stage
 from harness.runs import cpu_threads, prepare_run_directory, read_manifest, software_versions, timed_stage, update_manifest
 from harness.storage import atomic_write_bytes, atomic_write_json
 from harness.training import dictionary_stats

@@ -24,7 +24,7 @@ and key before any work starts.
 import tomllib
 import types
 import typing
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -209,13 +209,6 @@ def check_config(config: RunConfig) -> None:
         role = getattr(config, role_name)
         if role.backend not in backend_names():
             raise MonoscopeError(f"{role_name}.backend {role.backend!r} is not known", f"choose one of {', '.join(backend_names())}")
-
-
-def with_seed(config: RunConfig, seed: int) -> RunConfig:
-    """Return ``config`` with every seed set to ``seed``."""
-    foundation = replace(config.foundation, seed=seed, index=replace(config.foundation.index, seed=seed))
-    evaluation = replace(config.evaluation, seed=seed, sampling=replace(config.evaluation.sampling, seed=seed))
-    return replace(config, foundation=foundation, evaluation=evaluation)
 
 
 def _section(data: dict[str, Any], name: str) -> dict[str, Any]:

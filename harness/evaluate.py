@@ -38,6 +38,11 @@ from scorers.simulation import simulate_unit
 
 EXPLANATIONS, JUDGMENTS, SIMULATIONS = "explanations.jsonl", "judgments.jsonl", "simulations.jsonl"
 SOURCES = ("real", "shuffled", "token_stats")
+RECORD_KEYS = {  # record file → (record type, key whose last record wins)
+    EXPLANATIONS: (Explanation, lambda r: (r.unit, r.explainer)),
+    JUDGMENTS: (Judgment, lambda r: (r.unit, r.source, r.context_id)),
+    SIMULATIONS: (Simulation, lambda r: (r.unit, r.source, r.context_id)),
+}
 
 
 @dataclass(frozen=True)
@@ -120,7 +125,7 @@ def explain_stage(
         return explanation
 
     client.map(explain, todo)
-    records = compact(path, Explanation, lambda r: (r.unit, r.explainer))
+    records = compact(path, *RECORD_KEYS[EXPLANATIONS])
     return {r.unit: r for r in records if r.explainer == "llm"}
 
 
@@ -172,8 +177,8 @@ def score_stage(
                 append_records(run_dir / SIMULATIONS, simulate_unit(subset, text, source, simulator, config.simulator_format))
         if on_unit_done is not None:
             on_unit_done()
-    compact(run_dir / JUDGMENTS, Judgment, lambda r: (r.unit, r.source, r.context_id))
-    compact(run_dir / SIMULATIONS, Simulation, lambda r: (r.unit, r.source, r.context_id))
+    for name in (JUDGMENTS, SIMULATIONS):
+        compact(run_dir / name, *RECORD_KEYS[name])
 
 
 def simulation_subset(contexts: UnitContexts, count: int) -> UnitContexts:

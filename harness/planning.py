@@ -24,6 +24,7 @@ from harness.llm_types import CHOICE_LOGPROBS, CONTINUATION_LOGPROB, GENERATE, C
 from harness.neurons import POOL_NAME
 from harness.pipeline import Progress, dictionary_label
 from harness.records import Explanation, TokenContext, UnitContexts
+from results.store import read_records
 
 _CAPABILITIES = {
     "local": frozenset({GENERATE, CHOICE_LOGPROBS, CONTINUATION_LOGPROB}),
@@ -107,8 +108,6 @@ def plan_calls(
                             shutil.copyfileobj(part, merged)
         explain_stage(work, units, clients["explainer"], config)
         simulator = clients["judge"] if roles["simulator"] == roles["judge"] else clients["simulator"]
-        from results.store import read_records
-
         score_stage(work, units, clients["judge"], simulator, config, read_records(work / EXPLANATIONS, Explanation))
     plan = {}
     for stage, role_name in (("explain", "explainer"), ("judge", "judge"), ("simulate", "simulator")):

@@ -4,17 +4,11 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from harness.evaluate import EXPLANATIONS, JUDGMENTS, SIMULATIONS
+from harness.evaluate import RECORD_KEYS
 from harness.pipeline import Progress
-from harness.records import Explanation, Judgment, Simulation
 from harness.runs import timed_stage
 from results.store import compact
 
-RECORD_KEYS = {
-    EXPLANATIONS: (Explanation, lambda r: (r.unit, r.explainer)),
-    JUDGMENTS: (Judgment, lambda r: (r.unit, r.source, r.context_id)),
-    SIMULATIONS: (Simulation, lambda r: (r.unit, r.source, r.context_id)),
-}
 CORRELATIONS = "correlations.jsonl"
 
 

@@ -15,10 +15,10 @@ import numpy as np
 from harness.evaluate import select_units
 from harness.index_store import load_index, unit_samples
 from harness.neurons import POOL_NAME
-from harness.records import EvaluatedUnit, TokenContext, UnitContexts
+from harness.records import EvaluatedUnit, UnitContexts
 from harness.sampling import SamplingConfig, unit_contexts
 from harness.storage import atomic_write_bytes
-from results.store import read_records, records_text
+from results.store import records_text
 
 UNITS, CONTEXTS = "units.jsonl", "contexts.jsonl"
 
@@ -90,23 +90,12 @@ def sample_contexts(
     return result
 
 
-def read_unit_contexts(run_dir: Path) -> list[UnitContexts]:
-    """Return the UnitContexts stored in a run's units.jsonl and contexts.jsonl."""
-    contexts = read_records(run_dir / CONTEXTS, TokenContext)
-    result = []
-    for unit in read_records(run_dir / UNITS, EvaluatedUnit):
-        mine = [c for c in contexts if c.unit == unit.unit]
-        explain = tuple(c for c in mine if c.split == "explain")
-        score = tuple(c for c in mine if c.split == "score")
-        result.append(UnitContexts(unit.unit, unit.max_activation, explain, score))
-    return result
-
-
 def sample_features(fire_count: np.ndarray, count: int | None, seed: int, required: list[int]) -> list[int]:
     """Return ``required`` plus up to ``count`` random alive features (all features when count is None), sorted."""
     if count is None:
         return list(range(fire_count.size))
-    alive = [int(i) for i in np.flatnonzero(fire_count > 0) if int(i) not in set(required)]
+    taken = set(required)
+    alive = [int(i) for i in np.flatnonzero(fire_count > 0) if int(i) not in taken]
     extra = random.Random(f"correlation|{seed}").sample(alive, max(0, min(count - len(required), len(alive))))
     return sorted(set(required) | set(extra))
 

@@ -3,7 +3,6 @@
 import os
 
 import pytest
-import torch
 
 # Tests never reach a hub: everything they load is built or shipped locally.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -36,25 +35,9 @@ def toy_tokenizer() -> ToyTokenizer:
 @pytest.fixture(scope="session")
 def tiny_gemma():
     """A 4-block Gemma 3 with random weights, built from a config (no download)."""
-    from transformers import Gemma3ForCausalLM, Gemma3TextConfig
-
     from harness.model import wrap_model
+    from tests.tiny_models import tiny_gemma_model
 
-    torch.manual_seed(0)
-    config = Gemma3TextConfig(
-        vocab_size=128,
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=4,
-        num_attention_heads=2,
-        num_key_value_heads=1,
-        head_dim=16,
-        max_position_embeddings=128,
-        sliding_window=16,
-        bos_token_id=2,
-        eos_token_id=1,
-        pad_token_id=0,
-    )
-    model = Gemma3ForCausalLM(config)
+    model = tiny_gemma_model()
     tokenizer = ToyTokenizer()
     return wrap_model(model, tokenizer, name="tiny-gemma")

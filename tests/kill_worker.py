@@ -28,19 +28,7 @@ if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run as a script from the repository root
 
 from harness.config import RunConfig, config_from_mapping
-
-
-class ByteTokenizer:
-    """Stateless tokenizer: one token per ASCII character (so every process decodes alike)."""
-
-    bos_token_id = 2
-    eos_token_id = 1
-
-    def __call__(self, text: str, add_special_tokens: bool = False) -> dict[str, list[int]]:
-        return {"input_ids": [10 + min(ord(c), 117) for c in text]}
-
-    def decode(self, ids: list[int]) -> str:
-        return "".join(chr(i - 10) if i >= 10 else "" for i in ids)
+from tests.tiny_models import tiny_byte_gemma
 
 
 def kill_config(base_url: str) -> RunConfig:
@@ -81,27 +69,7 @@ def kill_config(base_url: str) -> RunConfig:
 
 def tiny_subject() -> Any:
     """Return the tiny random Gemma of tests/test_batch.py (same seed, same weights in every process)."""
-    import torch
-    from transformers import Gemma3ForCausalLM, Gemma3TextConfig
-
-    from harness.model import wrap_model
-
-    torch.manual_seed(0)
-    config = Gemma3TextConfig(
-        vocab_size=128,
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=4,
-        num_attention_heads=2,
-        num_key_value_heads=1,
-        head_dim=16,
-        max_position_embeddings=128,
-        sliding_window=16,
-        bos_token_id=2,
-        eos_token_id=1,
-        pad_token_id=0,
-    )
-    return wrap_model(Gemma3ForCausalLM(config), ByteTokenizer(), name="tiny-byte-gemma")
+    return tiny_byte_gemma()
 
 
 def slow_index_steps(seconds: float) -> None:

@@ -17,22 +17,7 @@ from click.testing import CliRunner
 import harness.batch
 from harness.batch import run_evaluation
 from harness.cli import main
-from tests.test_batch import tiny_config, tiny_subject  # noqa: F401 (a fixture)
-
-CONFIG = {
-    "name": "tiny",
-    "seed": 3,
-    "model": {"name": "tiny-byte-gemma", "layer": 2, "batch_size": 16},
-    "corpus": {"tokens": 6144, "context_length": 32},
-    "dictionaries": {"train": [16, 32], "training_batch_size": 64},
-    "index": {"top_k": 4, "interval_samples": 1, "random_nonzero": 2, "random_zero": 2, "window_before": 5, "window_after": 2},
-    "neurons": {"pool_size": 24},
-    "evaluation": {"units_per_dictionary": 2, "simulation_contexts": 2, "judge_format": "rating", "simulator_format": "expected_value"},
-    "correlation": {"features": 4, "tokens": 2048},
-    "explainer": {"backend": "fake-test", "model": "fake-model"},
-    "judge": {"backend": "fake-test", "model": "fake-model"},
-    "simulator": {"backend": "fake-test", "model": "fake-model"},
-}
+from tests.test_batch import TINY_CONFIG, tiny_config, tiny_subject  # noqa: F401 (a fixture)
 
 
 def snapshot(run_dir: Path) -> dict[str, str]:
@@ -45,7 +30,7 @@ def finished_run(tmp_path: Path, tiny_subject: object, monkeypatch: pytest.Monke
     """A finished tiny run; afterwards, loading a model is an error (bad input must fail before any model runs)."""
     run_dir = tmp_path / "run"
     config_path = tmp_path / "tiny.yaml"
-    config_path.write_text(yaml.safe_dump(CONFIG))
+    config_path.write_text(yaml.safe_dump(TINY_CONFIG))
     run_evaluation(tiny_config(), run_dir, log=lambda _message: None)
 
     def refuse(*_args: object, **_kwargs: object) -> None:
@@ -57,7 +42,7 @@ def finished_run(tmp_path: Path, tiny_subject: object, monkeypatch: pytest.Monke
 
 def write_config(tmp_path: Path, **changes: object) -> str:
     """Write the tiny config with ``changes`` merged into its sections; return its path."""
-    data = {key: dict(value) if isinstance(value, dict) else value for key, value in CONFIG.items()}
+    data = {key: dict(value) if isinstance(value, dict) else value for key, value in TINY_CONFIG.items()}
     for section, value in changes.items():
         if isinstance(value, dict):
             data[section] = {**data.get(section, {}), **value}

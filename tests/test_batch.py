@@ -13,7 +13,6 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
-import torch
 
 import harness.batch
 from harness.batch import run_evaluation
@@ -22,22 +21,10 @@ from harness.config import config_from_mapping
 from harness.evaluate import EXPLANATIONS, JUDGMENTS, SIMULATIONS
 from harness.llm import register_backend, report_usage
 from harness.llm_types import CHOICE_LOGPROBS, GENERATE, Completion, Message, Usage
+from tests.tiny_models import tiny_byte_gemma
 
 CALLS: list[str] = []
 CALLS_LOCK = threading.Lock()
-
-
-class ByteTokenizer:
-    """Stateless tokenizer: one token per ASCII character (so every process decodes alike)."""
-
-    bos_token_id = 2
-    eos_token_id = 1
-
-    def __call__(self, text: str, add_special_tokens: bool = False) -> dict[str, list[int]]:
-        return {"input_ids": [10 + min(ord(c), 117) for c in text]}
-
-    def decode(self, ids: list[int]) -> str:
-        return "".join(chr(i - 10) if i >= 10 else "" for i in ids)
 
 
 class FakeBackend:
@@ -72,64 +59,46 @@ register_backend("fake-test")(lambda model="fake-model", **_options: FakeBackend
 @pytest.fixture
 def tiny_subject(monkeypatch: pytest.MonkeyPatch):
     """Patch the batch runner's model loading to a tiny random Gemma with a byte tokenizer."""
-    from transformers import Gemma3ForCausalLM, Gemma3TextConfig
-
-    from harness.model import wrap_model
-
-    torch.manual_seed(0)
-    config = Gemma3TextConfig(
-        vocab_size=128,
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=4,
-        num_attention_heads=2,
-        num_key_value_heads=1,
-        head_dim=16,
-        max_position_embeddings=128,
-        sliding_window=16,
-        bos_token_id=2,
-        eos_token_id=1,
-        pad_token_id=0,
-    )
-    subject = wrap_model(Gemma3ForCausalLM(config), ByteTokenizer(), name="tiny-byte-gemma")
+    subject = tiny_byte_gemma()
     monkeypatch.setattr(harness.batch, "load_subject_model", lambda *args, **kwargs: subject)
     monkeypatch.setattr(harness.batch, "model_shape", lambda name: (4, 32, 64))
     monkeypatch.setenv("MONOSCOPE_PROGRESS", "0")
     return subject
 
 
-def tiny_config(**overrides: object):
-    """Return a RunConfig of a run that takes seconds."""
-    data = {
-        "name": "tiny",
-        "seed": 3,
-        "model": {"name": "tiny-byte-gemma", "layer": 2, "batch_size": 16},
-        "corpus": {"tokens": 6144, "context_length": 32},
-        "dictionaries": {"train": [16, 32], "training_batch_size": 64},
-        "index": {"top_k": 4, "interval_samples": 1, "random_nonzero": 2, "random_zero": 2, "window_before": 5, "window_after": 2},
-        "neurons": {"pool_size": 24},
-        "evaluation": {
-            "units_per_dictionary": 2,
-            "simulation_contexts": 2,
-            "judge_format": "rating",
-            "simulator_format": "expected_value",
-            "sampling": {
-                "explain_top": 4,
-                "explain_per_level": 1,
-                "score_top": 2,
-                "score_per_level": 1,
-                "score_random": 1,
-                "score_zero": 2,
-            },
+TINY_CONFIG = {
+    "name": "tiny",
+    "seed": 3,
+    "model": {"name": "tiny-byte-gemma", "layer": 2, "batch_size": 16},
+    "corpus": {"tokens": 6144, "context_length": 32},
+    "dictionaries": {"train": [16, 32], "training_batch_size": 64},
+    "index": {"top_k": 4, "interval_samples": 1, "random_nonzero": 2, "random_zero": 2, "window_before": 5, "window_after": 2},
+    "neurons": {"pool_size": 24},
+    "evaluation": {
+        "units_per_dictionary": 2,
+        "simulation_contexts": 2,
+        "judge_format": "rating",
+        "simulator_format": "expected_value",
+        "sampling": {
+            "explain_top": 4,
+            "explain_per_level": 1,
+            "score_top": 2,
+            "score_per_level": 1,
+            "score_random": 1,
+            "score_zero": 2,
         },
-        "correlation": {"features": 4, "tokens": 2048},
-        "explainer": {"backend": "fake-test", "model": "fake-model"},
-        "judge": {"backend": "fake-test", "model": "fake-model"},
-        "simulator": {"backend": "fake-test", "model": "fake-model"},
-        "llm": {"max_concurrency": 2, "prices": {"fake-model": [1000.0, 1000.0]}},
-    }
-    data.update(overrides)
-    return config_from_mapping(data)
+    },
+    "correlation": {"features": 4, "tokens": 2048},
+    "explainer": {"backend": "fake-test", "model": "fake-model"},
+    "judge": {"backend": "fake-test", "model": "fake-model"},
+    "simulator": {"backend": "fake-test", "model": "fake-model"},
+    "llm": {"max_concurrency": 2, "prices": {"fake-model": [1000.0, 1000.0]}},
+}  # a run that takes seconds
+
+
+def tiny_config(**overrides: object):
+    """Return the RunConfig of TINY_CONFIG with whole sections replaced by ``overrides``."""
+    return config_from_mapping({**TINY_CONFIG, **overrides})
 
 
 def record_lines(run_dir: Path, name: str) -> list[str]:

@@ -1,0 +1,46 @@
+"""A tiny random Gemma 3 built from a config, and a stateless tokenizer: shared by fixtures and worker processes."""
+
+from typing import Any
+
+
+class ByteTokenizer:
+    """Stateless tokenizer: one token per ASCII character (so every process decodes alike)."""
+
+    bos_token_id = 2
+    eos_token_id = 1
+
+    def __call__(self, text: str, add_special_tokens: bool = False) -> dict[str, list[int]]:
+        return {"input_ids": [10 + min(ord(c), 117) for c in text]}
+
+    def decode(self, ids: list[int]) -> str:
+        return "".join(chr(i - 10) if i >= 10 else "" for i in ids)
+
+
+def tiny_gemma_model() -> Any:
+    """Return a 4-block Gemma 3 causal LM with random weights (seed 0: the same weights in every process)."""
+    import torch
+    from transformers import Gemma3ForCausalLM, Gemma3TextConfig
+
+    torch.manual_seed(0)
+    config = Gemma3TextConfig(
+        vocab_size=128,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=4,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        head_dim=16,
+        max_position_embeddings=128,
+        sliding_window=16,
+        bos_token_id=2,
+        eos_token_id=1,
+        pad_token_id=0,
+    )
+    return Gemma3ForCausalLM(config)
+
+
+def tiny_byte_gemma() -> Any:
+    """Return the tiny Gemma wrapped as a SubjectModel with the byte tokenizer."""
+    from harness.model import wrap_model
+
+    return wrap_model(tiny_gemma_model(), ByteTokenizer(), name="tiny-byte-gemma")
