@@ -252,6 +252,7 @@ class LLMClient:
         self._slots = threading.BoundedSemaphore(max_concurrency)
         self._lock = threading.Lock()
         self._stats: dict[str, dict[str, int]] = {}
+        self._request_locks: dict[str, list[Any]] = {}  # key -> [lock, holders and waiters]
         self._backend_calls = 0
 
     @property
@@ -275,54 +276,54 @@ class LLMClient:
         params = {"temperature": 0, **params}
         request = {"messages": [[m.role, m.content] for m in messages], "params": params}
         key = self._key(GENERATE, request)
-        hit, value = self._cache_get(key, lambda r: self._decode_reply(r, parse))
-        if hit:
-            self._count(stage, cached_calls=1)
-            return value
-        raw = ""
-        prompt_text = "".join(m.content for m in messages)
-        for _ in range(self.max_parse_attempts):
-            self._reserve(stage, prompt_text, int(params.get("max_tokens") or params.get("max_new_tokens") or 256))
-            completion = self._call(stage, lambda: self.backend.generate(list(messages), **params))
-            completion = Completion(scrub(completion.text), completion.usage, completion.cached)  # a reply may echo a key
-            try:
-                value = completion if parse is None else parse(completion.text)
-            except ValueError:
-                raw = completion.text
-                continue
-            usage = {"prompt_tokens": completion.usage.prompt_tokens, "completion_tokens": completion.usage.completion_tokens}
-            self._cache_write(key, GENERATE, request, {"text": completion.text, "usage": usage})
-            return value
-        raise UnparseableReply(raw, self.max_parse_attempts)
+
+        def ask() -> Any:
+            raw = ""
+            prompt_text = "".join(m.content for m in messages)
+            for _ in range(self.max_parse_attempts):
+                self._reserve(stage, prompt_text, int(params.get("max_tokens") or params.get("max_new_tokens") or 256))
+                completion = self._call(stage, lambda: self.backend.generate(list(messages), **params))
+                completion = Completion(scrub(completion.text), completion.usage, completion.cached)  # a reply may echo a key
+                try:
+                    value = completion if parse is None else parse(completion.text)
+                except ValueError:
+                    raw = completion.text
+                    continue
+                usage = {"prompt_tokens": completion.usage.prompt_tokens, "completion_tokens": completion.usage.completion_tokens}
+                self._cache_write(key, GENERATE, request, {"text": completion.text, "usage": usage})
+                return value
+            raise UnparseableReply(raw, self.max_parse_attempts)
+
+        return self._cached_or_ask(key, lambda r: self._decode_reply(r, parse), stage, ask)
 
     def choice_logprobs(self, messages: list[Message], choices: list[str], stage: str) -> dict[str, float]:
         """Return {choice: log-probability of the choice as the reply's start} (-inf where the backend saw none)."""
         self.require(CHOICE_LOGPROBS)
         request = {"messages": [[m.role, m.content] for m in messages], "choices": list(choices)}
         key = self._key(CHOICE_LOGPROBS, request)
-        hit, cached = self._cache_get(key, lambda r: {choice: float(r["logprobs"][choice]) for choice in choices})
-        if hit:
-            self._count(stage, cached_calls=1)
-            return cached
-        self._reserve(stage, "".join(m.content for m in messages), 1)
-        logprobs = self._call(stage, lambda: self.backend.choice_logprobs(list(messages), list(choices)))
-        result = {choice: float(logprobs.get(choice, -math.inf)) for choice in choices}
-        self._cache_write(key, CHOICE_LOGPROBS, request, {"logprobs": result})
-        return result
+
+        def ask() -> dict[str, float]:
+            self._reserve(stage, "".join(m.content for m in messages), 1)
+            logprobs = self._call(stage, lambda: self.backend.choice_logprobs(list(messages), list(choices)))
+            result = {choice: float(logprobs.get(choice, -math.inf)) for choice in choices}
+            self._cache_write(key, CHOICE_LOGPROBS, request, {"logprobs": result})
+            return result
+
+        return self._cached_or_ask(key, lambda r: {choice: float(r["logprobs"][choice]) for choice in choices}, stage, ask)
 
     def continuation_logprob(self, prompt: str, continuation: str, stage: str) -> float:
         """Return log P(continuation | prompt) summed over the continuation's tokens."""
         self.require(CONTINUATION_LOGPROB)
         request = {"prompt": prompt, "continuation": continuation}
         key = self._key(CONTINUATION_LOGPROB, request)
-        hit, cached = self._cache_get(key, lambda r: float(r["logprob"]))
-        if hit:
-            self._count(stage, cached_calls=1)
-            return cached
-        self._reserve(stage, prompt + continuation, 0)
-        value = float(self._call(stage, lambda: self.backend.continuation_logprob(prompt, continuation)))
-        self._cache_write(key, CONTINUATION_LOGPROB, request, {"logprob": value})
-        return value
+
+        def ask() -> float:
+            self._reserve(stage, prompt + continuation, 0)
+            value = float(self._call(stage, lambda: self.backend.continuation_logprob(prompt, continuation)))
+            self._cache_write(key, CONTINUATION_LOGPROB, request, {"logprob": value})
+            return value
+
+        return self._cached_or_ask(key, lambda r: float(r["logprob"]), stage, ask)
 
     def map(self, function: Callable[[T], R], items: Iterable[T]) -> list[R]:
         """Return ``[function(item) for item in items]``, run in up to ``max_concurrency`` threads, in order.
@@ -357,6 +358,36 @@ class LLMClient:
         return result
 
     # --- internals ---
+
+    def _cached_or_ask(self, key: str, decode: Callable[[dict[str, Any]], R], stage: str, ask: Callable[[], R]) -> R:
+        """Return the cached answer to request ``key`` (decoded), or else ``ask()``'s, which caches it.
+
+        Identical requests in flight at the same time (two records with the same prompt) are asked
+        once: the later ones wait for the first and then read its reply from the cache.
+        """
+        hit, value = self._cache_get(key, decode)
+        if not hit:
+            with self._request_lock(key):
+                hit, value = self._cache_get(key, decode)
+                if not hit:
+                    return ask()
+        self._count(stage, cached_calls=1)
+        return value
+
+    @contextmanager
+    def _request_lock(self, key: str) -> Iterator[None]:
+        """Hold the lock of one request key; the lock is dropped once nobody holds or waits for it."""
+        with self._lock:
+            entry = self._request_locks.setdefault(key, [threading.Lock(), 0])
+            entry[1] += 1
+        try:
+            with entry[0]:
+                yield
+        finally:
+            with self._lock:
+                entry[1] -= 1
+                if entry[1] == 0:
+                    del self._request_locks[key]
 
     def _price(self) -> tuple[float, float] | None:
         """Return (USD per 1M input, per 1M output tokens) of the model; the local backend is free."""

@@ -338,7 +338,6 @@ class Kill:
     done: int
     total: int
     cached: frozenset[str]
-    asked: int  # requests the server had received from this trial by then
 
 
 def start_and_kill(
@@ -366,12 +365,16 @@ def start_and_kill(
         lines = (run_dir / name).read_text(encoding="utf-8").splitlines() if (run_dir / name).exists() else []
         for line in lines[:-1]:
             json.loads(line)
-    return Kill(done, total, frozenset(cached_request_hashes(run_dir)), len(server.log(tag)))
+    return Kill(done, total, frozenset(cached_request_hashes(run_dir)))
 
 
-def repaid_after(kill: Kill, server: LoopbackLLM, tag: str) -> set[str]:
-    """Return the requests cached before ``kill`` that the server received again after it."""
-    return kill.cached & set(server.log(tag)[kill.asked :])
+def repaid_after(kill: Kill, server: LoopbackLLM, resume_tag: str) -> set[str]:
+    """Return the requests cached before ``kill`` that the resumed run asked again.
+
+    Each start of a run has a tag of its own because a request the killed run sent just before
+    the kill can reach the server's log after it: that one was the killed run's, not a re-payment.
+    """
+    return kill.cached & set(server.log(resume_tag))
 
 
 def assert_same_as_reference(run_dir: Path, reference: Reference) -> None:
@@ -404,17 +407,18 @@ def test_killed_run_resumes_to_the_uninterrupted_records(
         if kill is not None:
             break
     assert kill is not None
-    assert kill.cached <= set(server.log(tag)[: kill.asked]), "every cached reply was asked of the server (the hashes agree)"
+    assert kill.cached <= set(server.log(tag)), "every cached reply was asked of the server (the hashes agree)"
     assert kill.cached or trial.stage.startswith("index:"), "a kill in an LLM stage leaves cached replies to check"
-    worker.run(run_dir, server.base_url(tag))
-    repaid = repaid_after(kill, server, tag)
+    resume_tag = f"{tag}.resume"  # the response cache key ignores the URL: the resume finds the killed run's replies
+    worker.run(run_dir, server.base_url(resume_tag))
+    repaid = repaid_after(kill, server, resume_tag)
     assert not repaid, f"{len(repaid)} requests answered and cached before the kill were paid again"
     assert_same_as_reference(run_dir, reference)
-    asked = server.log(tag)
-    again = (set(asked[: kill.asked]) - kill.cached) & set(asked[kill.asked :])  # in flight at the kill, never stored
+    asked_after = server.log(resume_tag)
+    again = (set(server.log(tag)) - kill.cached) & set(asked_after)  # in flight at the kill, never stored
     print(
         f"trial {trial.number} {trial.stage}: killed at {kill.done}/{kill.total}; {len(kill.cached)} cached replies,"
-        f" {len(asked) - kill.asked} asked after, re-paid {len(repaid)}, in flight asked again {len(again)}"
+        f" {len(asked_after)} asked after, re-paid {len(repaid)}, in flight asked again {len(again)}"
     )
 
 
@@ -423,12 +427,13 @@ def test_run_killed_in_every_stage_in_turn_resumes(tmp_path: Path, worker: Worke
     run_dir, tag = tmp_path / "run", "chain"
     rng = random.Random(7)
     kills = []
-    for stage in ("index:sae-32", "explain", "score"):
+    for number, stage in enumerate(("index:sae-32", "explain", "score")):  # each start has a tag of its own (see repaid_after)
         trial = Trial(-1, stage, rng.uniform(0.05, 0.6), rng.uniform(0.0, 0.015))
-        kills.append(start_and_kill(worker, server, run_dir, tag, trial, reference.totals[stage]))
-    worker.run(run_dir, server.base_url(tag))
+        kills.append(start_and_kill(worker, server, run_dir, f"{tag}.{number}", trial, reference.totals[stage]))
+    worker.run(run_dir, server.base_url(f"{tag}.{len(kills)}"))
     for number, kill in enumerate(kills):
-        repaid = repaid_after(kill, server, tag)
+        asked_later = set().union(*(server.log(f"{tag}.{later}") for later in range(number + 1, len(kills) + 1)))
+        repaid = kill.cached & asked_later
         assert not repaid, f"kill {number}: {len(repaid)} requests answered and cached before it were paid again"
     assert_same_as_reference(run_dir, reference)
-    print(f"chain: killed at {[(k.done, k.total) for k in kills]}; {len(server.log(tag))} requests in all")
+    print(f"chain: killed at {[(k.done, k.total) for k in kills]}; {sum(len(server.log(f'{tag}.{n}')) for n in range(4))} requests in all")

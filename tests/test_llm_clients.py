@@ -323,6 +323,17 @@ def test_map_runs_calls_concurrently_in_order(serve, tmp_path: Path):
     assert 2 <= server.max_in_flight <= 4, "calls overlap, never more than the limit at once"
 
 
+def test_identical_requests_in_flight_together_are_asked_once(serve, tmp_path: Path):
+    server = serve("openai")
+    server.default = Plan(delay=0.2)
+    client = client_for(server, tmp_path / "cache", max_concurrency=4)
+    replies = client.map(lambda i: ask(client, f"prompt {i % 2}").text, range(6))  # two distinct prompts, three times each
+    assert replies == [f"echo: prompt {i % 2}" for i in range(6)]
+    assert len(server.requests) == 2 and client.backend_calls == 2
+    assert client.usage_by_stage()["test"]["cached_calls"] == 4
+    assert not client._request_locks, "no lock outlives its requests"
+
+
 def test_registry(monkeypatch: pytest.MonkeyPatch):
     assert {"openai", "anthropic", "local"} <= set(backend_names())
     with pytest.raises(MonoscopeError, match="unknown LLM backend 'nope'.*anthropic.*openai"):
