@@ -20,13 +20,13 @@ def parse_explanation(reply: str) -> str:
     """
     for line in reply.strip().splitlines():
         text = re.sub(r"\[\[(.*?)\]\](\{\d*\}?)?", r"\1", line).replace("[[", "").replace("]]", "")
-        text = " ".join(text.split()).strip('"').strip()
+        text = " ".join(text.split()).strip('"').strip().rstrip(".").strip()
         if text:
             if len(text) > 200:
                 raise ValueError("explanation longer than 200 characters")
             if text.startswith("Excerpt"):
                 raise ValueError("the reply continues the excerpts instead of explaining them")
-            return text.rstrip(".")
+            return text
     raise ValueError("empty reply")
 
 

@@ -18,8 +18,13 @@ opening) keeps its KV cache, and the previous reply with the same length limit
 and stop strings is a draft of up to 8 tokens, fed after the prompt in the same
 forward pass and kept as far as it matches the greedy choices (the head then
 runs at those few positions). A rubric judge's replies repeat ("1 — The
-explanation"), so its decoding steps mostly vanish. Sampling
-(temperature > 0) never reuses.
+explanation"), so its decoding steps mostly vanish. Greedy requests that the
+client's threads ask at the same time run as one right-padded batch after their
+common prefix (harness/batching.py): the LM head's 262k x 640 weights are then
+read once per pass for all of them. Which requests share a pass depends on
+timing, and a batch's arithmetic differs from a single prompt's by float
+rounding, so a reply could change only where two tokens tie to within rounding; a client
+with max_concurrency 1 never batches. Sampling (temperature > 0) never reuses.
 
 Text to tokens:
 - a prompt is encoded without special tokens and BOS is put in front once
@@ -36,10 +41,12 @@ Text to tokens:
 
 import copy
 import threading
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 
+from harness.batching import RequestBatcher
 from harness.errors import MonoscopeError
 from harness.llm_types import CHOICE_LOGPROBS, CONTINUATION_LOGPROB, GENERATE, Completion, Message, Usage
 from harness.model import SubjectModel, load_subject_model
@@ -49,6 +56,20 @@ _OPTIONS = frozenset({"chat", "batch_size", "logit_rows", "reuse"})
 _MIN_SHARED_PREFIX = 16  # tokens: a shorter common prefix with the previous prompt is not worth a cache of its own
 _MAX_DRAFT = 8  # tokens of the previous reply verified after a prompt in its forward pass
 _MAX_DRAFT_KEYS = 16  # (length limit, stop strings) settings whose last reply is kept as a draft
+
+
+@dataclass(frozen=True)
+class GreedyRequest:
+    """One greedy generation: the prompt's token ids, the length limit and the stop strings."""
+
+    prompt_ids: tuple[int, ...]
+    max_new_tokens: int
+    stop: tuple[str, ...]
+
+    @property
+    def key(self) -> tuple[int, tuple[str, ...]]:
+        """Return the settings under which replies serve as drafts for each other."""
+        return (self.max_new_tokens, self.stop)
 
 
 class LocalBackend:
@@ -76,6 +97,7 @@ class LocalBackend:
         self._previous_prompt: list[int] = []
         self._prefix: tuple[list[int], Any] | None = None  # token ids and KV cache of the last shared prompt prefix
         self._drafts: dict[tuple[int, tuple[str, ...]], list[int]] = {}  # last greedy reply per (limit, stop strings)
+        self._batcher = RequestBatcher(self._greedy_batch, max_batch=self.batch_size)  # greedy requests asked together
         lm = subject.model
         self._base = lm.base_model if hasattr(lm, "base_model") else lm.model
         self._head = lm.get_output_embeddings()
@@ -86,6 +108,11 @@ class LocalBackend:
         self._eos = set(eos) if isinstance(eos, list | tuple) else ({eos} if eos is not None else set())
         if chat and not getattr(subject.tokenizer, "chat_template", None):
             raise MonoscopeError(f"model {self.model!r} has no chat template", "drop chat=True to render messages as plain text")
+
+    @property
+    def generation_batches(self) -> dict[int, int]:
+        """Return {batch size: number of forward passes} of the greedy generations batched so far."""
+        return dict(self._batcher.batch_sizes)
 
     # ------------------------------------------------------------------ text
     def render(self, messages: list[Message]) -> str:
@@ -235,7 +262,7 @@ class LocalBackend:
     ) -> list[int]:
         """Return the generated token ids after ``prompt_ids`` (stops at EOS, a stop string, or the limit)."""
         if temperature <= 0 and self.reuse and max_new_tokens > 0:
-            return self._generate_greedy_reusing(prompt_ids, max_new_tokens, list(stop or []))
+            return self._batcher.submit(GreedyRequest(tuple(prompt_ids), max_new_tokens, tuple(stop or [])))
         device = self.subject.device
         generator = torch.Generator().manual_seed(int(seed)) if seed is not None else None
         generated: list[int] = []
@@ -261,65 +288,97 @@ class LocalBackend:
         """Return True when the last generated token is EOS or the decoded text contains a stop string."""
         return generated[-1] in self._eos or bool(stop and any(s in self._decode(generated) for s in stop))
 
-    def _generate_greedy_reusing(self, prompt_ids: list[int], max_new_tokens: int, stop: list[str]) -> list[int]:
-        """Return the greedy tokens after ``prompt_ids``, reusing a shared prefix's KV cache and verifying a draft.
+    def _greedy_batch(self, requests: list["GreedyRequest"]) -> list[list[int]]:
+        """Return the greedy tokens after each request's prompt, all prompts in one forward pass.
 
-        The draft (the previous reply under the same limit and stop strings) is fed after the
-        prompt in one forward pass; the greedy token at each position is kept while the draft
-        agrees with it, so the result equals plain greedy decoding.
+        The prompts' common prefix (with one prompt: the prefix it shares with the previous
+        prompt) is run once and its KV cache kept; each prompt's remainder plus its draft (the
+        previous reply under the same limit and stop strings) is fed after it, right-padded,
+        and the LM head runs only at the positions that predict the reply. The greedy token at
+        each position is kept while the draft agrees with it, so every answer equals plain
+        greedy decoding; a row whose draft fails goes on alone, one token per pass.
         """
         device = self.subject.device
-        key = (max_new_tokens, tuple(stop))
-        draft = self._drafts.get(key, [])[: min(max_new_tokens - 1, _MAX_DRAFT)]
-        generated: list[int] = []
+        prompts = [list(request.prompt_ids) for request in requests]
+        drafts = [self._drafts.get(request.key, [])[: min(request.max_new_tokens - 1, _MAX_DRAFT)] for request in requests]
+        answers: list[list[int]] = []
         with self._lock, torch.inference_mode():
-            cache, start = self._shared_prefix(prompt_ids)
-            out = self._base(input_ids=torch.tensor([prompt_ids[start:] + draft], device=device), past_key_values=cache, use_cache=True)
-            cache = out.past_key_values
-            proposals = torch.argmax(self._logits(out.last_hidden_state[0, -(len(draft) + 1) :]), dim=-1).tolist()
-            done = False
-            for index, token in enumerate(proposals):  # proposal i is the greedy token after prompt + draft[:i]
-                generated.append(int(token))
-                done = self._finished(generated, stop) or len(generated) == max_new_tokens
-                if done or (index < len(draft) and token != draft[index]):
-                    break
-            if not done:
-                surplus = len(draft) - (len(generated) - 1)  # draft tokens in the cache beyond the accepted ones
-                if surplus > 0:
-                    cache = self._cropped(cache, surplus, prompt_ids + generated[:-1])
-                while len(generated) < max_new_tokens:
-                    out = self._base(input_ids=torch.tensor([[generated[-1]]], device=device), past_key_values=cache, use_cache=True)
-                    cache = out.past_key_values
-                    generated.append(int(torch.argmax(self._logits(out.last_hidden_state[0, -1:])[0])))
-                    if self._finished(generated, stop):
+            prefix_cache, start = self._shared_prefix(prompts)
+            fed = [prompt[start:] + draft for prompt, draft in zip(prompts, drafts, strict=True)]
+            width = max(len(tokens) for tokens in fed)
+            # Right padding needs no mask: causal attention keeps real positions off the pads.
+            inputs = torch.zeros((len(fed), width), dtype=torch.long, device=device)
+            for row, tokens in enumerate(fed):
+                inputs[row, : len(tokens)] = torch.tensor(tokens, device=device)
+            if prefix_cache is not None and len(fed) > 1:
+                prefix_cache.batch_repeat_interleave(len(fed))
+            out = self._base(input_ids=inputs, past_key_values=prefix_cache, use_cache=True)
+            first = [len(prompt) - start - 1 for prompt in prompts]  # the position that predicts each reply's first token
+            hidden = torch.cat([out.last_hidden_state[row, first[row] : len(fed[row])] for row in range(len(fed))])
+            proposals = torch.cat(
+                [torch.argmax(self._logits(hidden[i : i + self.logit_rows]), dim=-1) for i in range(0, hidden.shape[0], self.logit_rows)]
+            ).tolist()
+            offset = 0
+            for row, request in enumerate(requests):
+                generated, done = [], False
+                for index, token in enumerate(proposals[offset : offset + len(drafts[row]) + 1]):  # token after prompt + draft[:index]
+                    generated.append(int(token))
+                    done = self._finished(generated, list(request.stop)) or len(generated) == request.max_new_tokens
+                    if done or (index < len(drafts[row]) and token != drafts[row][index]):
                         break
-            self._drafts.pop(key, None)
-            self._drafts[key] = generated
+                offset += len(drafts[row]) + 1
+                if not done:
+                    kept = len(prompts[row]) - start + len(generated) - 1  # fed positions that stay in the row's cache
+                    cache = self._row_cache(out.past_key_values, row, len(fed), width - kept, prompts[row] + generated[:-1])
+                    generated = self._decode_on(cache, generated, request)
+                answers.append(generated)
+                self._drafts.pop(request.key, None)
+                self._drafts[request.key] = generated
             while len(self._drafts) > _MAX_DRAFT_KEYS:
                 self._drafts.pop(next(iter(self._drafts)))
+        return answers
+
+    def _row_cache(self, cache: Any, row: int, rows: int, surplus: int, ids: list[int]) -> Any:
+        """Return the KV cache of one row of a batch, without its last ``surplus`` positions (see ``_cropped``)."""
+        if rows > 1:
+            cache = copy.deepcopy(cache)
+            cache.batch_select_indices(torch.tensor([row], device=self.subject.device))
+        return self._cropped(cache, surplus, ids) if surplus > 0 else cache
+
+    def _decode_on(self, cache: Any, generated: list[int], request: "GreedyRequest") -> list[int]:
+        """Return ``generated`` extended greedily, one token per pass, from the KV cache of everything before its last token."""
+        device = self.subject.device
+        while len(generated) < request.max_new_tokens:
+            out = self._base(input_ids=torch.tensor([[generated[-1]]], device=device), past_key_values=cache, use_cache=True)
+            cache = out.past_key_values
+            generated.append(int(torch.argmax(self._logits(out.last_hidden_state[0, -1:])[0])))
+            if self._finished(generated, list(request.stop)):
+                break
         return generated
 
-    def _shared_prefix(self, prompt_ids: list[int]) -> tuple[Any, int]:
-        """Return (a copy of the KV cache of ``prompt_ids[:n]``, n), n = 0 (no cache) when no prefix is shared.
+    def _shared_prefix(self, prompts: list[list[int]]) -> tuple[Any, int]:
+        """Return (a copy of the KV cache of the first n tokens every prompt shares, n); (None, 0) when none is worth it.
 
-        The prefix is the one this prompt shares with the previous prompt (at least
-        ``_MIN_SHARED_PREFIX`` tokens, never the whole prompt); its cache is kept for the next call
-        and extended from the kept one when that is a shorter prefix of it.
+        The prefix is the batch's common prefix, or for one prompt the prefix it shares with the
+        previous prompt (at least ``_MIN_SHARED_PREFIX`` tokens, never a whole prompt); its cache
+        is kept for the next call and extended from the kept one when that is a shorter prefix of it.
         """
-        previous, self._previous_prompt = self._previous_prompt, list(prompt_ids)
+        previous, self._previous_prompt = self._previous_prompt, list(prompts[-1])
+        group = prompts if len(prompts) > 1 else [previous, prompts[0]]
         shared = 0
-        for a, b in zip(previous, prompt_ids, strict=False):
-            if a != b:
+        for column in zip(*group, strict=False):
+            if any(token != column[0] for token in column):
                 break
             shared += 1
-        shared = min(shared, len(prompt_ids) - 1)
+        shared = min(shared, min(len(prompt) for prompt in prompts) - 1)
+        first = prompts[0]
         kept_ids, kept_cache = self._prefix if self._prefix is not None else ([], None)
-        kept = kept_cache is not None and len(kept_ids) < len(prompt_ids) and prompt_ids[: len(kept_ids)] == kept_ids
+        kept = kept_cache is not None and all(len(kept_ids) < len(p) and p[: len(kept_ids)] == kept_ids for p in prompts)
         if shared >= _MIN_SHARED_PREFIX and (not kept or shared > len(kept_ids)):
-            base_cache, start = (copy.deepcopy(kept_cache), len(kept_ids)) if kept else (None, 0)
-            inputs = torch.tensor([prompt_ids[start:shared]], device=self.subject.device)
+            base_cache, begin = (copy.deepcopy(kept_cache), len(kept_ids)) if kept else (None, 0)
+            inputs = torch.tensor([first[begin:shared]], device=self.subject.device)
             cache = self._base(input_ids=inputs, past_key_values=base_cache, use_cache=True).past_key_values
-            self._prefix = (list(prompt_ids[:shared]), cache)
+            self._prefix = (list(first[:shared]), cache)
             return copy.deepcopy(cache), shared
         if kept:
             return copy.deepcopy(kept_cache), len(kept_ids)

@@ -30,8 +30,8 @@ def make_client(
     if role.base_url is not None:
         options["base_url"] = role.base_url
     backend = make_backend(role.backend, role.model, **options)
-    concurrency = 1 if role.backend == "local" else max_concurrency
-    return LLMClient(backend, cache_dir=run_dir / "llm-cache", max_concurrency=concurrency, prices=prices, budget=budget)
+    # A local backend batches the greedy requests asked together (harness/batching.py), so it gets the same concurrency.
+    return LLMClient(backend, cache_dir=run_dir / "llm-cache", max_concurrency=max_concurrency, prices=prices, budget=budget)
 
 
 def run_tokenizer(run_dir: Path, shared_subject: Any = None) -> Any:

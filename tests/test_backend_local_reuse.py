@@ -4,7 +4,7 @@ gives exactly the tokens of plain greedy decoding."""
 import pytest
 import torch
 
-from harness.backend_local import make_local_backend
+from harness.backend_local import GreedyRequest, make_local_backend
 from harness.llm import LLMClient
 from harness.llm_types import Message
 from harness.records import TokenContext, UnitContexts
@@ -78,6 +78,36 @@ def test_rating_judge_answers_are_unchanged(backend):  # noqa: F811
         client = LLMClient(judge, max_concurrency=1, max_parse_attempts=1)
         judged[name] = [(j.context_id, j.score, j.failure, j.raw) for j in judge_unit(unit, "the letter q", "real", client, "rating")]
     assert judged["reuse"] == judged["plain"]
+
+
+def test_a_batch_of_prompts_gives_each_its_greedy_answer(backend):  # noqa: F811
+    """Prompts of different lengths in one padded pass: with and without a shared prefix, any drafts, several limits and stops."""
+    plain = _plain(backend)
+    batches = [PROMPTS[:5], PROMPTS[5:], PROMPTS, [PROMPTS[0]] * 3, [PROMPTS[1], PROMPTS[3]]]
+    for limit, stop in ((1, ()), (4, ()), (12, ()), (6, ("b",))):
+        for prompts in batches:
+            ids = [backend.prompt_ids(prompt) for prompt in prompts]
+            requests = [GreedyRequest(tuple(i), limit, stop) for i in ids]
+            expected = [plain.generate_ids(i, limit, stop=list(stop)) for i in ids]
+            assert backend._greedy_batch(requests) == expected
+            backend._drafts[(limit, stop)] = [(t + 1) % 100 + 4 for t in expected[0]]  # a wrong draft next time
+            assert backend._greedy_batch(requests) == expected
+
+
+def test_concurrent_judgments_run_in_batches_with_unchanged_answers(backend):  # noqa: F811
+    """The rating judge through a client asking 4 at a time: the backend batches them, the answers are those of plain decoding."""
+    tokens = ("the", " q", "uick", " fox", " jumps", " over")
+    contexts = tuple(
+        TokenContext("u/1", f"u/1@{i}:{i % 6}", "top", i, tokens[i % 6 :] + tokens[: i % 6], (0.0,) * 6, i % 6) for i in range(24)
+    )
+    unit = UnitContexts("u/1", 1.0, (), contexts)
+    batching = make_local_backend(subject=backend.subject)
+    judged = {}
+    for name, judge, concurrency in (("batched", batching, 4), ("plain", _plain(backend), 1)):
+        client = LLMClient(judge, max_concurrency=concurrency, max_parse_attempts=1)
+        judged[name] = [(j.context_id, j.score, j.failure, j.raw) for j in judge_unit(unit, "the letter q", "real", client, "rating")]
+    assert judged["batched"] == judged["plain"]
+    assert max(batching.generation_batches) > 1, "requests asked together ran together"
 
 
 @pytest.mark.slow
