@@ -29,7 +29,7 @@ REPLIES = st.one_of(
 )
 # In CI (.ci/run sets CI=1) the examples are the same on every run, so a red build names a change, not a draw.
 FUZZ = settings(
-    max_examples=300, deadline=None, derandomize=bool(os.environ.get("CI")), suppress_health_check=[HealthCheck.function_scoped_fixture]
+    max_examples=1000, deadline=None, derandomize=bool(os.environ.get("CI")), suppress_health_check=[HealthCheck.function_scoped_fixture]
 )
 
 
