@@ -288,7 +288,7 @@ class LocalBackend:
         """Return True when the last generated token is EOS or the decoded text contains a stop string."""
         return generated[-1] in self._eos or bool(stop and any(s in self._decode(generated) for s in stop))
 
-    def _greedy_batch(self, requests: list["GreedyRequest"]) -> list[list[int]]:
+    def _greedy_batch(self, requests: list[GreedyRequest]) -> list[list[int]]:
         """Return the greedy tokens after each request's prompt, all prompts in one forward pass.
 
         The prompts' common prefix (with one prompt: the prefix it shares with the previous
@@ -345,7 +345,7 @@ class LocalBackend:
             cache.batch_select_indices(torch.tensor([row], device=self.subject.device))
         return self._cropped(cache, surplus, ids) if surplus > 0 else cache
 
-    def _decode_on(self, cache: Any, generated: list[int], request: "GreedyRequest") -> list[int]:
+    def _decode_on(self, cache: Any, generated: list[int], request: GreedyRequest) -> list[int]:
         """Return ``generated`` extended greedily, one token per pass, from the KV cache of everything before its last token."""
         device = self.subject.device
         while len(generated) < request.max_new_tokens:
