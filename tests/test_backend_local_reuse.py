@@ -1,6 +1,8 @@
 """Greedy generation that reuses work across calls (shared-prompt-prefix KV cache, previous reply as a draft)
 gives exactly the tokens of plain greedy decoding."""
 
+import time
+
 import pytest
 import torch
 
@@ -102,6 +104,14 @@ def test_concurrent_judgments_run_in_batches_with_unchanged_answers(backend):  #
     )
     unit = UnitContexts("u/1", 1.0, (), contexts)
     batching = make_local_backend(subject=backend.subject)
+    run_batch = batching._batcher.run_batch
+
+    def first_batch_slow(requests: list[GreedyRequest]) -> list[list[int]]:
+        if sum(batching.generation_batches.values()) == 1:  # counted when the batch was taken, before it runs
+            time.sleep(0.3)  # the tiny model is fast: give the other threads time to queue behind the first requests
+        return run_batch(requests)
+
+    batching._batcher.run_batch = first_batch_slow
     judged = {}
     for name, judge, concurrency in (("batched", batching, 4), ("plain", _plain(backend), 1)):
         client = LLMClient(judge, max_concurrency=concurrency, max_parse_attempts=1)
