@@ -1,6 +1,7 @@
 """RequestBatcher: requests from several threads run in batches, each caller gets its own answer or its batch's error."""
 
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
@@ -20,6 +21,9 @@ def test_every_caller_gets_its_own_answer_in_batches_of_at_most_the_limit():
     batcher = RequestBatcher(run, max_batch=3)
     with ThreadPoolExecutor(max_workers=8) as pool:
         futures = [pool.submit(batcher.submit, n) for n in range(20)]
+        deadline = time.monotonic() + 10
+        while len(batcher._queue) < 4 and time.monotonic() < deadline:  # let the other threads queue behind the first batch
+            time.sleep(0.01)
         entered.set()
         answers = [future.result(timeout=30) for future in futures]
     assert answers == [n * n for n in range(20)]
