@@ -297,10 +297,17 @@ def reference(tmp_path_factory: pytest.TempPathFactory, worker: Worker, server: 
 
 
 def cached_request_hashes(run_dir: Path) -> set[str]:
-    """Return the server-side hashes of every request whose reply is in the run's LLM response cache."""
+    """Return the server-side hashes of every request whose reply is in the run's LLM response cache.
+
+    A cache entry is a file named by its key (the client's rule); a ``.tmp-*`` file is a reply a kill
+    caught between writing and renaming, which the client never reads.
+    """
     hashes = set()
     for path in (run_dir / "llm-cache").glob("*/*.json"):
+        if path.name.startswith(".tmp-"):
+            continue
         record = json.loads(path.read_text(encoding="utf-8"))
+        assert record["key"] == path.stem, path
         messages = [(role, content) for role, content in record["request"]["messages"]]
         hashes.add(request_hash(messages, record["kind"] == "choice_logprobs"))
     return hashes
