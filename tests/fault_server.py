@@ -27,8 +27,10 @@ import re
 import threading
 from collections import Counter
 from collections.abc import Mapping
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from typing import Any
+
+from tests.loopback import reply_body, start_server
 
 TRANSIENT_KINDS = ("429", "429_retry_after", "500", "503", "stall", "cutoff")
 FAULT_KINDS = (*TRANSIENT_KINDS, "garbage")
@@ -126,10 +128,7 @@ class FaultServer:
             def log_message(self, *args: Any) -> None:
                 pass
 
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.httpd.daemon_threads = True
-        self.thread = threading.Thread(target=self.httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
-        self.thread.start()
+        self.httpd, self.thread = start_server(Handler)
 
     # --- public ---
 
@@ -234,7 +233,7 @@ class FaultServer:
             self._closing.wait(self.stall_seconds)  # bounded: never longer than stall_seconds, released by close()
             return  # the connection closes without a reply (the client timed out long before)
         text = GARBAGE if fault == "garbage" else answer_text(prompt, digest)
-        payload = json.dumps(_reply_body(api, text, answer_logprobs(digest) if logprobs else None)).encode()
+        payload = json.dumps(reply_body(api, text, answer_logprobs(digest) if logprobs else None)).encode()
         if fault == "cutoff":
             handler.send_response(200)
             handler.send_header("content-type", "application/json")
@@ -265,21 +264,3 @@ def _error_body(api: str, kind: str, message: str) -> bytes:
     if api == "anthropic":
         return json.dumps({"type": "error", "error": {"type": kind, "message": message}}).encode()
     return json.dumps({"error": {"message": message, "type": kind, "param": None, "code": None}}).encode()
-
-
-def _reply_body(api: str, text: str, top_logprobs: list[tuple[str, float]] | None) -> dict[str, Any]:
-    if api == "anthropic":
-        return {
-            "id": "msg_fault", "type": "message", "role": "assistant", "model": "fault-model",
-            "content": [{"type": "text", "text": text}], "stop_reason": "end_turn", "stop_sequence": None,
-            "usage": {"input_tokens": 100, "output_tokens": 1},
-        }  # fmt: skip
-    logprobs = None
-    if top_logprobs is not None:
-        entries = [{"token": token, "logprob": logprob, "bytes": None} for token, logprob in top_logprobs]
-        logprobs = {"content": [{**entries[0], "top_logprobs": entries}]}
-    choice = {"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop", "logprobs": logprobs}
-    return {
-        "id": "chatcmpl-fault", "object": "chat.completion", "created": 0, "model": "fault-model", "choices": [choice],
-        "usage": {"prompt_tokens": 100, "completion_tokens": 1, "total_tokens": 101},
-    }  # fmt: skip

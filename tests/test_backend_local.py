@@ -8,6 +8,7 @@ import torch
 from harness.backend_local import LocalBackend, make_local_backend
 from harness.errors import MonoscopeError
 from harness.llm_types import CHOICE_LOGPROBS, CONTINUATION_LOGPROB, GENERATE, Message
+from tests.tiny_models import tiny_gemma_model
 
 SPECIALS = ["<pad>", "<eos>", "<bos>", "<unk>"]
 VOCAB_SIZE = 128
@@ -29,27 +30,9 @@ def _tokenizer():
 
 @pytest.fixture(scope="module")
 def backend():
-    from transformers import Gemma3ForCausalLM, Gemma3TextConfig
-
     from harness.model import wrap_model
 
-    torch.manual_seed(0)
-    config = Gemma3TextConfig(
-        vocab_size=VOCAB_SIZE,
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        num_key_value_heads=1,
-        head_dim=16,
-        max_position_embeddings=128,
-        sliding_window=16,
-        bos_token_id=2,
-        eos_token_id=1,
-        pad_token_id=0,
-        final_logit_softcapping=5.0,
-    )
-    model = Gemma3ForCausalLM(config)
+    model = tiny_gemma_model(vocab_size=VOCAB_SIZE, num_hidden_layers=2, final_logit_softcapping=5.0)
     with torch.no_grad():  # sharper random logits, so soft-capping and greedy choices matter
         model.lm_head.weight.mul_(20)
     return make_local_backend(subject=wrap_model(model, _tokenizer(), name="tiny-gemma3"), batch_size=2, logit_rows=3)

@@ -24,11 +24,13 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import Any
 
 import pytest
+
+from tests.loopback import reply_body, start_server
 
 pytestmark = pytest.mark.slow
 
@@ -79,7 +81,7 @@ class LoopbackLLM:
                 with server.lock:
                     server.requests.setdefault(tag, []).append(digest)
                 text = reply_text(body, digest)
-                payload = json.dumps(completion(text)).encode()
+                payload = json.dumps(reply_body("openai", text)).encode()
                 time.sleep(EXPLAIN_DELAY if text.startswith(EXPLANATION) else SCORE_DELAY)
                 try:
                     self.send_response(200)
@@ -93,10 +95,7 @@ class LoopbackLLM:
             def log_message(self, *args: Any) -> None:
                 pass
 
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.httpd.daemon_threads = True
-        self.thread = threading.Thread(target=self.httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
-        self.thread.start()
+        self.httpd, self.thread = start_server(Handler)
 
     def base_url(self, tag: str) -> str:
         """Return the base URL a trial's roles use."""
@@ -125,13 +124,6 @@ def reply_text(body: dict[str, Any], digest: str) -> str:
     if body.get("max_tokens") == 4:
         return str(int(digest[:8], 16) % 4)
     return f"{EXPLANATION} {digest[:6]}"
-
-
-def completion(text: str) -> dict[str, Any]:
-    """Return an OpenAI chat completion body replying ``text``."""
-    choice = {"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop", "logprobs": None}
-    usage = {"prompt_tokens": 10, "completion_tokens": 1, "total_tokens": 11}
-    return {"id": "chatcmpl-1", "object": "chat.completion", "created": 0, "model": "loopback-model", "choices": [choice], "usage": usage}
 
 
 class Worker:

@@ -9,7 +9,7 @@ import traceback
 from collections import deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +19,7 @@ from harness import llm
 from harness.errors import MonoscopeError
 from harness.llm import LLMClient, PermanentBackendError, TransientBackendError, UnparseableReply, backend_names, make_backend
 from harness.llm_types import CHOICE_LOGPROBS, Completion, Message
+from tests.loopback import reply_body, start_server
 
 SECRET = "sk-test-SECRET-123"
 APIS = ["openai", "anthropic"]
@@ -34,23 +35,6 @@ class Plan:
     headers: dict[str, str] = field(default_factory=dict)
     delay: float = 0.0
     text: str | None = None  # reply text of a normal reply (default: echo the last message)
-
-
-def reply_body(api: str, text: str, top_logprobs: list[tuple[str, float]] | None = None) -> dict[str, Any]:
-    if api == "anthropic":
-        return {
-            "id": "msg_1", "type": "message", "role": "assistant", "model": "test-model", "content": [{"type": "text", "text": text}],
-            "stop_reason": "end_turn", "stop_sequence": None, "usage": {"input_tokens": 11, "output_tokens": 3},
-        }  # fmt: skip
-    logprobs = None
-    if top_logprobs is not None:
-        entries = [{"token": token, "logprob": logprob, "bytes": None} for token, logprob in top_logprobs]
-        logprobs = {"content": [{**entries[0], "top_logprobs": entries}]}
-    choice = {"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop", "logprobs": logprobs}
-    return {
-        "id": "chatcmpl-1", "object": "chat.completion", "created": 0, "model": "test-model", "choices": [choice],
-        "usage": {"prompt_tokens": 11, "completion_tokens": 3, "total_tokens": 14},
-    }  # fmt: skip
 
 
 class ScriptedServer:
@@ -102,9 +86,7 @@ class ScriptedServer:
             def log_message(self, *args: Any) -> None:
                 pass
 
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.thread = threading.Thread(target=self.httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
-        self.thread.start()
+        self.httpd, self.thread = start_server(Handler)
 
     @property
     def base_url(self) -> str:

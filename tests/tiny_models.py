@@ -16,13 +16,14 @@ class ByteTokenizer:
         return "".join(chr(i - 10) if i >= 10 else "" for i in ids)
 
 
-def tiny_gemma_model() -> Any:
-    """Return a 4-block Gemma 3 causal LM with random weights (seed 0: the same weights in every process)."""
+def tiny_gemma_model(**overrides: Any) -> Any:
+    """Return a Gemma 3 causal LM (4 blocks of width 32 unless ``overrides`` of the config say otherwise) with random
+    weights (seed 0: the same weights in every process)."""
     import torch
     from transformers import Gemma3ForCausalLM, Gemma3TextConfig
 
     torch.manual_seed(0)
-    config = Gemma3TextConfig(
+    settings = dict(
         vocab_size=128,
         hidden_size=32,
         intermediate_size=64,
@@ -36,7 +37,7 @@ def tiny_gemma_model() -> Any:
         eos_token_id=1,
         pad_token_id=0,
     )
-    return Gemma3ForCausalLM(config)
+    return Gemma3ForCausalLM(Gemma3TextConfig(**(settings | overrides)))
 
 
 def tiny_byte_gemma() -> Any:
