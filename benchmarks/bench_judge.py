@@ -67,7 +67,7 @@ def _run_material(run_dir: Path, n_contexts: int) -> JudgeMaterial:
     for context in read_records(run_dir / "contexts.jsonl", TokenContext):
         if context.split == "score":
             scoring.setdefault(context.unit, []).append(context)
-    latest = latest_by_key(read_records(run_dir / "explanations.jsonl", Explanation), lambda r: (r.unit, r.explainer))
+    latest = latest_by_key(read_records(run_dir / "explanations.jsonl", Explanation))
     text = {key: record.text for key, record in latest.items() if record.text}
     explained = [unit for unit in scoring if (unit, "llm") in text and (unit, "token_stats") in text]
     partner = shuffled_sources(explained, seed=0)  # the pipeline's shuffled control: another unit's LLM explanation

@@ -29,7 +29,7 @@ from harness.budget import Budget, BudgetExhausted
 from harness.config import RunConfig
 from harness.dictionaries import STATS_FILE, Dictionary, load_dictionary
 from harness.errors import MonoscopeError
-from harness.evaluate import EXPLANATIONS, RECORD_KEYS, UnitsFailed, explain_stage, failed_units, score_stage
+from harness.evaluate import EXPLANATIONS, RECORD_TYPES, UnitsFailed, explain_stage, failed_units, score_stage
 from harness.evaluation_commands import make_client
 from harness.index_store import firing_summary, load_index
 from harness.model import SubjectModel, load_subject_model, model_shape
@@ -302,9 +302,9 @@ def merge_shards(run_dir: Path) -> None:
     shards = _record_dirs(run_dir)[1:]
     if not shards:
         return
-    for name, (record_type, key) in RECORD_KEYS.items():
+    for name, record_type in RECORD_TYPES.items():
         records = [r for directory in [run_dir, *shards] for r in read_records(directory / name, record_type)]
-        merged = list(latest_by_key(records, key).values())
+        merged = list(latest_by_key(records).values())
         atomic_write_bytes(run_dir / name, records_text(merged).encode("utf-8"))
 
 

@@ -38,11 +38,7 @@ from scorers.simulation import simulate_unit
 
 EXPLANATIONS, JUDGMENTS, SIMULATIONS = "explanations.jsonl", "judgments.jsonl", "simulations.jsonl"
 SOURCES = ("real", "shuffled", "token_stats")
-RECORD_KEYS = {  # record file → (record type, key whose last record wins)
-    EXPLANATIONS: (Explanation, lambda r: (r.unit, r.explainer)),
-    JUDGMENTS: (Judgment, lambda r: (r.unit, r.source, r.context_id)),
-    SIMULATIONS: (Simulation, lambda r: (r.unit, r.source, r.context_id)),
-}
+RECORD_TYPES = {EXPLANATIONS: Explanation, JUDGMENTS: Judgment, SIMULATIONS: Simulation}  # the last record per key wins
 
 
 @dataclass(frozen=True)
@@ -100,7 +96,7 @@ def explain_stage(
 ) -> dict[str, Explanation]:
     """Return {unit: LLM explanation}, explaining only units without a parsed one on disk."""
     path = run_dir / EXPLANATIONS
-    done = latest_by_key(read_records(path, Explanation), lambda r: (r.unit, r.explainer))
+    done = latest_by_key(read_records(path, Explanation))
     todo = [c for c in units if not (done.get((c.unit, "llm")) and done[(c.unit, "llm")].text)]
     todo_stats = [c for c in units if (c.unit, "token_stats") not in done]
     append_records(path, [token_statistics_explanation(c) for c in todo_stats])
@@ -125,7 +121,7 @@ def explain_stage(
         return explanation
 
     client.map(explain, todo)
-    records = compact(path, *RECORD_KEYS[EXPLANATIONS])
+    records = compact(path, Explanation)
     return {r.unit: r for r in records if r.explainer == "llm"}
 
 
@@ -155,11 +151,11 @@ def score_stage(
     if all_explanations is None:
         names = {c.unit for c in units}
         all_explanations = [r for r in read_records(run_dir / EXPLANATIONS, Explanation) if r.unit in names]
-    explanations = latest_by_key(all_explanations, lambda r: (r.unit, r.explainer))
+    explanations = latest_by_key(all_explanations)
     llm_units = sorted({unit for unit, explainer in explanations if explainer == "llm" and explanations[(unit, explainer)].text})
     shuffle = shuffled_sources(llm_units, config.seed)
-    judged = latest_by_key(read_records(run_dir / JUDGMENTS, Judgment), lambda r: (r.unit, r.source, r.context_id))
-    simulated = latest_by_key(read_records(run_dir / SIMULATIONS, Simulation), lambda r: (r.unit, r.source, r.context_id))
+    judged = latest_by_key(read_records(run_dir / JUDGMENTS, Judgment))
+    simulated = latest_by_key(read_records(run_dir / SIMULATIONS, Simulation))
     for contexts in units:
         texts = {
             "real": _text(explanations.get((contexts.unit, "llm"))),
@@ -178,7 +174,7 @@ def score_stage(
         if on_unit_done is not None:
             on_unit_done()
     for name in (JUDGMENTS, SIMULATIONS):
-        compact(run_dir / name, *RECORD_KEYS[name])
+        compact(run_dir / name, RECORD_TYPES[name])
 
 
 def simulation_subset(contexts: UnitContexts, count: int) -> UnitContexts:
@@ -209,17 +205,8 @@ def failed_units(run_dir: Path, units: list[str]) -> dict[str, str]:
     """Return {unit: reason} for ``units`` whose latest explanation, judgment or simulation records a backend failure."""
     wanted = set(units)
     failures: dict[str, str] = {}
-    files = (
-        (EXPLANATIONS, Explanation, lambda r: (r.unit, r.explainer)),
-        (JUDGMENTS, Judgment, _score_key),
-        (SIMULATIONS, Simulation, _score_key),
-    )
-    for name, record_type, key in files:
-        for record in latest_by_key(read_records(run_dir / name, record_type), key).values():
+    for name, record_type in RECORD_TYPES.items():
+        for record in latest_by_key(read_records(run_dir / name, record_type)).values():
             if record.unit in wanted and record.failure and record.failure.startswith(BACKEND_FAILURE):
                 failures.setdefault(record.unit, f"{name.split('.')[0]}: {record.failure}")
     return failures
-
-
-def _score_key(record: Judgment | Simulation) -> tuple[str, str, str]:
-    return (record.unit, record.source, record.context_id)

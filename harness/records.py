@@ -69,6 +69,11 @@ class TokenContext:
         """Return the unit's activation on the target token."""
         return self.activations[self.target]
 
+    @property
+    def key(self) -> tuple[str, str]:
+        """Return what identifies the record in its file: a later record with the same key replaces it."""
+        return (self.unit, self.context_id)
+
 
 @dataclass(frozen=True)
 class UnitContexts:
@@ -94,6 +99,11 @@ class Explanation:
     failure: str | None = None
     raw: str | None = None
 
+    @property
+    def key(self) -> tuple[str, str]:
+        """Return what identifies the record in its file: a later record with the same key replaces it."""
+        return (self.unit, self.explainer)
+
 
 @dataclass(frozen=True)
 class Judgment:
@@ -115,6 +125,11 @@ class Judgment:
     failure: str | None = None
     raw: str | None = None
 
+    @property
+    def key(self) -> tuple[str, str, str]:
+        """Return what identifies the record in its file: a later record with the same key replaces it."""
+        return (self.unit, self.source, self.context_id)
+
 
 @dataclass(frozen=True)
 class Simulation:
@@ -132,6 +147,11 @@ class Simulation:
     prompt_hash: str
     failure: str | None = None
     raw: str | None = None
+
+    @property
+    def key(self) -> tuple[str, str, str]:
+        """Return what identifies the record in its file: a later record with the same key replaces it."""
+        return (self.unit, self.source, self.context_id)
 
 
 @dataclass(frozen=True)
@@ -152,6 +172,11 @@ class EvaluatedUnit:
     density: float  # firing tokens / indexed tokens
     max_activation: float
 
+    @property
+    def key(self) -> str:
+        """Return what identifies the record in its file: a later record with the same key replaces it."""
+        return self.unit
+
 
 @dataclass(frozen=True)
 class FeatureCorrelation:
@@ -166,6 +191,11 @@ class FeatureCorrelation:
     max_residual_correlation: float | None
     residual_direction: str | None  # "resid.L/i" attaining it
 
+    @property
+    def key(self) -> str:
+        """Return what identifies the record in its file: a later record with the same key replaces it."""
+        return self.unit
+
 
 @dataclass(frozen=True)
 class NearestFeatures:
@@ -176,3 +206,8 @@ class NearestFeatures:
     other_dictionary: str
     nearest: tuple[str, ...]  # unit names, most similar first
     cosine: tuple[float, ...]
+
+    @property
+    def key(self) -> tuple[str, str]:
+        """Return what identifies the record in its file: a later record with the same key replaces it."""
+        return (self.unit, self.other_dictionary)

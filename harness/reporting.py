@@ -4,7 +4,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from harness.evaluate import RECORD_KEYS
+from harness.evaluate import RECORD_TYPES
 from harness.pipeline import Progress
 from harness.runs import timed_stage
 from results.store import compact
@@ -18,8 +18,8 @@ def results_stage(run_dir: Path, log: Progress) -> dict[str, Any]:
     from results.report import write_report
     from results.saebench import write_saebench_summary
 
-    for name, (record_type, key) in RECORD_KEYS.items():
-        compact(run_dir / name, record_type, key)
+    for name, record_type in RECORD_TYPES.items():
+        compact(run_dir / name, record_type)
     shutil.rmtree(run_dir / "results" / "plots", ignore_errors=True)  # plots of units a previous config evaluated
     with timed_stage(run_dir, "results"):
         summary = write_results(run_dir)

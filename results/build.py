@@ -9,7 +9,6 @@ same records give byte-identical CSVs.
 
 import math
 from collections import defaultdict
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -74,20 +73,20 @@ def _short(text: str | float | None, limit: int = 70) -> str:
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
-def _latest(path: Path, record_type: type[T], key: Callable[[T], Any]) -> list[T]:
+def _latest(path: Path, record_type: type[T]) -> list[T]:
     """Return the last record per key of a record file (none when the file is absent)."""
-    return list(latest_by_key(read_records(path, record_type), key).values())
+    return list(latest_by_key(read_records(path, record_type)).values())
 
 
 def write_results(run_dir: Path, levels: int = 10) -> dict[str, Any]:
     """Write the run's tables and figures; return a JSON-ready summary (paths and headline numbers, None for missing)."""
     run_dir = Path(run_dir)
-    units = _latest(run_dir / "units.jsonl", EvaluatedUnit, lambda r: r.unit)
-    explanations = _latest(run_dir / "explanations.jsonl", Explanation, lambda r: (r.unit, r.explainer))
-    judgments = _latest(run_dir / "judgments.jsonl", Judgment, lambda r: (r.unit, r.source, r.context_id))
-    simulations = _latest(run_dir / "simulations.jsonl", Simulation, lambda r: (r.unit, r.source, r.context_id))
-    correlations = _latest(run_dir / "correlations.jsonl", FeatureCorrelation, lambda r: r.unit)
-    neighbors = _latest(run_dir / "neighbors.jsonl", NearestFeatures, lambda r: (r.unit, r.other_dictionary))
+    units = _latest(run_dir / "units.jsonl", EvaluatedUnit)
+    explanations = _latest(run_dir / "explanations.jsonl", Explanation)
+    judgments = _latest(run_dir / "judgments.jsonl", Judgment)
+    simulations = _latest(run_dir / "simulations.jsonl", Simulation)
+    correlations = _latest(run_dir / "correlations.jsonl", FeatureCorrelation)
+    neighbors = _latest(run_dir / "neighbors.jsonl", NearestFeatures)
     dictionaries_path = run_dir / "dictionaries.json"
     dictionary_rows: list[dict] = read_json(dictionaries_path) if dictionaries_path.exists() else []
     dictionary_order = [row["dictionary"] for row in sorted(dictionary_rows, key=lambda row: (row.get("d_sae") or 0, row["dictionary"]))]

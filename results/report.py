@@ -55,11 +55,11 @@ class RunRecords:
 def load_run(run_dir: Path) -> RunRecords:
     """Return the run's records, the last one per key (reruns append)."""
     return RunRecords(
-        units=latest_by_key(read_records(run_dir / UNITS, EvaluatedUnit), lambda r: r.unit),
-        contexts=latest_by_key(read_records(run_dir / CONTEXTS, TokenContext), lambda r: (r.unit, r.context_id)),
-        explanations=latest_by_key(read_records(run_dir / EXPLANATIONS, Explanation), lambda r: (r.unit, r.explainer)),
-        judgments=latest_by_key(read_records(run_dir / JUDGMENTS, Judgment), lambda r: (r.unit, r.source, r.context_id)),
-        simulations=latest_by_key(read_records(run_dir / SIMULATIONS, Simulation), lambda r: (r.unit, r.source, r.context_id)),
+        units=latest_by_key(read_records(run_dir / UNITS, EvaluatedUnit)),
+        contexts=latest_by_key(read_records(run_dir / CONTEXTS, TokenContext)),
+        explanations=latest_by_key(read_records(run_dir / EXPLANATIONS, Explanation)),
+        judgments=latest_by_key(read_records(run_dir / JUDGMENTS, Judgment)),
+        simulations=latest_by_key(read_records(run_dir / SIMULATIONS, Simulation)),
     )
 
 

@@ -65,11 +65,11 @@ def read_records(path: Path, record_type: type[T]) -> list[T]:
     return records
 
 
-def latest_by_key(records: list[T], key: Callable[[T], Any]) -> dict[Any, T]:
-    """Return the last record for each key."""
+def latest_by_key(records: list[T], key: Callable[[T], Any] | None = None) -> dict[Any, T]:
+    """Return the last record for each key (default: the record's own ``key``, see harness.records)."""
     latest: dict[Any, T] = {}
     for record in records:
-        latest[key(record)] = record
+        latest[record.key if key is None else key(record)] = record  # type: ignore[attr-defined]
     return latest
 
 
@@ -78,8 +78,8 @@ def records_text(records: Iterable[Any]) -> str:
     return "".join(json.dumps(_plain(record), ensure_ascii=False) + "\n" for record in records)
 
 
-def compact(path: Path, record_type: type[T], key: Callable[[T], Any]) -> list[T]:
+def compact(path: Path, record_type: type[T]) -> list[T]:
     """Rewrite a record file atomically with only the last record per key; return those records."""
-    records = list(latest_by_key(read_records(path, record_type), key).values())
+    records = list(latest_by_key(read_records(path, record_type)).values())
     atomic_write_bytes(path, records_text(records).encode())
     return records

@@ -177,9 +177,9 @@ def specificity_table(
     """
     if unit_set is not None and units is None:
         raise ValueError("specificity_table: unit_set needs the units records")
-    members = {u.unit for u in latest_by_key(units, lambda r: r.unit).values() if u.unit_set == unit_set} if unit_set is not None else None
+    members = {u.unit for u in latest_by_key(units).values() if u.unit_set == unit_set} if unit_set is not None else None
     counts: dict[int, list[int]] = defaultdict(lambda: [0] * len(SCORES))
-    for judgment in latest_by_key(judgments, lambda r: (r.unit, r.source, r.context_id)).values():
+    for judgment in latest_by_key(judgments).values():
         if judgment.source != "real" or judgment.score is None:
             continue
         if unit is not None and judgment.unit != unit:
@@ -228,14 +228,14 @@ def unit_table(
     simulation records with no parsed result.
     """
     unit_records = sorted(
-        latest_by_key(units, lambda r: r.unit).values(),
+        latest_by_key(units).values(),
         key=lambda u: (u.kind == "neuron", u.set_size, u.unit_set, u.layer, u.index, u.unit),
     )
-    explained = latest_by_key(explanations, lambda r: (r.unit, r.explainer))
-    judged = list(latest_by_key(judgments, lambda r: (r.unit, r.source, r.context_id)).values())
-    simulated = list(latest_by_key(simulations, lambda r: (r.unit, r.source, r.context_id)).values())
-    correlated = latest_by_key(correlations, lambda r: r.unit)
-    neighbor_records = list(latest_by_key(neighbors, lambda r: (r.unit, r.other_dictionary)).values())
+    explained = latest_by_key(explanations)
+    judged = list(latest_by_key(judgments).values())
+    simulated = list(latest_by_key(simulations).values())
+    correlated = latest_by_key(correlations)
+    neighbor_records = list(latest_by_key(neighbors).values())
     scores = unit_scores(judged, simulated)
     set_sizes = {u.unit_set: u.set_size for u in unit_records if u.kind == "feature"}
     n_judgments: dict[str, int] = defaultdict(int)
@@ -435,7 +435,7 @@ def correlation_table(correlations: list[FeatureCorrelation], dictionary_order: 
     Rows are grouped by dictionary (in ``dictionary_order`` when given, else by
     name) and ordered by feature index within one.
     """
-    records = list(latest_by_key(correlations, lambda r: r.unit).values())
+    records = list(latest_by_key(correlations).values())
     rank = {name: i for i, name in enumerate(_dictionary_order({r.dictionary for r in records}, dictionary_order))}
     records.sort(key=lambda r: (rank[r.dictionary], _unit_order(r.unit)))
     rows = [{column: getattr(record, column) for column in CORRELATION_COLUMNS} for record in records]
