@@ -24,7 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from common import BENCHMARKS  # noqa: E402
 
-MODULES = ("bench_activations", "bench_index", "bench_judge", "bench_client", "bench_demo")
+MODULES = ("bench_activations", "bench_index", "bench_judge", "bench_judge_speed", "bench_client", "bench_demo")
 for module in MODULES:
     if (Path(__file__).parent / f"{module}.py").exists():
         importlib.import_module(module)

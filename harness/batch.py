@@ -16,6 +16,7 @@ records into the run directory and writes the results.
 
 import fcntl
 import time
+from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import asdict
@@ -99,7 +100,8 @@ def run_evaluation(
         subject.d_mlp,
     )
     contexts = sample_contexts(run_dir, units, chunks, subject.tokenizer, config.evaluation.sampling)
-    log(f"units: {len(units)} ({', '.join(f'{s} {n}' for s, n in _counts(units).items())}); contexts → {run_dir / 'contexts.jsonl'}")
+    per_set = ", ".join(f"{name} {count}" for name, count in Counter(u.unit_set for u in units).items())
+    log(f"units: {len(units)} ({per_set}); contexts → {run_dir / 'contexts.jsonl'}")
     roles = {"explainer": config.explainer, "judge": config.judge, "simulator": config.simulator}
     if dry_run:
         return log_plan(plan_calls(_record_dirs(run_dir), contexts, config.evaluation, roles, config.prices), log, upper_bound=False)
@@ -380,18 +382,11 @@ def _record_usage(run_dir: Path, clients: dict[str, Any], shard: tuple[int, int]
     seen: set[int] = set()
     usage = {}
     for name, client in clients.items():
-        if client is None or id(client) in seen:
+        if id(client) in seen:  # the judge's client may also be the simulator's
             continue
         seen.add(id(client))
         usage[f"{name}{label}"] = client.usage_by_stage()
     update_manifest(run_dir, usage=usage)
-
-
-def _counts(units: list[EvaluatedUnit]) -> dict[str, int]:
-    counts: dict[str, int] = {}
-    for unit in units:
-        counts[unit.unit_set] = counts.get(unit.unit_set, 0) + 1
-    return counts
 
 
 def _jsonable(config: RunConfig) -> dict[str, Any]:

@@ -21,12 +21,6 @@ class Budget:
         self._spent = 0.0
         self._lock = threading.Lock()
 
-    @property
-    def spent_usd(self) -> float:
-        """Return the money spent so far by this run's backend calls."""
-        with self._lock:
-            return self._spent
-
     def reserve(self, estimate_usd: float, stage: str) -> None:
         """Return None if a call estimated at ``estimate_usd`` fits; raise BudgetExhausted otherwise."""
         with self._lock:

@@ -39,7 +39,7 @@ def choose_units(
         fire_count = state.fire_count.numpy()
         layer = int(about.get("hook_name", "blocks.0.").split(".")[1])
         for index in select_units(fire_count, count, seed):
-            units.append(_unit(f"{name}/{index}", name, "feature", layer, index, state.n_units, fire_count, index, state))
+            units.append(_unit(f"{name}/{index}", name, "feature", layer, index, state.n_units, index, state))
     if include_neurons:
         state, about = load_index(run_dir / "index" / f"{POOL_NAME}.safetensors")
         fire_count = state.fire_count.numpy()
@@ -52,7 +52,7 @@ def choose_units(
         for position in chosen:
             layer_text, neuron = names[position].split("/")
             layer = int(layer_text.removeprefix("mlp."))
-            units.append(_unit(names[position], POOL_NAME, "neuron", layer, int(neuron), d_mlp, fire_count, position, state))
+            units.append(_unit(names[position], POOL_NAME, "neuron", layer, int(neuron), d_mlp, position, state))
     _write_if_changed(run_dir / UNITS, records_text(units))
     return units
 
@@ -100,9 +100,8 @@ def sample_features(fire_count: np.ndarray, count: int | None, seed: int, requir
     return sorted(set(required) | set(extra))
 
 
-def _unit(
-    name: str, unit_set: str, kind: str, layer: int, index: int, set_size: int, fire_count: np.ndarray, position: int, state: Any
-) -> EvaluatedUnit:
+def _unit(name: str, unit_set: str, kind: str, layer: int, index: int, set_size: int, position: int, state: Any) -> EvaluatedUnit:
+    """Return the record of the unit at ``position`` of an index state."""
     return EvaluatedUnit(
         unit=name,
         unit_set=unit_set,
@@ -110,7 +109,7 @@ def _unit(
         layer=layer,
         index=index,
         set_size=set_size,
-        density=float(fire_count[position]) / max(state.n_tokens, 1),
+        density=float(state.fire_count[position]) / max(state.n_tokens, 1),
         max_activation=float(state.maximum[position]),
     )
 
