@@ -10,9 +10,9 @@ from common import benchmark, random_dictionary
 @benchmark
 def activation_throughput(args: argparse.Namespace) -> dict:
     """Tokens/s: monoscope's early-stopping hooked pass vs a full forward with all hidden states."""
-    from harness.corpus import chunk_documents, corpus_documents
-    from harness.dictionaries import encode
-    from harness.model import collect_activations, load_subject_model, with_bos
+    from harness.dictionaries.dictionary import encode
+    from harness.subject.corpus import chunk_documents, corpus_documents
+    from harness.subject.model import collect_activations, load_subject_model, with_bos
 
     subject = load_subject_model("embedded")
     layer = subject.default_layer
@@ -60,7 +60,7 @@ def activation_throughput(args: argparse.Namespace) -> dict:
 
 def flop_ceiling(subject, layer: int, d_sae: int) -> dict:
     """Return multiply-adds per token of both sides, counted from the model's own weight shapes, and their ratio."""
-    from harness.model import transformer_blocks
+    from harness.subject.model import transformer_blocks
 
     blocks = transformer_blocks(subject.model)
     per_block = [sum(m.weight.numel() for m in block.modules() if isinstance(m, torch.nn.Linear)) for block in blocks]

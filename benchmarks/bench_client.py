@@ -90,8 +90,8 @@ def _environment(**values: str) -> Iterator[None]:
 
 def _measure(base_url: str, server: SlowChatServer, concurrency: int, calls: int) -> dict[str, Any]:
     """Return calls/s, mean latency, retries and the server's peak in-flight for ``calls`` distinct uncached calls."""
-    from harness.llm import LLMClient, make_backend
-    from harness.llm_types import Message
+    from harness.llm.client import LLMClient, make_backend
+    from harness.llm.interface import Message
 
     backend = make_backend("openai", "bench-model", base_url=base_url, timeout=30.0)
     client = LLMClient(backend, cache_dir=None, max_concurrency=concurrency)

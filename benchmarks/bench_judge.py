@@ -60,8 +60,8 @@ def judge_material(subject: Any, n_contexts: int, run_dir: Path | None = None) -
 
 def _run_material(run_dir: Path, n_contexts: int) -> JudgeMaterial:
     """Return the material of a finished run: its contexts.jsonl and explanations.jsonl."""
-    from harness.evaluate import shuffled_sources
     from harness.records import Explanation, TokenContext, UnitContexts
+    from harness.run.evaluate import shuffled_sources
     from results.store import latest_by_key, read_records
 
     scoring: dict[str, list[TokenContext]] = {}
@@ -88,8 +88,8 @@ def _run_material(run_dir: Path, n_contexts: int) -> JudgeMaterial:
 
 def _synthetic_material(subject: Any, n_contexts: int, per_unit: int = 12) -> JudgeMaterial:
     """Return synthetic units over 16-token windows of the embedded corpus: each "fires" on one token per window."""
-    from harness.corpus import chunk_documents, corpus_documents
     from harness.records import TokenContext, UnitContexts
+    from harness.subject.corpus import chunk_documents, corpus_documents
 
     chunks = chunk_documents(corpus_documents(), subject.tokenizer, 16, 16 * n_contexts)
     units, texts, names = [], {}, []
@@ -168,13 +168,13 @@ class _PromptCounter:
     """A generate-only backend that counts the real prompt tokens (embedded tokenizer, BOS included) and replies nothing."""
 
     def __init__(self, backend: Any) -> None:
-        from harness.llm_types import GENERATE
+        from harness.llm.interface import GENERATE
 
         self.backend, self.name, self.model, self.capabilities = backend, "count", backend.model, frozenset({GENERATE})
 
     def generate(self, messages: list, **params: Any) -> Any:
         """Return an empty Completion whose usage counts the prompt's tokens."""
-        from harness.llm_types import Completion, Usage
+        from harness.llm.interface import Completion, Usage
 
         return Completion("", Usage(prompt_tokens=len(self.backend.prompt_ids(self.backend.render(messages)))))
 
@@ -227,7 +227,7 @@ def _paired(first: dict[str, float | None], second: dict[str, float | None]) -> 
 
 
 def judge_client(backend: Any, attempts: int = 1, concurrency: int = 1) -> Any:
-    from harness.llm import LLMClient
+    from harness.llm.client import LLMClient
 
     return LLMClient(backend, cache_dir=None, max_concurrency=concurrency, max_parse_attempts=attempts)
 
@@ -332,9 +332,9 @@ def _likelihood_positions(backend: Any, material: JudgeMaterial, counter: _Posit
     per (unit, explanation). Shared: per context one prompt pass whose KV cache serves the unit's
     three explanations, and one cue-alone pass for every explanation of the run.
     """
-    from harness.llm_types import Message
-    from harness.render import with_marked_target
-    from harness.templates import load_template
+    from harness.llm.interface import Message
+    from harness.llm.render import with_marked_target
+    from harness.llm.templates import load_template
     from scorers.rubric import explanation_token_count, likelihood_to_rubric
 
     n = material.n_contexts * len(SOURCES)
@@ -389,8 +389,8 @@ def _likelihood_positions(backend: Any, material: JudgeMaterial, counter: _Posit
 def judge_tokens(args: argparse.Namespace) -> dict:
     """Tokens per rubric judgment with shared work (batched contexts; one prompt's KV cache for many continuations)
     vs one separate call per judgment, on the same real contexts, and the rank agreement of their scores."""
-    from harness.backend_local import make_local_backend
-    from harness.model import load_subject_model
+    from harness.llm.backends.local import make_local_backend
+    from harness.subject.model import load_subject_model
 
     subject = load_subject_model("embedded")
     run = getattr(args, "judge_run", None)

@@ -17,8 +17,8 @@ from common import benchmark
 
 def _rating_prompts(material: JudgeMaterial) -> list[tuple[Any, str]]:
     """Return (unit, rating prompt) for every scoring context, rendered as the rubric judge renders them."""
-    from harness.render import with_marked_target
-    from harness.templates import load_rubric, load_template
+    from harness.llm.render import with_marked_target
+    from harness.llm.templates import load_rubric, load_template
 
     template, rubric = load_template("rubric_rating"), load_rubric()
     text = material.texts
@@ -98,11 +98,10 @@ def _naive_batched_judge(subject: Any, backend: Any, batch_size: int, max_tokens
 def local_judge_speed(args: argparse.Namespace) -> dict:
     """Judgments/s of the local backend in the default rubric format (rating, through judge_unit) vs plain
     transformers: a full forward with the LM head over all positions per judgment, model.generate, no cache."""
-    from harness.backend_local import make_local_backend
-    from harness.config import RunConfig
-    from harness.evaluate import EvaluationConfig
-    from harness.llm_types import Message
-    from harness.model import load_subject_model
+    from harness.config import EvaluationConfig, RunConfig
+    from harness.llm.backends.local import make_local_backend
+    from harness.llm.interface import Message
+    from harness.subject.model import load_subject_model
 
     judge_format = EvaluationConfig().judge_format
     subject = load_subject_model("embedded")

@@ -22,7 +22,7 @@ def benchmark(function: Callable[[argparse.Namespace], dict]) -> Callable[[argpa
 
 def random_dictionary(d_in: int, d_sae: int, hook: str):
     """Return a seeded random ReLU dictionary (unit-norm decoder rows, encoder = decoder transposed)."""
-    from harness.dictionaries import Dictionary
+    from harness.dictionaries.dictionary import Dictionary
 
     generator = torch.Generator().manual_seed(0)
     W_dec = torch.nn.functional.normalize(torch.randn(d_sae, d_in, generator=generator), dim=-1)

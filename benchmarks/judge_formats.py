@@ -27,8 +27,8 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from explainers.token_stats import token_statistics_explanation  # noqa: E402
-from harness.evaluate import EvaluationConfig, load_unit_contexts, shuffled_sources  # noqa: E402
-from harness.evaluation_commands import Role, make_client, run_tokenizer  # noqa: E402
+from harness.config import EvaluationConfig, Role
+from harness.run.evaluate import load_unit_contexts, make_client, run_tokenizer, shuffled_sources
 from scorers.rubric import judge_unit  # noqa: E402
 
 FORMATS = ("rating", "expected_value", "yes_no", "likelihood")

@@ -2,11 +2,11 @@
 
 import re
 
-from harness.llm import LLMClient, UnparseableReply
-from harness.llm_types import Message
+from harness.llm.client import LLMClient, UnparseableReply
+from harness.llm.interface import Message
+from harness.llm.render import with_activations
+from harness.llm.templates import load_template
 from harness.records import Explanation, UnitContexts
-from harness.render import with_activations
-from harness.templates import load_template
 
 EXPLAINER_NAME = "llm"
 

@@ -3,8 +3,8 @@
 import math
 from collections import Counter
 
+from harness.llm.render import clean
 from harness.records import Explanation, UnitContexts
-from harness.render import clean
 
 EXPLAINER_NAME = "token_stats"
 

@@ -54,7 +54,7 @@ def main() -> None:
 @user_errors
 def demo(run_dir: Path, tokens: int | None) -> None:
     """Run the bundled default config (embedded model and corpus, three dictionaries, neurons) and write the report."""
-    from harness.batch_commands import run_demo
+    from harness.api import run_demo
 
     run_demo(run_dir, tokens=tokens, log=_log)
 
@@ -78,8 +78,8 @@ def _config_options(command: Callable[..., Any]) -> Callable[..., Any]:
 @user_errors
 def run(config_path: Path, run_dir: Path | None, dry_run: bool, max_cost: float | None, shard: str | None) -> None:
     """Run (or resume) the whole evaluation a YAML/TOML config describes, ending with the HTML report."""
-    from harness.batch import run_evaluation
     from harness.config import load_config
+    from harness.run.runner import run_evaluation
 
     config = load_config(config_path)
     run_evaluation(config, run_dir, dry_run=dry_run, max_cost=max_cost, shard=parse_shard(shard), log=_log)
@@ -93,7 +93,7 @@ def run(config_path: Path, run_dir: Path | None, dry_run: bool, max_cost: float 
 @user_errors
 def compare(config_path: Path, run_dir: Path | None, dictionary: str | None, units: int | None, match_density: bool) -> None:
     """Features vs neurons: the same explain/score pipeline on N features and N neurons, with a rank test and intervals."""
-    from harness.batch_commands import compare_features_and_neurons
+    from harness.api import compare_features_and_neurons
     from harness.config import load_config
 
     compare_features_and_neurons(load_config(config_path), run_dir, dictionary, units, match_density, log=_log)
@@ -107,7 +107,7 @@ def compare(config_path: Path, run_dir: Path | None, dictionary: str | None, uni
 @user_errors
 def correlate(config_path: Path, run_dir: Path | None, features: int | None, all_features: bool, tokens: int | None) -> None:
     """Each sampled feature's maximum Pearson correlation with any MLP neuron of blocks 0..L (streaming, float64)."""
-    from harness.batch_commands import correlate as correlate_function
+    from harness.api import correlate as correlate_function
     from harness.config import load_config
 
     if all_features and features is not None:
@@ -121,7 +121,7 @@ def correlate(config_path: Path, run_dir: Path | None, features: int | None, all
 @user_errors
 def report(run_dir: Path) -> None:
     """Rewrite a run's tables (CSV), plots (PNG), HTML report and SAEBench summary from its records."""
-    from harness.batch_commands import report as report_function
+    from harness.api import report as report_function
 
     report_function(run_dir, log=_log)
 
@@ -142,7 +142,7 @@ def report(run_dir: Path) -> None:
 @user_errors
 def train(run_dir: Path, out: Path, **options: Any) -> None:
     """Train one dictionary with the Scaling Monosemanticity recipe and report L0, FVE and dead fraction."""
-    from harness.commands import train_command
+    from harness.api import train_command
 
     train_command(run_dir, out, log=_log, **options)
 
@@ -169,7 +169,7 @@ def train(run_dir: Path, out: Path, **options: Any) -> None:
 @user_errors
 def index(run_dir: Path, dictionaries: tuple[str, ...], shard: str | None, **options: Any) -> None:
     """Build the activation index of one or more dictionaries in one streaming pass (resumable)."""
-    from harness.commands import index_command
+    from harness.api import index_command
 
     index_command(run_dir, list(dictionaries), parse_shard(shard), log=_log, **options)
 
@@ -180,7 +180,7 @@ def index(run_dir: Path, dictionaries: tuple[str, ...], shard: str | None, **opt
 @user_errors
 def merge_index(out: Path, shards: tuple[Path, ...]) -> None:
     """Merge shard indexes over disjoint chunks into OUT (exact, order-free)."""
-    from harness.commands import merge_command
+    from harness.api import merge_command
 
     merge_command(out, list(shards), log=_log)
 
@@ -194,7 +194,7 @@ def merge_index(out: Path, shards: tuple[Path, ...]) -> None:
 @user_errors
 def show_unit(index_path: Path, unit: int, corpus_file: Path | None, model: str, limit: int) -> None:
     """Print a unit's statistics and its top contexts with the target token marked."""
-    from harness.commands import show_unit_command
+    from harness.api import show_unit_command
 
     click.echo(show_unit_command(index_path, unit, corpus_file, model, limit))
 
@@ -234,9 +234,9 @@ def explain(
     chat: bool,
 ) -> None:
     """Explain random alive units of a run's indexes (writes explanations.jsonl; resumable)."""
-    from harness.evaluate import EvaluationConfig
-    from harness.evaluation_commands import explain_command
-    from harness.sampling import SamplingConfig
+    from harness.api import explain_command
+    from harness.config import EvaluationConfig
+    from harness.index.sampling import SamplingConfig
 
     config = EvaluationConfig(
         dictionaries=dictionaries,
@@ -265,9 +265,9 @@ def score(
     run_dir: Path, units_per_dictionary: int, dictionaries: tuple[str, ...], seed: int, base_url: str | None, per_level: int, **roles: str
 ) -> None:
     """Score the explanations with the specificity rubric and held-out simulation, beside controls."""
-    from harness.evaluate import EvaluationConfig
-    from harness.evaluation_commands import score_command
-    from harness.sampling import SamplingConfig
+    from harness.api import score_command
+    from harness.config import EvaluationConfig
+    from harness.index.sampling import SamplingConfig
 
     config = EvaluationConfig(
         dictionaries=dictionaries,
@@ -288,6 +288,6 @@ def score(
 
 def _role(backend: str, model: str, base_url: str | None) -> Any:
     """Return the Role of one LLM role; a base URL applies to hosted backends only."""
-    from harness.evaluation_commands import Role
+    from harness.config import Role
 
     return Role(backend, model, base_url if backend != "local" else None)

@@ -31,14 +31,51 @@ from typing import Any
 import yaml
 
 from harness.errors import MonoscopeError
-from harness.evaluate import EvaluationConfig
-from harness.index import IndexConfig
-from harness.pipeline import FoundationConfig
-from harness.sampling import SamplingConfig
+from harness.index.sampling import SamplingConfig
+from harness.index.state import IndexConfig
 from scorers.rubric import RUBRIC_FORMATS
 from scorers.simulation import SIMULATION_FORMATS
 
 DEFAULT_CONFIG = Path(__file__).parent / "configs" / "default.yaml"
+
+
+@dataclass(frozen=True)
+class FoundationConfig:
+    """Settings of the foundation stages (corpus, activations, dictionaries, index)."""
+
+    model: str = "embedded"
+    layer: int | None = None  # None: the middle block
+    corpus: str = "python-stdlib"
+    text_field: str = "text"
+    tokens: int = 262_144
+    context_length: int = 64
+    batch_size: int = 32
+    device: str = "cpu"
+    dtype: str = "float32"
+    dictionary_sizes: tuple[int, ...] = (512, 2048, 8192)
+    sparsity_coefficient: float = 2.0
+    learning_rate: float = 1e-3
+    training_batch_size: int = 256
+    epochs: int = 1
+    held_out_fraction: float = 0.1
+    seed: int = 0
+    index: IndexConfig = field(default_factory=IndexConfig)
+    neuron_pool_size: int = 512  # MLP neurons of blocks 0..L indexed as the neuron baseline (harness.dictionaries.neurons)
+    checkpoint_seconds: float = 60.0
+
+
+@dataclass(frozen=True)
+class EvaluationConfig:
+    """Which units to evaluate and how contexts are sampled and scored."""
+
+    dictionaries: tuple[str, ...] = ()  # index names in <run>/index; empty = all
+    units_per_dictionary: int = 4
+    sampling: SamplingConfig = field(default_factory=SamplingConfig)
+    explainer_chat: bool = False
+    judge_format: str = "rating"  # chosen by benchmarks/judge_formats.py (README)
+    simulator_format: str = "likelihood"
+    simulation_contexts: int = 6  # per unit: the simulator predicts every token of this many scoring contexts
+    seed: int = 0
 
 
 @dataclass(frozen=True)
@@ -203,7 +240,7 @@ def check_config(config: RunConfig) -> None:
         value = getattr(config.correlation, name)
         if value is not None and value < 1:
             raise MonoscopeError(f"correlation.{name} is {value}", "give a positive number, or null for all")
-    from harness.llm import backend_names
+    from harness.llm.client import backend_names
 
     for role_name in ("explainer", "judge", "simulator"):
         role = getattr(config, role_name)

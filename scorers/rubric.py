@@ -17,12 +17,12 @@ import math
 from collections.abc import Callable
 
 from harness.errors import MonoscopeError
-from harness.llm import BackendError, LLMClient, UnparseableReply, failure_reason
-from harness.llm_types import CHOICE_LOGPROBS, CONTINUATION_LOGPROB, GENERATE, Message
+from harness.index.sampling import activation_level
+from harness.llm.client import BackendError, LLMClient, UnparseableReply, failure_reason
+from harness.llm.interface import CHOICE_LOGPROBS, CONTINUATION_LOGPROB, GENERATE, Message
+from harness.llm.render import with_marked_target
+from harness.llm.templates import Rubric, load_rubric, load_template
 from harness.records import Judgment, TokenContext, UnitContexts
-from harness.render import with_marked_target
-from harness.sampling import activation_level
-from harness.templates import Rubric, load_rubric, load_template
 from scorers.parsing import parse_numbered_ratings, parse_rating
 
 RUBRIC_FORMATS = {

@@ -18,11 +18,11 @@ import numpy as np
 from scipy import stats as scipy_stats
 
 from harness.errors import MonoscopeError
-from harness.llm import BackendError, LLMClient, UnparseableReply, failure_reason
-from harness.llm_types import CHOICE_LOGPROBS, CONTINUATION_LOGPROB, GENERATE, Message
+from harness.llm.client import BackendError, LLMClient, UnparseableReply, failure_reason
+from harness.llm.interface import CHOICE_LOGPROBS, CONTINUATION_LOGPROB, GENERATE, Message
+from harness.llm.render import clean, with_marked_target
+from harness.llm.templates import load_template
 from harness.records import Simulation, TokenContext, UnitContexts
-from harness.render import clean, with_marked_target
-from harness.templates import load_template
 from scorers.parsing import parse_activation_list
 from scorers.rubric import expected_value, explanation_token_count
 

@@ -35,7 +35,7 @@ def toy_tokenizer() -> ToyTokenizer:
 @pytest.fixture(scope="session")
 def tiny_gemma():
     """A 4-block Gemma 3 with random weights, built from a config (no download)."""
-    from harness.model import wrap_model
+    from harness.subject.model import wrap_model
     from tests.tiny_models import tiny_gemma_model
 
     model = tiny_gemma_model()

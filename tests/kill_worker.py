@@ -5,7 +5,7 @@ process imports them once and forks one child per run. It reads JSON commands,
 one per line, on stdin and answers one JSON line per command on stdout:
 
 - ``{"op": "start", "run_dir": DIR, "base_url": URL, "log": FILE}`` forks a child that runs
-  ``harness.batch.run_evaluation`` on the tiny config below (every LLM role on the "openai"
+  ``harness.run.runner.run_evaluation`` on the tiny config below (every LLM role on the "openai"
   backend at ``URL``) and answers ``{"pid": PID}``; the child's output goes to ``FILE``;
 - ``{"op": "wait", "pid": PID}`` reaps that child and answers ``{"pid": PID, "exit": CODE, "signal": SIG}``.
 
@@ -76,7 +76,7 @@ def slow_index_steps(seconds: float) -> None:
     """Make every index batch take ``seconds`` longer (a slow disk or a big model), so that a kill can land between its checkpoints."""
     import time
 
-    from harness.pipeline import IndexBuilder
+    from harness.index.builder import IndexBuilder
 
     add, add_units = IndexBuilder.add, IndexBuilder.add_units
 
@@ -93,22 +93,23 @@ def slow_index_steps(seconds: float) -> None:
 
 def run_child(run_dir: Path, base_url: str) -> None:
     """Run (or resume) the evaluation in ``run_dir`` with the model loaders patched to the tiny model."""
-    import harness.batch
-    import harness.reporting
+    import harness.run.foundation
+    import harness.run.reporting
+    import harness.run.runner
     import results.build
     import results.report
     import results.saebench
 
     subject = tiny_subject()
-    harness.batch.load_subject_model = lambda *args, **kwargs: subject
-    harness.batch.model_shape = lambda name: (4, 32, 64)
+    harness.run.foundation.load_subject_model = lambda *args, **kwargs: subject
+    harness.run.runner.model_shape = lambda name: (4, 32, 64)
     slow_index_steps(float(os.environ.get("KILL_WORKER_INDEX_STEP_SECONDS", "0.015")))
     if os.environ.get("KILL_WORKER_RESULTS") != "1":  # tables, plots and report are not under test here: skip their seconds
         results.build.write_results = lambda run_dir: {}
         results.report.write_report = lambda run_dir: run_dir / "results" / "report.html"
         results.saebench.write_saebench_summary = lambda run_dir: run_dir / "results" / "saebench.json"
-        harness.reporting.log_results = lambda run_dir, log: None
-    harness.batch.run_evaluation(kill_config(base_url), run_dir, log=lambda _message: None)
+        harness.run.reporting.log_results = lambda run_dir, log: None
+    harness.run.runner.run_evaluation(kill_config(base_url), run_dir, log=lambda _message: None)
 
 
 def start(command: dict[str, Any]) -> dict[str, Any]:
@@ -147,8 +148,8 @@ def main() -> None:
     os.environ["MONOSCOPE_PROGRESS"] = "0"
     import transformers  # noqa: F401
 
-    import harness.backend_openai  # noqa: F401 (imported before forking, like everything the children use)
-    import harness.batch  # noqa: F401
+    import harness.llm.backends.openai  # noqa: F401 (imported before forking, like everything the children use)
+    import harness.run.runner  # noqa: F401
     import results.build  # noqa: F401
     import results.report  # noqa: F401
     import results.saebench  # noqa: F401

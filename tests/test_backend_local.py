@@ -5,9 +5,9 @@ import math
 import pytest
 import torch
 
-from harness.backend_local import LocalBackend, make_local_backend
 from harness.errors import MonoscopeError
-from harness.llm_types import CHOICE_LOGPROBS, CONTINUATION_LOGPROB, GENERATE, Message
+from harness.llm.backends.local import LocalBackend, make_local_backend
+from harness.llm.interface import CHOICE_LOGPROBS, CONTINUATION_LOGPROB, GENERATE, Message
 from tests.tiny_models import tiny_gemma_model
 
 SPECIALS = ["<pad>", "<eos>", "<bos>", "<unk>"]
@@ -30,7 +30,7 @@ def _tokenizer():
 
 @pytest.fixture(scope="module")
 def backend():
-    from harness.model import wrap_model
+    from harness.subject.model import wrap_model
 
     model = tiny_gemma_model(vocab_size=VOCAB_SIZE, num_hidden_layers=2, final_logit_softcapping=5.0)
     with torch.no_grad():  # sharper random logits, so soft-capping and greedy choices matter
@@ -156,7 +156,7 @@ def test_lm_head_runs_only_at_scored_positions(backend):
 
 @pytest.mark.slow
 def test_embedded_model_scores():
-    from harness.model import load_subject_model
+    from harness.subject.model import load_subject_model
 
     backend = make_local_backend(subject=load_subject_model("embedded"))
     assert backend.model == "embedded"

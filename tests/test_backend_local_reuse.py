@@ -6,9 +6,9 @@ import time
 import pytest
 import torch
 
-from harness.backend_local import GreedyRequest, make_local_backend
-from harness.llm import LLMClient
-from harness.llm_types import Message
+from harness.llm.backends.local import GreedyRequest, make_local_backend
+from harness.llm.client import LLMClient
+from harness.llm.interface import Message
 from harness.records import TokenContext, UnitContexts
 from scorers.rubric import judge_unit
 from tests.test_backend_local import backend  # noqa: F401  (the tiny Gemma 3 fixture, sliding window 16)
@@ -122,9 +122,9 @@ def test_concurrent_judgments_run_in_batches_with_unchanged_answers(backend):  #
 
 @pytest.mark.slow
 def test_embedded_rating_replies_are_unchanged():
-    from harness.model import load_subject_model
-    from harness.render import with_marked_target
-    from harness.templates import load_rubric, load_template
+    from harness.llm.render import with_marked_target
+    from harness.llm.templates import load_rubric, load_template
+    from harness.subject.model import load_subject_model
 
     subject = load_subject_model("embedded")
     reusing, plain = make_local_backend(subject=subject), make_local_backend(subject=subject, reuse=False)

@@ -14,9 +14,9 @@ import pytest
 import yaml
 from click.testing import CliRunner
 
-import harness.batch
-from harness.batch import run_evaluation
+import harness.run.foundation
 from harness.cli import main
+from harness.run.runner import run_evaluation
 from tests.test_batch import TINY_CONFIG, tiny_config, tiny_subject  # noqa: F401 (a fixture)
 
 
@@ -36,7 +36,7 @@ def finished_run(tmp_path: Path, tiny_subject: object, monkeypatch: pytest.Monke
     def refuse(*_args: object, **_kwargs: object) -> None:
         raise AssertionError("a model was loaded although the input was bad")
 
-    monkeypatch.setattr(harness.batch, "load_subject_model", refuse)
+    monkeypatch.setattr(harness.run.foundation, "load_subject_model", refuse)
     return run_dir
 
 

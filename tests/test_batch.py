@@ -14,13 +14,14 @@ from pathlib import Path
 
 import pytest
 
-import harness.batch
-from harness.batch import run_evaluation
-from harness.budget import BudgetExhausted
+import harness.run.foundation
+import harness.run.runner
 from harness.config import config_from_mapping
-from harness.evaluate import EXPLANATIONS, JUDGMENTS, SIMULATIONS
-from harness.llm import register_backend, report_usage
-from harness.llm_types import CHOICE_LOGPROBS, GENERATE, Completion, Message, Usage
+from harness.llm.budget import BudgetExhausted
+from harness.llm.client import register_backend, report_usage
+from harness.llm.interface import CHOICE_LOGPROBS, GENERATE, Completion, Message, Usage
+from harness.run.evaluate import EXPLANATIONS, JUDGMENTS, SIMULATIONS
+from harness.run.runner import run_evaluation
 from tests.tiny_models import tiny_byte_gemma
 
 CALLS: list[str] = []
@@ -60,8 +61,8 @@ register_backend("fake-test")(lambda model="fake-model", **_options: FakeBackend
 def tiny_subject(monkeypatch: pytest.MonkeyPatch):
     """Patch the batch runner's model loading to a tiny random Gemma with a byte tokenizer."""
     subject = tiny_byte_gemma()
-    monkeypatch.setattr(harness.batch, "load_subject_model", lambda *args, **kwargs: subject)
-    monkeypatch.setattr(harness.batch, "model_shape", lambda name: (4, 32, 64))
+    monkeypatch.setattr(harness.run.foundation, "load_subject_model", lambda *args, **kwargs: subject)
+    monkeypatch.setattr(harness.run.runner, "model_shape", lambda name: (4, 32, 64))
     monkeypatch.setenv("MONOSCOPE_PROGRESS", "0")
     return subject
 
@@ -154,7 +155,7 @@ def test_dry_run_counts_calls_and_spends_nothing(tmp_path: Path, tiny_subject: o
     assert before_foundation["estimated_cost_usd"] > 0
     run_dir = tmp_path / "run"
     run_dir.mkdir()
-    harness.batch.build_foundation(run_dir, config, log=lambda _message: None)  # local work only: no LLM call
+    harness.run.foundation.build_foundation(run_dir, config, log=lambda _message: None)  # local work only: no LLM call
     planned = run_evaluation(config, run_dir, dry_run=True, log=lambda _message: None)
     assert CALLS == [] and not (run_dir / JUDGMENTS).exists() and not (run_dir / EXPLANATIONS).exists()
     assert not planned["upper_bound"]

@@ -6,7 +6,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from harness.batching import RequestBatcher
+from harness.llm.batching import RequestBatcher
 
 
 def test_every_caller_gets_its_own_answer_in_batches_of_at_most_the_limit():

@@ -7,9 +7,10 @@ import torch
 from click.testing import CliRunner
 from safetensors.torch import save_file
 
-import harness.commands
+import harness.api
 from harness.cli import main
-from harness.dictionaries import Dictionary, save_saelens_directory
+from harness.dictionaries.dictionary import Dictionary
+from harness.dictionaries.formats import save_saelens_directory
 
 
 @pytest.fixture
@@ -29,7 +30,7 @@ def no_model_runs(monkeypatch):
     def refuse(*_args, **_kwargs):
         raise AssertionError("a model was loaded although the input was bad")
 
-    monkeypatch.setattr(harness.commands, "load_subject_model", refuse)
+    monkeypatch.setattr(harness.api, "load_subject_model", refuse)
 
 
 def sae_dir(tmp_path: Path, d_in: int, hook: str = "blocks.1.hook_resid_post") -> Path:

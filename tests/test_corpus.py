@@ -7,8 +7,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from harness.corpus import DEFAULT_CORPUS, chunk_documents, corpus_documents, stdlib_documents
 from harness.errors import MonoscopeError
+from harness.subject.corpus import DEFAULT_CORPUS, chunk_documents, corpus_documents, stdlib_documents
 
 
 def test_text_jsonl_and_parquet_loaders(tmp_path: Path, toy_tokenizer):
@@ -64,6 +64,6 @@ def test_default_corpus_is_the_standard_library():
 
 
 def corpus_documents_from(texts: list[str]):
-    from harness.corpus import Document
+    from harness.subject.corpus import Document
 
     return (Document(source=f"doc{i}", text=text) for i, text in enumerate(texts))

@@ -6,11 +6,11 @@ import numpy as np
 import pytest
 import torch
 
-import harness.correlation
-from harness.correlation import CorrelationAccumulator, best_matches, correlate_features
-from harness.dictionaries import Dictionary, encode
+import harness.compare.correlation
+from harness.compare.correlation import CorrelationAccumulator, best_matches, correlate_features
+from harness.dictionaries.dictionary import Dictionary, encode
 from harness.errors import MonoscopeError
-from harness.model import collect_activations
+from harness.subject.model import collect_activations
 
 BATCHES = [(0, 1), (1, 40), (40, 41), (41, 300), (300, 512)]  # uneven, including single-token batches
 
@@ -155,7 +155,7 @@ def test_bad_input_fails_before_any_forward_pass(tiny_gemma, monkeypatch, case):
     def no_forward_pass(*args, **kwargs):
         raise AssertionError("a forward pass ran before validation")
 
-    monkeypatch.setattr(harness.correlation, "stream_activations", no_forward_pass)
+    monkeypatch.setattr(harness.compare.correlation, "stream_activations", no_forward_pass)
     features, chunk_ids, message = bad_inputs(random_dictionary("a", tiny_gemma.d_model, 8, seed=3))[case]
     with pytest.raises(MonoscopeError, match=message):
         correlate_features(tiny_gemma, np.zeros((4, 16), dtype=np.int64), chunk_ids, features, batch_size=2)

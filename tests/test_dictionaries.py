@@ -8,15 +8,8 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from harness.dictionaries import (
-    Dictionary,
-    decode,
-    encode,
-    load_dictionary,
-    load_saelens_directory,
-    resolve_dictionary,
-    save_saelens_directory,
-)
+from harness.dictionaries.dictionary import Dictionary, decode, encode
+from harness.dictionaries.formats import load_dictionary, load_saelens_directory, resolve_dictionary, save_saelens_directory
 from harness.errors import MonoscopeError
 
 D_IN, D_SAE = 6, 10

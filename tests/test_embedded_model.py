@@ -5,11 +5,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from harness.commands import index_command
-from harness.corpus import load_chunks
-from harness.index import IndexConfig
-from harness.index_store import load_index, unit_samples
-from harness.model import collect_activations, load_subject_model, with_bos
+from harness.api import index_command
+from harness.index.state import IndexConfig
+from harness.index.store import load_index, unit_samples
+from harness.subject.corpus import load_chunks
+from harness.subject.model import collect_activations, load_subject_model, with_bos
 
 pytestmark = pytest.mark.slow
 
@@ -37,9 +37,9 @@ def test_hooked_residual_equals_hidden_states(gemma):
 
 
 def test_index_samples_match_a_fresh_forward_pass(gemma, tmp_path: Path, monkeypatch):
-    import harness.commands
+    import harness.api
 
-    monkeypatch.setattr(harness.commands, "load_subject_model", lambda *args: gemma)
+    monkeypatch.setattr(harness.api, "load_subject_model", lambda *args: gemma)
     config = IndexConfig(top_k=3, interval_samples=1, random_nonzero=2, random_zero=2)
     paths = index_command(
         tmp_path,

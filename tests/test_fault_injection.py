@@ -14,14 +14,14 @@ from typing import Any
 
 import pytest
 
-import harness.batch
-from harness.batch import run_evaluation
-from harness.budget import Budget
+import harness.run.runner
 from harness.config import Role
 from harness.errors import MonoscopeError
-from harness.evaluate import EXPLANATIONS, JUDGMENTS, SIMULATIONS, UnitsFailed
-from harness.llm import LLMClient, make_backend
+from harness.llm.budget import Budget
+from harness.llm.client import LLMClient, make_backend
 from harness.records import Explanation, Judgment, Simulation
+from harness.run.evaluate import EXPLANATIONS, JUDGMENTS, SIMULATIONS, UnitsFailed
+from harness.run.runner import run_evaluation
 from results.store import read_records
 from tests.fault_server import GARBAGE, TRANSIENT_KINDS, FaultServer
 from tests.test_batch import record_lines, tiny_config, tiny_subject  # noqa: F401 (tiny_subject is a fixture)
@@ -62,7 +62,7 @@ def fault_server(monkeypatch: pytest.MonkeyPatch, tiny_subject: object) -> Itera
             budget=budget,
         )
 
-    monkeypatch.setattr(harness.batch, "make_client", make_client)
+    monkeypatch.setattr(harness.run.runner, "make_client", make_client)
     with FaultServer(seed=7, stall_seconds=3.0, retry_after="0") as server:
         yield server
 

@@ -12,8 +12,8 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from explainers.llm_explainer import explain_unit, parse_explanation
-from harness.llm import LLMClient, scrub
-from harness.llm_types import GENERATE, Completion, Message, Usage
+from harness.llm.client import LLMClient, scrub
+from harness.llm.interface import GENERATE, Completion, Message, Usage
 from harness.records import TokenContext, UnitContexts
 from scorers.parsing import parse_activation_list, parse_numbered_ratings, parse_rating
 from scorers.rubric import judge_unit

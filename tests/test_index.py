@@ -6,17 +6,8 @@ import pytest
 import torch
 
 from harness.errors import MonoscopeError
-from harness.index import (
-    EMPTY_KEY,
-    SAMPLE_KINDS,
-    IndexConfig,
-    IndexState,
-    activation_bins,
-    merge_indexes,
-    new_index,
-    update_index,
-)
-from harness.index_store import load_index, read_header, save_index, unit_samples, unit_stats
+from harness.index.state import EMPTY_KEY, SAMPLE_KINDS, IndexConfig, IndexState, activation_bins, merge_indexes, new_index, update_index
+from harness.index.store import load_index, read_header, save_index, unit_samples, unit_stats
 
 CONFIG = IndexConfig(
     top_k=5,

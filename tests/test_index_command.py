@@ -5,10 +5,10 @@ from pathlib import Path
 import pytest
 import torch
 
-import harness.commands
-from harness.commands import index_command, merge_command
-from harness.index import IndexConfig
-from harness.index_store import load_index
+import harness.api
+from harness.api import index_command, merge_command
+from harness.index.state import IndexConfig
+from harness.index.store import load_index
 from tests.test_index import assert_same
 
 TEXT = " ".join(f"w{i % 97} x{i % 13}" for i in range(3000))
@@ -18,8 +18,8 @@ INDEX_CONFIG = IndexConfig(top_k=4, interval_samples=1, bins_per_octave=2, rando
 @pytest.fixture
 def tiny_setup(tmp_path: Path, monkeypatch, tiny_gemma):
     (tmp_path / "corpus.txt").write_text(TEXT)
-    monkeypatch.setattr(harness.commands, "model_shape", lambda name: (tiny_gemma.n_layers, tiny_gemma.d_model, tiny_gemma.d_mlp))
-    monkeypatch.setattr(harness.commands, "load_subject_model", lambda *args: tiny_gemma)
+    monkeypatch.setattr(harness.api, "model_shape", lambda name: (tiny_gemma.n_layers, tiny_gemma.d_model, tiny_gemma.d_mlp))
+    monkeypatch.setattr(harness.api, "load_subject_model", lambda *args: tiny_gemma)
     options = dict(
         model="tiny",
         corpus=str(tmp_path / "corpus.txt"),
@@ -53,7 +53,7 @@ def test_shards_merge_to_the_unsharded_index(tiny_setup):
 def test_interrupted_index_resumes_without_repeating_work(tiny_setup, monkeypatch):
     tmp_path, options = tiny_setup
     reference = build(tmp_path / "reference", options)
-    original = harness.commands.stream_activations
+    original = harness.api.stream_activations
     seen: list[int] = []
 
     def interrupted(*args, **kwargs):
@@ -63,7 +63,7 @@ def test_interrupted_index_resumes_without_repeating_work(tiny_setup, monkeypatc
             seen.extend(batch.chunk_ids.tolist())
             yield batch
 
-    monkeypatch.setattr(harness.commands, "stream_activations", interrupted)
+    monkeypatch.setattr(harness.api, "stream_activations", interrupted)
     with pytest.raises(KeyboardInterrupt):
         build(tmp_path / "resumed", options)
     partial, _ = load_index(tmp_path / "resumed" / "index" / "mlp.1.safetensors")
@@ -76,7 +76,7 @@ def test_interrupted_index_resumes_without_repeating_work(tiny_setup, monkeypatc
             resumed_chunks.extend(batch.chunk_ids.tolist())
             yield batch
 
-    monkeypatch.setattr(harness.commands, "stream_activations", counting)
+    monkeypatch.setattr(harness.api, "stream_activations", counting)
     paths = build(tmp_path / "resumed", options)
     assert not set(resumed_chunks) & set(seen), "finished chunks are not run again"
     for path, expected_path in zip(paths, reference, strict=True):
@@ -84,9 +84,9 @@ def test_interrupted_index_resumes_without_repeating_work(tiny_setup, monkeypatc
 
 
 def test_recorded_activations_match_a_fresh_forward_pass(tiny_setup, tiny_gemma):
-    from harness.corpus import load_chunks
-    from harness.index_store import unit_samples
-    from harness.model import collect_activations
+    from harness.index.store import unit_samples
+    from harness.subject.corpus import load_chunks
+    from harness.subject.model import collect_activations
 
     tmp_path, options = tiny_setup
     path = build(tmp_path / "run", options)[0]

@@ -185,7 +185,7 @@ class Worker:
 
 def indexed_chunks(path: Path) -> int:
     """Return how many chunks the index checkpoint at ``path`` covers (0 when there is none yet)."""
-    from harness.index_store import read_header
+    from harness.index.store import read_header
 
     if not path.exists():
         return 0
@@ -309,7 +309,7 @@ def assert_same_indexes(run_dir: Path, expected_dir: Path) -> None:
     """Check that every index equals the reference's, tensor for tensor."""
     from safetensors.torch import load_file
 
-    from harness.index_store import read_header
+    from harness.index.store import read_header
 
     for name in INDEXES:
         path, expected = run_dir / "index" / f"{name}.safetensors", expected_dir / "index" / f"{name}.safetensors"

@@ -8,14 +8,15 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from harness.corpus import save_chunks
-from harness.evaluate import JUDGMENTS, SIMULATIONS, EvaluationConfig, explain_stage, load_unit_contexts, score_stage
-from harness.index import IndexConfig, new_index, update_index
-from harness.index_store import save_index
-from harness.llm import LLMClient, register_backend
-from harness.llm_types import GENERATE, Completion, Message, Usage
+from harness.config import EvaluationConfig
+from harness.index.sampling import SamplingConfig
+from harness.index.state import IndexConfig, new_index, update_index
+from harness.index.store import save_index
+from harness.llm.client import LLMClient, register_backend
+from harness.llm.interface import GENERATE, Completion, Message, Usage
 from harness.records import Judgment, Simulation
-from harness.sampling import SamplingConfig
+from harness.run.evaluate import JUDGMENTS, SIMULATIONS, explain_stage, load_unit_contexts, score_stage
+from harness.subject.corpus import save_chunks
 from results.store import read_records
 from scorers.simulation import correlation_scores
 

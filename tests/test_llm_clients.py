@@ -15,10 +15,10 @@ from typing import Any
 
 import pytest
 
-from harness import llm
 from harness.errors import MonoscopeError
-from harness.llm import LLMClient, PermanentBackendError, TransientBackendError, UnparseableReply, backend_names, make_backend
-from harness.llm_types import CHOICE_LOGPROBS, Completion, Message
+from harness.llm import client as llm
+from harness.llm.client import LLMClient, PermanentBackendError, TransientBackendError, UnparseableReply, backend_names, make_backend
+from harness.llm.interface import CHOICE_LOGPROBS, Completion, Message
 from tests.loopback import reply_body, start_server
 
 SECRET = "sk-test-SECRET-123"

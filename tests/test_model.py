@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from harness.errors import MonoscopeError
-from harness.model import collect_activations, parse_hook, transformer_blocks, with_bos
+from harness.subject.model import collect_activations, parse_hook, transformer_blocks, with_bos
 
 
 def test_hooked_residual_equals_output_hidden_states(tiny_gemma):

@@ -2,9 +2,9 @@
 
 import torch
 
-from harness.index import IndexConfig, new_index, update_index
-from harness.index_store import unit_samples
-from harness.sampling import SamplingConfig, activation_level, split_samples
+from harness.index.sampling import SamplingConfig, activation_level, split_samples
+from harness.index.state import IndexConfig, new_index, update_index
+from harness.index.store import unit_samples
 
 
 def indexed_samples():

@@ -7,8 +7,8 @@ import pytest
 from explainers.llm_explainer import explain_unit
 from explainers.token_stats import token_statistics_explanation
 from harness.errors import MonoscopeError
-from harness.llm import LLMClient
-from harness.llm_types import GENERATE, Completion, Message, Usage
+from harness.llm.client import LLMClient
+from harness.llm.interface import GENERATE, Completion, Message, Usage
 from harness.records import Simulation, TokenContext, UnitContexts
 from scorers.parsing import parse_activation_list, parse_numbered_ratings, parse_rating
 from scorers.rubric import judge_unit

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from harness.batch import run_evaluation
+from harness.run.runner import run_evaluation
 from tests.test_batch import tiny_config, tiny_subject  # noqa: F401 (tiny_subject is a fixture)
 from tests.test_llm_clients import Plan, ScriptedServer
 

@@ -3,9 +3,9 @@
 import pytest
 import torch
 
-from harness.dictionaries import Dictionary
+from harness.compare.splitting import nearest_features
+from harness.dictionaries.dictionary import Dictionary
 from harness.errors import MonoscopeError
-from harness.splitting import nearest_features
 
 
 def dictionary_with_decoder(name: str, W_dec: torch.Tensor) -> Dictionary:

@@ -2,8 +2,8 @@
 
 import torch
 
-from harness.dictionaries import decode, encode
-from harness.training import TrainingConfig, dictionary_stats, input_scale, train_dictionary
+from harness.dictionaries.dictionary import decode, encode
+from harness.dictionaries.training import TrainingConfig, dictionary_stats, input_scale, train_dictionary
 
 
 def synthetic_activations(n: int = 8192, d: int = 16, n_features: int = 24, seed: int = 0) -> torch.Tensor:

@@ -42,6 +42,6 @@ def tiny_gemma_model(**overrides: Any) -> Any:
 
 def tiny_byte_gemma() -> Any:
     """Return the tiny Gemma wrapped as a SubjectModel with the byte tokenizer."""
-    from harness.model import wrap_model
+    from harness.subject.model import wrap_model
 
     return wrap_model(tiny_gemma_model(), ByteTokenizer(), name="tiny-byte-gemma")

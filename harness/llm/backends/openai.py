@@ -25,15 +25,8 @@ import openai
 from openai.types.chat import ChatCompletion
 
 from harness.errors import MonoscopeError
-from harness.llm import (
-    TransientBackendError,
-    api_key_from_env,
-    missing_capability,
-    register_backend,
-    report_usage,
-    sdk_errors,
-)
-from harness.llm_types import CHOICE_LOGPROBS, CONTINUATION_LOGPROB, GENERATE, Completion, Message, Usage
+from harness.llm.client import TransientBackendError, api_key_from_env, missing_capability, register_backend, report_usage, sdk_errors
+from harness.llm.interface import CHOICE_LOGPROBS, CONTINUATION_LOGPROB, GENERATE, Completion, Message, Usage
 
 TOP_LOGPROBS = 20
 

@@ -6,53 +6,28 @@ interrupted run resumes where it stopped.
 """
 
 import time
-from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from harness.activations import stream_activations
-from harness.corpus import chunk_documents, corpus_documents, load_chunks, save_chunks
-from harness.dictionaries import STATS_FILE, Dictionary, encode, load_saelens_directory, save_saelens_directory
-from harness.errors import MonoscopeError
-from harness.index import IndexConfig, new_index, update_index
-from harness.index_store import load_index, save_index
-from harness.model import SubjectModel, parse_hook
-from harness.neurons import POOL_NAME, pool_activations, pool_dictionary, pool_hooks, pool_unit_names, sample_neuron_pool
-from harness.progress import progress_bar
-from harness.runs import timed_stage
+from harness.config import FoundationConfig, RunConfig
+from harness.dictionaries.dictionary import Dictionary
+from harness.dictionaries.formats import STATS_FILE, load_dictionary, load_saelens_directory, save_saelens_directory
+from harness.dictionaries.neurons import POOL_NAME, pool_activations, pool_dictionary, pool_hooks, pool_unit_names, sample_neuron_pool
+from harness.dictionaries.training import TrainingConfig, dictionary_stats, train_dictionary
+from harness.index.builder import IndexBuilder
+from harness.index.store import firing_summary
+from harness.progress import Progress, progress_bar
+from harness.run.directory import cpu_threads, timed_stage, update_manifest
 from harness.storage import atomic_write_json, read_json
-from harness.training import TrainingConfig, dictionary_stats, train_dictionary
+from harness.subject.activations import stream_activations
+from harness.subject.corpus import chunk_documents, corpus_documents, fingerprint, load_chunks, save_chunks
+from harness.subject.model import SubjectModel, load_subject_model, parse_hook
 
-Progress = Callable[[str], None]
-
-
-@dataclass(frozen=True)
-class FoundationConfig:
-    """Settings of the foundation stages (corpus, activations, dictionaries, index)."""
-
-    model: str = "embedded"
-    layer: int | None = None  # None: the middle block
-    corpus: str = "python-stdlib"
-    text_field: str = "text"
-    tokens: int = 262_144
-    context_length: int = 64
-    batch_size: int = 32
-    device: str = "cpu"
-    dtype: str = "float32"
-    dictionary_sizes: tuple[int, ...] = (512, 2048, 8192)
-    sparsity_coefficient: float = 2.0
-    learning_rate: float = 1e-3
-    training_batch_size: int = 256
-    epochs: int = 1
-    held_out_fraction: float = 0.1
-    seed: int = 0
-    index: IndexConfig = field(default_factory=IndexConfig)
-    neuron_pool_size: int = 512  # MLP neurons of blocks 0..L indexed as the neuron baseline (harness.neurons)
-    checkpoint_seconds: float = 60.0
+DICTIONARIES = "dictionaries.json"  # one row per dictionary: size, L0, variance explained, dead fractions
 
 
 def dictionary_label(size: int) -> str:
@@ -84,52 +59,10 @@ def prepare_corpus(run_dir: Path, subject: SubjectModel, config: FoundationConfi
     return chunks
 
 
-def fingerprint(chunks: np.ndarray) -> str:
-    """Return a short content hash of a chunk array (ties indexes to the corpus they came from)."""
-    import hashlib
-
-    return hashlib.sha256(np.ascontiguousarray(chunks).tobytes()).hexdigest()[:16]
-
-
 def split_chunks(n_chunks: int, held_out_fraction: float) -> tuple[list[int], list[int]]:
     """Return (training chunk ids, held-out chunk ids): the last fraction is held out for stats."""
     held = max(1, int(round(n_chunks * held_out_fraction)))
     return list(range(n_chunks - held)), list(range(n_chunks - held, n_chunks))
-
-
-class IndexBuilder:
-    """Folds batches into one index and checkpoints it atomically every few seconds."""
-
-    def __init__(self, path: Path, dictionary: Dictionary, config: IndexConfig, context_length: int, about: dict[str, Any]):
-        self.path = path
-        self.dictionary = dictionary
-        self.about = about | {"dictionary": dictionary.name, "hook_name": dictionary.hook_name}
-        if path.exists():
-            state, stored_about = load_index(path)
-            if stored_about.get("corpus_fingerprint") != about.get("corpus_fingerprint") or state.config != config:
-                raise MonoscopeError(
-                    f"index {str(path)!r} was built from another corpus or with other settings",
-                    "use a new run directory or delete that index",
-                )
-            self.state = state
-        else:
-            self.state = new_index(dictionary.d_sae, config, context_length)
-
-    def done_chunks(self) -> set[int]:
-        """Return the chunk ids already folded in."""
-        return {chunk for begin, end in self.state.chunk_ranges for chunk in range(begin, end)}
-
-    def add(self, hook_activations: torch.Tensor, chunk_ids: torch.Tensor) -> None:
-        """Encode hook activations [B, T, d_in] and fold them in."""
-        update_index(self.state, encode(self.dictionary, hook_activations), chunk_ids)
-
-    def add_units(self, unit_activations: torch.Tensor, chunk_ids: torch.Tensor) -> None:
-        """Fold in unit activations [B, T, n_units] that need no encoding."""
-        update_index(self.state, unit_activations, chunk_ids)
-
-    def save(self) -> None:
-        """Write the current state atomically."""
-        save_index(self.state, self.path, self.about)
 
 
 def collect_foundation_activations(
@@ -250,3 +183,44 @@ def check_layer(subject: SubjectModel, config: FoundationConfig) -> str:
     """Return the residual hook name of the configured layer, failing early if it is out of range."""
     layer = config.layer if config.layer is not None else subject.default_layer
     return parse_hook(f"blocks.{layer}.hook_resid_post", subject.n_layers).name
+
+
+def foundation_done(run_dir: Path, config: RunConfig) -> bool:
+    """Return True when the run directory already holds every index the config needs."""
+    names = [dictionary_label(size) for size in config.foundation.dictionary_sizes] + [POOL_NAME]
+    return (run_dir / DICTIONARIES).exists() and all((run_dir / "index" / f"{name}.safetensors").exists() for name in names)
+
+
+def build_foundation(run_dir: Path, config: RunConfig, log: Progress) -> tuple[SubjectModel, np.ndarray, list[Dictionary]]:
+    """Return (subject model, corpus chunks, dictionaries smallest first) after building or reusing every foundation stage."""
+    foundation = config.foundation
+    torch.set_num_threads(cpu_threads())
+    with timed_stage(run_dir, "load_model"):
+        subject = load_subject_model(foundation.model, foundation.device, foundation.dtype)
+    hook_name = check_layer(subject, foundation)
+    update_manifest(run_dir, model={"name": subject.name, "n_layers": subject.n_layers, "d_model": subject.d_model, "hook": hook_name})
+    log(f"model: {subject.name} ({subject.n_layers} blocks, d_model {subject.d_model}); dictionaries read {hook_name}")
+    chunks = prepare_corpus(run_dir, subject, foundation, log)
+    residuals = collect_foundation_activations(run_dir, subject, chunks, foundation, log)
+    dictionaries = train_default_dictionaries(run_dir, residuals, hook_name, foundation, log) if foundation.dictionary_sizes else []
+    for spec in config.load_dictionaries:
+        dictionaries.append(_loaded_dictionary(run_dir, spec, residuals, foundation.held_out_fraction))
+    dictionaries.sort(key=lambda d: (d.d_sae, d.name))
+    index_dictionaries(run_dir, residuals, chunks, dictionaries, foundation, log)
+    rows = [row for row in dictionary_table(run_dir) if row["dictionary"] in {d.name for d in dictionaries}]
+    for row in rows:
+        row["dead_fraction_all_tokens"] = firing_summary(run_dir / "index" / f"{row['dictionary']}.safetensors")["dead_fraction_all_tokens"]
+    atomic_write_json(run_dir / DICTIONARIES, rows)
+    return subject, chunks, dictionaries
+
+
+def _loaded_dictionary(run_dir: Path, spec: str, residuals: np.memmap, held_out_fraction: float) -> Dictionary:
+    """Return a user's dictionary, recording its held-out statistics in the run directory once."""
+    dictionary = load_dictionary(spec)
+    stats_path = run_dir / "dictionaries" / dictionary.name / STATS_FILE
+    if not stats_path.exists():
+        _train_ids, held_ids = split_chunks(residuals.shape[0], held_out_fraction)
+        held_out = torch.from_numpy(np.asarray(residuals[held_ids]).reshape(-1, residuals.shape[2]))
+        stats = asdict(dictionary_stats(dictionary, held_out))
+        atomic_write_json(stats_path, stats | {"d_sae": dictionary.d_sae, "evaluated_on": "held-out chunks", "source": spec})
+    return dictionary

@@ -6,7 +6,7 @@ Two features are compared by the cosine similarity of their decoder rows
 
 import torch
 
-from harness.dictionaries import Dictionary
+from harness.dictionaries.dictionary import Dictionary
 from harness.errors import MonoscopeError
 from harness.records import NearestFeatures
 

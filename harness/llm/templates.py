@@ -8,7 +8,7 @@ import yaml
 
 from harness.errors import MonoscopeError
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]  # the repository (or site-packages) root holding prompts/ and rubrics/
 PROMPTS = ROOT / "prompts"
 RUBRICS = ROOT / "rubrics"
 

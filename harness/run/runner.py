@@ -14,7 +14,6 @@ computes the correlations; whichever shard finishes last merges the shard
 records into the run directory and writes the results.
 """
 
-import fcntl
 import time
 from collections import Counter
 from collections.abc import Iterator
@@ -23,40 +22,22 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-import torch
-
-from harness.budget import Budget, BudgetExhausted
 from harness.config import RunConfig
-from harness.dictionaries import STATS_FILE, Dictionary, load_dictionary
+from harness.dictionaries.formats import load_dictionary
+from harness.dictionaries.neurons import POOL_NAME
 from harness.errors import MonoscopeError
-from harness.evaluate import EXPLANATIONS, RECORD_TYPES, UnitsFailed, explain_stage, failed_units, score_stage
-from harness.evaluation_commands import make_client
-from harness.index_store import firing_summary, load_index
-from harness.model import SubjectModel, load_subject_model, model_shape
-from harness.neurons import POOL_NAME
-from harness.pipeline import (
-    Progress,
-    check_layer,
-    collect_foundation_activations,
-    dictionary_label,
-    dictionary_table,
-    index_dictionaries,
-    prepare_corpus,
-    split_chunks,
-    train_default_dictionaries,
-)
-from harness.planning import log_plan, placeholder_plan, plan_calls
-from harness.progress import progress_bar
-from harness.records import EvaluatedUnit, Explanation, NearestFeatures
-from harness.reporting import CORRELATIONS, results_stage
-from harness.runs import cpu_threads, prepare_run_directory, read_manifest, software_versions, timed_stage, update_manifest
-from harness.storage import atomic_write_bytes, atomic_write_json
-from harness.training import dictionary_stats
-from harness.units import choose_units, sample_contexts, sample_features
-from results.store import latest_by_key, read_records, records_text
-
-NEIGHBORS, DICTIONARIES = "neighbors.jsonl", "dictionaries.json"
+from harness.llm.budget import Budget, BudgetExhausted
+from harness.progress import Progress, progress_bar
+from harness.run.comparisons import correlation_stage, neighbors_stage
+from harness.run.directory import prepare_run_directory, read_manifest, software_versions, update_manifest
+from harness.run.evaluate import UnitsFailed, explain_stage, failed_units, make_client, score_stage
+from harness.run.foundation import build_foundation, dictionary_label, foundation_done
+from harness.run.planning import log_plan, placeholder_plan, plan_calls
+from harness.run.reporting import results_stage
+from harness.run.shards import file_lock, merge_shards, record_dirs, shard_directory, wait_for_explanations
+from harness.run.units import choose_units, sample_contexts
+from harness.storage import atomic_write_json
+from harness.subject.model import model_shape
 
 
 def run_evaluation(
@@ -85,7 +66,7 @@ def run_evaluation(
     prepare_run_directory(run_dir)
     check_same_foundation(run_dir, config)
     if dry_run and not foundation_done(run_dir, config):
-        return log_plan(placeholder_plan(_record_dirs(run_dir), config), log, upper_bound=True)
+        return log_plan(placeholder_plan(record_dirs(run_dir), config), log, upper_bound=True)
     with file_lock(run_dir / ".foundation.lock"):
         update_manifest(run_dir, config=_jsonable(config), seed=config.foundation.seed, versions=software_versions())
         subject, chunks, dictionaries = build_foundation(run_dir, config, log)
@@ -104,7 +85,7 @@ def run_evaluation(
     log(f"units: {len(units)} ({per_set}); contexts → {run_dir / 'contexts.jsonl'}")
     roles = {"explainer": config.explainer, "judge": config.judge, "simulator": config.simulator}
     if dry_run:
-        return log_plan(plan_calls(_record_dirs(run_dir), contexts, config.evaluation, roles, config.prices), log, upper_bound=False)
+        return log_plan(plan_calls(record_dirs(run_dir), contexts, config.evaluation, roles, config.prices), log, upper_bound=False)
     records_dir = shard_directory(run_dir, shard)
     mine = [c for k, c in enumerate(contexts) if shard is None or k % shard[1] == shard[0]]
     budget = Budget(max_cost) if max_cost is not None else None
@@ -168,8 +149,8 @@ def _timed_if_called(run_dir: Path, stage: str, clients: dict[str, Any]) -> Iter
 
 def preflight(config: RunConfig, max_cost: float | None) -> None:
     """Raise MonoscopeError for anything that would fail later: roles without keys, unreadable dictionaries, a bad corpus."""
-    from harness.commands import check_corpus_spec
-    from harness.llm import make_backend
+    from harness.llm.client import make_backend
+    from harness.subject.corpus import check_corpus_spec
 
     if max_cost is not None and max_cost < 0:
         raise MonoscopeError(f"--max-cost {max_cost} is negative", "give a limit in USD >= 0")
@@ -215,166 +196,13 @@ def check_same_foundation(run_dir: Path, config: RunConfig) -> None:
             )
 
 
-def foundation_done(run_dir: Path, config: RunConfig) -> bool:
-    """Return True when the run directory already holds every index the config needs."""
-    names = [dictionary_label(size) for size in config.foundation.dictionary_sizes] + [POOL_NAME]
-    return (run_dir / DICTIONARIES).exists() and all((run_dir / "index" / f"{name}.safetensors").exists() for name in names)
-
-
 # --- foundation ----------------------------------------------------------------------------------------
-
-
-def build_foundation(run_dir: Path, config: RunConfig, log: Progress) -> tuple[SubjectModel, np.ndarray, list[Dictionary]]:
-    """Return (subject model, corpus chunks, dictionaries smallest first) after building or reusing every foundation stage."""
-    foundation = config.foundation
-    torch.set_num_threads(cpu_threads())
-    with timed_stage(run_dir, "load_model"):
-        subject = load_subject_model(foundation.model, foundation.device, foundation.dtype)
-    hook_name = check_layer(subject, foundation)
-    update_manifest(run_dir, model={"name": subject.name, "n_layers": subject.n_layers, "d_model": subject.d_model, "hook": hook_name})
-    log(f"model: {subject.name} ({subject.n_layers} blocks, d_model {subject.d_model}); dictionaries read {hook_name}")
-    chunks = prepare_corpus(run_dir, subject, foundation, log)
-    residuals = collect_foundation_activations(run_dir, subject, chunks, foundation, log)
-    dictionaries = train_default_dictionaries(run_dir, residuals, hook_name, foundation, log) if foundation.dictionary_sizes else []
-    for spec in config.load_dictionaries:
-        dictionaries.append(_loaded_dictionary(run_dir, spec, residuals, foundation.held_out_fraction))
-    dictionaries.sort(key=lambda d: (d.d_sae, d.name))
-    index_dictionaries(run_dir, residuals, chunks, dictionaries, foundation, log)
-    rows = [row for row in dictionary_table(run_dir) if row["dictionary"] in {d.name for d in dictionaries}]
-    for row in rows:
-        row["dead_fraction_all_tokens"] = firing_summary(run_dir / "index" / f"{row['dictionary']}.safetensors")["dead_fraction_all_tokens"]
-    atomic_write_json(run_dir / DICTIONARIES, rows)
-    return subject, chunks, dictionaries
-
-
-def _loaded_dictionary(run_dir: Path, spec: str, residuals: np.memmap, held_out_fraction: float) -> Dictionary:
-    """Return a user's dictionary, recording its held-out statistics in the run directory once."""
-    dictionary = load_dictionary(spec)
-    stats_path = run_dir / "dictionaries" / dictionary.name / STATS_FILE
-    if not stats_path.exists():
-        _train_ids, held_ids = split_chunks(residuals.shape[0], held_out_fraction)
-        held_out = torch.from_numpy(np.asarray(residuals[held_ids]).reshape(-1, residuals.shape[2]))
-        stats = asdict(dictionary_stats(dictionary, held_out))
-        atomic_write_json(stats_path, stats | {"d_sae": dictionary.d_sae, "evaluated_on": "held-out chunks", "source": spec})
-    return dictionary
 
 
 # --- sharding ------------------------------------------------------------------------------------------
 
 
-def shard_directory(run_dir: Path, shard: tuple[int, int] | None) -> Path:
-    """Return where a shard writes its records (the run directory itself when unsharded)."""
-    if shard is None:
-        return run_dir
-    path = run_dir / "shards" / f"{shard[0]}-of-{shard[1]}"
-    path.mkdir(parents=True, exist_ok=True)
-    return path
-
-
-def _record_dirs(run_dir: Path) -> list[Path]:
-    return [run_dir, *sorted(p for p in (run_dir / "shards").glob("*-of-*") if p.is_dir())]
-
-
-def wait_for_explanations(
-    run_dir: Path, units: list[EvaluatedUnit], shard: tuple[int, int] | None, wait_seconds: float, log: Progress
-) -> list[Explanation]:
-    """Return every unit's explanations once all exist in the run (other shards' included), waiting for them up to ``wait_seconds``."""
-    names = {unit.unit for unit in units}
-    deadline, announced = time.monotonic() + wait_seconds, False
-    while True:
-        records = [r for d in _record_dirs(run_dir) for r in read_records(d / EXPLANATIONS, Explanation) if r.unit in names]
-        missing = names - {r.unit for r in records if r.explainer == "llm"}
-        if not missing:
-            return records
-        if shard is None:
-            raise MonoscopeError(f"{len(missing)} units have no explanation record", "rerun: the explain stage redoes them")
-        if time.monotonic() > deadline:
-            raise MonoscopeError(
-                f"shard {shard[0]}/{shard[1]} waited {wait_seconds:.0f} s for {len(missing)} explanations of other shards",
-                "start the other shards (or rerun this one later: its work so far is saved)",
-            )
-        if not announced:
-            log(f"shard {shard[0]}/{shard[1]}: waiting for the other shards' explanations ({len(missing)} units)")
-            announced = True
-        time.sleep(1.0)
-
-
-def merge_shards(run_dir: Path) -> None:
-    """Fold every shard's records into the run directory's record files (last record per key wins)."""
-    shards = _record_dirs(run_dir)[1:]
-    if not shards:
-        return
-    for name, record_type in RECORD_TYPES.items():
-        records = [r for directory in [run_dir, *shards] for r in read_records(directory / name, record_type)]
-        merged = list(latest_by_key(records).values())
-        atomic_write_bytes(run_dir / name, records_text(merged).encode("utf-8"))
-
-
-@contextmanager
-def file_lock(path: Path) -> Iterator[None]:
-    """Hold an exclusive lock on ``path`` (shared by all processes working on one run directory)."""
-    with path.open("a") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
-
-
 # --- comparisons and results ---------------------------------------------------------------------------
-
-
-def correlation_stage(
-    run_dir: Path,
-    config: RunConfig,
-    subject: SubjectModel,
-    chunks: np.ndarray,
-    dictionaries: list[Dictionary],
-    units: list[EvaluatedUnit],
-    log: Progress,
-) -> None:
-    """Write correlations.jsonl: sampled features (the evaluated ones included) against every neuron of blocks 0..L."""
-    from harness.correlation import correlate_features
-
-    settings = {**asdict(config.correlation), "dictionaries": [d.name for d in dictionaries], "units": [u.unit for u in units]}
-    path = run_dir / CORRELATIONS
-    if not config.correlation.enabled or not dictionaries:
-        return
-    if path.exists() and read_manifest(run_dir).get("correlation") == settings:
-        log("correlate: reusing correlations.jsonl")
-        return
-    features = []
-    for dictionary in dictionaries:
-        state, _about = load_index(run_dir / "index" / f"{dictionary.name}.safetensors")
-        required = [u.index for u in units if u.unit_set == dictionary.name]
-        features.append(
-            (dictionary, sample_features(state.fire_count.numpy(), config.correlation.features, config.foundation.seed, required))
-        )
-    n_chunks = chunks.shape[0]
-    if config.correlation.tokens is None:
-        chunk_ids = list(range(n_chunks))
-    else:
-        wanted = min(n_chunks, -(-config.correlation.tokens // chunks.shape[1]))
-        chunk_ids = sorted(np.random.default_rng(config.foundation.seed).choice(n_chunks, size=wanted, replace=False).tolist())
-    n_features = sum(len(indices) for _d, indices in features)
-    log(f"correlate: {n_features} features × every neuron of blocks 0..L over {len(chunk_ids) * chunks.shape[1]} tokens")
-    with timed_stage(run_dir, "correlate"), progress_bar(len(chunk_ids), "correlate", "chunk") as bar:
-        records = correlate_features(subject, chunks, chunk_ids, features, config.foundation.batch_size, bar.update)
-    atomic_write_bytes(path, records_text(records).encode("utf-8"))
-    update_manifest(run_dir, correlation=settings)
-
-
-def neighbors_stage(run_dir: Path, dictionaries: list[Dictionary], units: list[EvaluatedUnit]) -> None:
-    """Write neighbors.jsonl: for each evaluated feature, its nearest features in every larger dictionary."""
-    from harness.splitting import nearest_features
-
-    records: list[NearestFeatures] = []
-    for small in dictionaries:
-        indices = [u.index for u in units if u.unit_set == small.name]
-        for large in dictionaries:
-            if large.d_sae > small.d_sae and indices and small.W_dec is not None and large.W_dec is not None:
-                records += nearest_features(small, indices, large)
-    atomic_write_bytes(run_dir / NEIGHBORS, records_text(records).encode("utf-8"))
 
 
 def _record_usage(run_dir: Path, clients: dict[str, Any], shard: tuple[int, int] | None) -> None:

@@ -4,9 +4,9 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from harness.evaluate import RECORD_TYPES
-from harness.pipeline import Progress
-from harness.runs import timed_stage
+from harness.progress import Progress
+from harness.run.directory import timed_stage
+from harness.run.evaluate import RECORD_TYPES
 from results.store import compact
 
 CORRELATIONS = "correlations.jsonl"

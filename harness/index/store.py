@@ -25,7 +25,7 @@ from typing import Any
 import torch
 
 from harness.errors import MonoscopeError
-from harness.index import SAMPLE_KINDS, IndexConfig, IndexState, SampleSlots, window_start
+from harness.index.state import SAMPLE_KINDS, IndexConfig, IndexState, SampleSlots, window_start
 from harness.records import ContextSample, UnitStats
 from harness.storage import atomic_write_bytes
 

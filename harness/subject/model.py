@@ -88,7 +88,7 @@ def load_subject_model(name: str = "embedded", device: str = "cpu", dtype: str =
     """Return the causal LM ``name`` (hub id, local path, or "embedded") loaded on ``device``."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from harness.embedded import EMBEDDED_NAME, embedded_checkpoint_dir
+    from harness.subject.embedded import EMBEDDED_NAME, embedded_checkpoint_dir
 
     torch_dtype = resolve_dtype(dtype)
     if device.startswith("cuda") and not torch.cuda.is_available():
@@ -221,7 +221,7 @@ def model_shape(name: str) -> tuple[int, int, int]:
     """Return (n_layers, d_model, d_mlp) of model ``name`` from its config alone (no weights run)."""
     from transformers import AutoConfig
 
-    from harness.embedded import EMBEDDED_NAME, embedded_checkpoint_dir
+    from harness.subject.embedded import EMBEDDED_NAME, embedded_checkpoint_dir
 
     source = str(embedded_checkpoint_dir()) if name == EMBEDDED_NAME else name
     try:

@@ -15,11 +15,11 @@ from dataclasses import replace
 import numpy as np
 import torch
 
-from harness.activations import stream_activations
-from harness.dictionaries import Dictionary, encode
+from harness.dictionaries.dictionary import Dictionary, encode
 from harness.errors import MonoscopeError
-from harness.model import SubjectModel, parse_hook
 from harness.records import FeatureCorrelation
+from harness.subject.activations import stream_activations
+from harness.subject.model import SubjectModel, parse_hook
 
 
 class CorrelationAccumulator:

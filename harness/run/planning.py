@@ -15,15 +15,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from harness.budget import estimated_tokens
-from harness.config import Role, RunConfig
-from harness.dictionaries import load_dictionary
-from harness.evaluate import EXPLANATIONS, JUDGMENTS, SIMULATIONS, EvaluationConfig, explain_stage, score_stage
-from harness.llm import LLMClient, report_usage
-from harness.llm_types import CHOICE_LOGPROBS, CONTINUATION_LOGPROB, GENERATE, Completion, Message, Usage
-from harness.neurons import POOL_NAME
-from harness.pipeline import Progress, dictionary_label
+from harness.config import EvaluationConfig, Role, RunConfig
+from harness.dictionaries.formats import load_dictionary
+from harness.dictionaries.neurons import POOL_NAME
+from harness.llm.budget import estimated_tokens
+from harness.llm.client import LLMClient, report_usage
+from harness.llm.interface import CHOICE_LOGPROBS, CONTINUATION_LOGPROB, GENERATE, Completion, Message, Usage
+from harness.progress import Progress
 from harness.records import Explanation, TokenContext, UnitContexts
+from harness.run.evaluate import EXPLANATIONS, JUDGMENTS, SIMULATIONS, explain_stage, score_stage
+from harness.run.foundation import dictionary_label
 from results.store import read_records
 
 _CAPABILITIES = {

@@ -159,3 +159,26 @@ def load_chunks(path: Path) -> np.ndarray:
     if not file.exists():
         raise MonoscopeError(f"no tokenized corpus at {str(file)!r}", "run 'monoscope index' or 'monoscope demo' first")
     return np.load(file)
+
+
+def check_corpus_spec(corpus: str) -> None:
+    """Fail early (before any model is loaded) on a corpus path that cannot yield text."""
+    if corpus == "python-stdlib" or corpus.startswith("hf:"):
+        return
+    path = Path(corpus)
+    if not path.exists():
+        raise MonoscopeError(f"corpus {corpus!r} not found", "give an existing file or directory, hf:NAME, or python-stdlib")
+    if path.is_file():
+        try:
+            with path.open("rb") as handle:
+                if not handle.read(1 << 16).strip():
+                    raise MonoscopeError(f"corpus file {corpus!r} is empty", "give a corpus with text in it")
+        except OSError as exc:
+            raise MonoscopeError(f"corpus file {corpus!r} cannot be read ({exc.strerror})", "check its permissions") from exc
+
+
+def fingerprint(chunks: np.ndarray) -> str:
+    """Return a short content hash of a chunk array (ties indexes to the corpus they came from)."""
+    import hashlib
+
+    return hashlib.sha256(np.ascontiguousarray(chunks).tobytes()).hexdigest()[:16]

@@ -27,9 +27,9 @@ from typing import Any, TypeVar
 
 from tenacity import RetryCallState, Retrying, retry_if_exception_type, stop_after_attempt, wait_random_exponential
 
-from harness.budget import Budget, estimated_tokens
 from harness.errors import MonoscopeError
-from harness.llm_types import CHOICE_LOGPROBS, CONTINUATION_LOGPROB, GENERATE, Backend, Completion, Message, Usage
+from harness.llm.budget import Budget, estimated_tokens
+from harness.llm.interface import CHOICE_LOGPROBS, CONTINUATION_LOGPROB, GENERATE, Backend, Completion, Message, Usage
 
 log = logging.getLogger(__name__)
 
@@ -38,7 +38,7 @@ R = TypeVar("R")
 
 BackendFactory = Callable[..., Backend]
 _FACTORIES: dict[str, BackendFactory] = {}
-_BACKEND_MODULES = {"openai": "harness.backend_openai", "anthropic": "harness.backend_anthropic", "local": "harness.backend_local"}
+_BACKEND_MODULES = {name: f"harness.llm.backends.{name}" for name in ("openai", "anthropic", "local")}
 _SECRETS: set[str] = set()
 _SECRETS_LOCK = threading.Lock()
 _CALL = threading.local()  # per-thread usage reported by the backend call in progress

@@ -10,7 +10,7 @@ import random
 
 import torch
 
-from harness.dictionaries import Dictionary
+from harness.dictionaries.dictionary import Dictionary
 
 POOL_NAME = "neurons"
 

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import torch
 
-from harness.dictionaries import Dictionary, decode, encode
+from harness.dictionaries.dictionary import Dictionary, decode, encode
 
 
 @dataclass(frozen=True)

@@ -46,10 +46,11 @@ from typing import Any
 
 import torch
 
-from harness.batching import RequestBatcher
 from harness.errors import MonoscopeError
-from harness.llm_types import CHOICE_LOGPROBS, CONTINUATION_LOGPROB, GENERATE, Completion, Message, Usage
-from harness.model import SubjectModel, load_subject_model
+from harness.llm.batching import RequestBatcher
+from harness.llm.client import register_backend
+from harness.llm.interface import CHOICE_LOGPROBS, CONTINUATION_LOGPROB, GENERATE, Completion, Message, Usage
+from harness.subject.model import SubjectModel, load_subject_model
 
 _GENERATE_PARAMS = frozenset({"temperature", "max_new_tokens", "max_tokens", "stop", "seed"})
 _OPTIONS = frozenset({"chat", "batch_size", "logit_rows", "reuse"})
@@ -402,6 +403,7 @@ def _croppable(layer: Any) -> bool:
     return window is not None and layer.get_seq_length() < window
 
 
+@register_backend("local")
 def make_local_backend(
     model: str = "embedded", subject: SubjectModel | None = None, device: str = "cpu", dtype: str = "float32", **options: Any
 ) -> LocalBackend:
@@ -421,11 +423,3 @@ def make_local_backend(
     elif model not in ("embedded", subject.name):
         raise MonoscopeError(f"model {model!r} does not match the given subject model {subject.name!r}", "drop one of them")
     return LocalBackend(subject, model=subject.name, **options)
-
-
-try:
-    from harness.llm import register_backend
-
-    register_backend("local")(make_local_backend)
-except ImportError:  # the registry module is not there yet
-    pass

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from harness.model import SubjectModel, collect_activations
+from harness.subject.model import SubjectModel, collect_activations
 
 
 @dataclass(frozen=True)

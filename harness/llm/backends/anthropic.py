@@ -21,8 +21,8 @@ from typing import Any
 import anthropic
 
 from harness.errors import MonoscopeError
-from harness.llm import TransientBackendError, api_key_from_env, missing_capability, register_backend, sdk_errors
-from harness.llm_types import CHOICE_LOGPROBS, CONTINUATION_LOGPROB, GENERATE, Completion, Message, Usage
+from harness.llm.client import TransientBackendError, api_key_from_env, missing_capability, register_backend, sdk_errors
+from harness.llm.interface import CHOICE_LOGPROBS, CONTINUATION_LOGPROB, GENERATE, Completion, Message, Usage
 
 DEFAULT_MAX_TOKENS = 512
 SAMPLING_PARAMETERS = frozenset({"temperature", "top_p", "top_k"})  # rejected by API version 2026-10-21

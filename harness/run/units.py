@@ -12,11 +12,11 @@ from typing import Any
 
 import numpy as np
 
-from harness.evaluate import select_units
-from harness.index_store import load_index, unit_samples
-from harness.neurons import POOL_NAME
+from harness.dictionaries.neurons import POOL_NAME
+from harness.index.sampling import SamplingConfig, unit_contexts
+from harness.index.store import load_index, unit_samples
 from harness.records import EvaluatedUnit, UnitContexts
-from harness.sampling import SamplingConfig, unit_contexts
+from harness.run.evaluate import select_units
 from harness.storage import atomic_write_bytes
 from results.store import records_text
 

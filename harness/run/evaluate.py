@@ -16,7 +16,7 @@ it still stops the run.
 
 import random
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -24,14 +24,16 @@ import numpy as np
 
 from explainers.llm_explainer import explain_unit
 from explainers.token_stats import token_statistics_explanation
-from harness.corpus import load_chunks
+from harness.config import EvaluationConfig, Role
 from harness.errors import MonoscopeError
-from harness.index_store import load_index, unit_samples
-from harness.llm import BACKEND_FAILURE, BackendError, LLMClient, failure_reason
+from harness.index.sampling import unit_contexts
+from harness.index.store import load_index, unit_samples
+from harness.llm.budget import Budget
+from harness.llm.client import BACKEND_FAILURE, BackendError, LLMClient, failure_reason, make_backend
+from harness.llm.templates import load_template
 from harness.records import Explanation, Judgment, Simulation, UnitContexts
-from harness.runs import update_manifest
-from harness.sampling import SamplingConfig, unit_contexts
-from harness.templates import load_template
+from harness.run.directory import read_manifest, update_manifest
+from harness.subject.corpus import load_chunks
 from results.store import append_records, compact, latest_by_key, read_records
 from scorers.rubric import judge_unit
 from scorers.simulation import simulate_unit
@@ -39,20 +41,6 @@ from scorers.simulation import simulate_unit
 EXPLANATIONS, JUDGMENTS, SIMULATIONS = "explanations.jsonl", "judgments.jsonl", "simulations.jsonl"
 SOURCES = ("real", "shuffled", "token_stats")
 RECORD_TYPES = {EXPLANATIONS: Explanation, JUDGMENTS: Judgment, SIMULATIONS: Simulation}  # the last record per key wins
-
-
-@dataclass(frozen=True)
-class EvaluationConfig:
-    """Which units to evaluate and how contexts are sampled and scored."""
-
-    dictionaries: tuple[str, ...] = ()  # index names in <run>/index; empty = all
-    units_per_dictionary: int = 4
-    sampling: SamplingConfig = field(default_factory=SamplingConfig)
-    explainer_chat: bool = False
-    judge_format: str = "rating"  # chosen by benchmarks/judge_formats.py (README)
-    simulator_format: str = "likelihood"
-    simulation_contexts: int = 6  # per unit: the simulator predicts every token of this many scoring contexts
-    seed: int = 0
 
 
 class UnitsFailed(MonoscopeError):  # noqa: N818 (reads as what happened to the run)
@@ -210,3 +198,34 @@ def failed_units(run_dir: Path, units: list[str]) -> dict[str, str]:
             if record.unit in wanted and record.failure and record.failure.startswith(BACKEND_FAILURE):
                 failures.setdefault(record.unit, f"{name.split('.')[0]}: {record.failure}")
     return failures
+
+
+def make_client(
+    role: Role,
+    run_dir: Path,
+    shared_subject: Any = None,
+    max_concurrency: int = 4,
+    prices: dict[str, tuple[float, float]] | None = None,
+    budget: Budget | None = None,
+) -> LLMClient:
+    """Return a cached, retrying client for ``role``; a local embedded role reuses ``shared_subject``."""
+    options: dict[str, Any] = {}
+    if role.backend == "local" and shared_subject is not None and role.model == shared_subject.name:
+        options["subject"] = shared_subject
+    if role.base_url is not None:
+        options["base_url"] = role.base_url
+    backend = make_backend(role.backend, role.model, **options)
+    # A local backend batches the greedy requests asked together (harness/batching.py), so it gets the same concurrency.
+    return LLMClient(backend, cache_dir=run_dir / "llm-cache", max_concurrency=max_concurrency, prices=prices, budget=budget)
+
+
+def run_tokenizer(run_dir: Path, shared_subject: Any = None) -> Any:
+    """Return the tokenizer of the run's subject model (to decode context tokens)."""
+    if shared_subject is not None:
+        return shared_subject.tokenizer
+    from transformers import AutoTokenizer
+
+    from harness.subject.embedded import EMBEDDED_NAME, embedded_checkpoint_dir
+
+    name = read_manifest(run_dir).get("model", {}).get("name", EMBEDDED_NAME)
+    return AutoTokenizer.from_pretrained(str(embedded_checkpoint_dir()) if name == EMBEDDED_NAME else name)

@@ -1,0 +1,1 @@
+"""The comparison module: feature–neuron correlation and feature splitting across dictionary sizes."""

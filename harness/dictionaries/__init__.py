@@ -1,0 +1,1 @@
+"""Sparse dictionaries: the dictionary record and encode/decode, on-disk formats (SAELens), training, the neuron pool."""
