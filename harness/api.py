@@ -1,4 +1,23 @@
-"""Python functions behind the foundation CLI commands (train, index, merge-index, show-unit)."""
+"""The documented Python function behind every ``monoscope`` verb; ``harness.cli`` is a thin click layer over them.
+
+Use them from a notebook as the CLI does (``log`` receives the progress lines)::
+
+    monoscope run CONFIG        run_evaluation(load_config(path), run_dir, dry_run=, max_cost=, shard=)
+    monoscope demo              run_demo(run_dir, tokens=)
+    monoscope compare CONFIG    compare_features_and_neurons(config, run_dir, dictionary, units, match_density)
+    monoscope correlate CONFIG  correlate(config, run_dir, features, tokens)
+    monoscope report RUN        report(run_dir)
+    monoscope explain RUN       explain_command(run_dir, EvaluationConfig, Role)
+    monoscope score RUN         score_command(run_dir, EvaluationConfig, judge Role, simulator Role)
+    monoscope train             train_command(run_dir, out, **options)
+    monoscope index             index_command(run_dir, specs, shard, **options)
+    monoscope merge-index       merge_command(out, shards)
+    monoscope show-unit         show_unit_command(index_path, unit, corpus_file, model, limit)
+
+Every function raises ``MonoscopeError`` (one line: the problem and the fix) on bad input, before
+any model is loaded. ``run_evaluation`` itself lives with the stages it sequences
+(``harness.run.runner``).
+"""
 
 import time
 from dataclasses import asdict, replace
@@ -13,6 +32,7 @@ from harness.dictionaries.formats import STATS_FILE, resolve_dictionary, save_sa
 from harness.dictionaries.training import TrainingConfig, dictionary_stats, train_dictionary
 from harness.errors import MonoscopeError
 from harness.index.builder import IndexBuilder
+from harness.index.sampling import SamplingConfig
 from harness.index.state import IndexConfig, merge_indexes
 from harness.index.store import load_index, save_index, unit_samples, unit_stats
 from harness.progress import Progress
@@ -39,138 +59,108 @@ from harness.subject.model import load_subject_model, model_shape
 from results.store import read_records
 from results.summary import control_summary, unit_scores
 
+__all__ = [
+    "EvaluationConfig",
+    "Role",
+    "SamplingConfig",
+    "load_config",
+    "run_evaluation",
+    "run_demo",
+    "compare_features_and_neurons",
+    "correlate",
+    "report",
+    "explain_command",
+    "score_command",
+    "train_command",
+    "index_command",
+    "merge_command",
+    "show_unit_command",
+]
 
-def foundation_config(options: dict[str, Any]) -> FoundationConfig:
-    """Return the FoundationConfig of CLI options; options a command lacks keep their defaults."""
-    defaults = FoundationConfig()
-    fields = ("model", "layer", "corpus", "tokens", "context_length", "batch_size", "device", "dtype", "seed", "checkpoint_seconds")
-    chosen = {name: options[name] for name in fields if options.get(name) is not None}
-    index = options.get("index_config") or IndexConfig(seed=options.get("seed", defaults.seed))
-    return FoundationConfig(**chosen, index=index)
+
+def run_demo(run_dir: Path = Path("runs/demo"), tokens: int | None = None, log: Progress = print) -> dict[str, Any]:
+    """Run the bundled default config (embedded model, corpus, three dictionaries, neurons) and return its summary."""
+    config = load_config(DEFAULT_CONFIG)
+    if tokens is not None:
+        config = replace(config, foundation=replace(config.foundation, tokens=tokens))
+    return run_evaluation(config, run_dir, log=log)
 
 
-def train_command(run_dir: Path, out: Path, log: Progress, **options: Any) -> None:
-    """Train one dictionary on the residual stream of the run's corpus and save it to ``out``."""
-    if options["d_sae"] < 1 or options["sparsity_coefficient"] < 0:
-        raise MonoscopeError("--d-sae must be positive and --sparsity non-negative", "fix the values")
-    check_corpus_spec(options["corpus"])
-    prepare_run_directory(run_dir)
-    n_layers, _d_model, _d_mlp = model_shape(options["model"])
-    config = foundation_config(options)
-    layer = config.layer if config.layer is not None else n_layers // 2
-    if not 0 <= layer < n_layers:
-        raise MonoscopeError(f"layer {layer} is out of range", f"the model has blocks 0..{n_layers - 1}")
-    subject = load_subject_model(config.model, config.device, config.dtype)
-    chunks = prepare_corpus(run_dir, subject, config, log)
-    residuals = collect_foundation_activations(run_dir, subject, chunks, config, log)
-    train_ids, held_ids = split_chunks(chunks.shape[0], config.held_out_fraction)
-    width = residuals.shape[2]
-    recipe = TrainingConfig(
-        d_sae=options["d_sae"],
-        sparsity_coefficient=options["sparsity_coefficient"],
-        epochs=options["epochs"],
-        seed=config.seed,
-        batch_size=config.training_batch_size,
+def compare_features_and_neurons(
+    config: RunConfig,
+    run_dir: Path | None = None,
+    dictionary: str | None = None,
+    units: int | None = None,
+    match_density: bool = False,
+    log: Progress = print,
+) -> list[dict[str, Any]]:
+    """Evaluate ``units`` random alive features of ``dictionary`` (default: every dictionary) and as many neurons;
+    return the features-vs-neurons rows (means, Mann–Whitney U, bootstrap 95% interval of the difference) per scorer."""
+    evaluation = config.evaluation
+    if dictionary is not None:
+        evaluation = replace(evaluation, dictionaries=(dictionary,))
+    if units is not None:
+        evaluation = replace(evaluation, units_per_dictionary=units)
+    neurons = replace(config.neurons, enabled=True, match_density=dictionary if match_density else None)
+    if match_density and dictionary is None:
+        raise MonoscopeError("--match-density needs --dictionary", "name the dictionary whose features the neurons should match")
+    summary = run_evaluation(replace(config, evaluation=evaluation, neurons=neurons), run_dir, log=log)
+    rows = summary.get("compare", [])
+    for row in rows:
+        log(_compare_line(row))
+    return rows
+
+
+def _compare_line(row: dict[str, Any]) -> str:
+    def number(value: Any) -> str:
+        return "n/a" if value is None else f"{value:.3f}"
+
+    interval = "n/a" if row.get("ci_low") is None else f"[{row['ci_low']:+.3f}, {row['ci_high']:+.3f}]"
+    return (
+        f"compare: {row.get('feature_set')} vs neurons, {row.get('metric')}: features {number(row.get('feature_mean'))} "
+        f"(n={row.get('n_features')}), neurons {number(row.get('neuron_mean'))} (n={row.get('n_neurons')}), "
+        f"difference {number(row.get('difference'))} 95% CI {interval}, Mann–Whitney p {number(row.get('p_value'))}"
     )
-    name = out.name
-    dictionary = train_dictionary(
-        torch.from_numpy(np.asarray(residuals[train_ids]).reshape(-1, width)), recipe, name, f"blocks.{layer}.hook_resid_post"
+
+
+def correlate(
+    config: RunConfig, run_dir: Path | None = None, features: int | None = -1, tokens: int | None = -1, log: Progress = print
+) -> Path:
+    """Compute the feature–neuron correlations of the config's dictionaries; return the path of correlations.jsonl.
+
+    ``features``/``tokens`` override the config (None = all); -1 keeps the config's value.
+    """
+    settings = config.correlation
+    settings = replace(
+        settings,
+        enabled=True,
+        features=settings.features if features == -1 else features,
+        tokens=settings.tokens if tokens == -1 else tokens,
     )
-    stats = dictionary_stats(dictionary, torch.from_numpy(np.asarray(residuals[held_ids]).reshape(-1, width)))
-    save_saelens_directory(dictionary, out, {"monoscope_training": asdict(recipe)})
-    atomic_write_json(out / STATS_FILE, asdict(stats) | {"d_sae": recipe.d_sae, "evaluated_on": "held-out chunks"})
-    log(f"{name}: L0 {stats.l0:.1f}, variance explained {stats.variance_explained:.3f}, dead fraction {stats.dead_fraction:.3f}")
-
-
-def shard_chunks(n_chunks: int, shard: tuple[int, int] | None) -> list[int]:
-    """Return the chunk ids of shard (i, n): a contiguous i-th share of the chunks."""
-    if shard is None:
-        return list(range(n_chunks))
-    index, count = shard
-    return list(range(index * n_chunks // count, (index + 1) * n_chunks // count))
-
-
-def index_command(run_dir: Path, specs: list[str], shard: tuple[int, int] | None, log: Progress, **options: Any) -> list[Path]:
-    """Build (or resume) the indexes of ``specs`` over the run's corpus; return the index paths."""
-    check_corpus_spec(options["corpus"])
+    config = replace(config, correlation=settings)
+    run_dir = run_dir or Path("runs") / config.name
+    preflight(config, None)
     prepare_run_directory(run_dir)
-    n_layers, d_model, d_mlp = model_shape(options["model"])
-    dictionaries = [resolve_dictionary(spec, n_layers, d_model, d_mlp, options.get("hook")) for spec in specs]
-    names = [dictionary.name for dictionary in dictionaries]
-    if len(set(names)) != len(names):
-        raise MonoscopeError(f"two dictionaries share a name: {names}", "give each dictionary a distinct directory name")
-    config = foundation_config(options)
-    subject = load_subject_model(config.model, config.device, config.dtype)
-    chunks = prepare_corpus(run_dir, subject, config, log)
-    suffix = "" if shard is None else f".shard-{shard[0]}-of-{shard[1]}"
-    about = {"corpus_fingerprint": fingerprint(chunks), "model": subject.name}
-    builders = [
-        IndexBuilder(run_dir / "index" / f"{d.name}{suffix}.safetensors", d, config.index, chunks.shape[1], about) for d in dictionaries
-    ]
-    wanted = shard_chunks(chunks.shape[0], shard)
-    done_sets = [builder.done_chunks() for builder in builders]
-    todo = [chunk for chunk in wanted if any(chunk not in done for done in done_sets)]
-    hooks = sorted({d.hook_name for d in dictionaries})
-    log(f"index: {len(todo)} of {len(wanted)} chunks to process for {', '.join(names)}")
-    update_manifest(run_dir, index={"dictionaries": specs, "shard": list(shard) if shard else None, "config": asdict(config.index)})
-    last_save = time.perf_counter()
-    for batch in stream_activations(subject, chunks, hooks, todo, config.batch_size):
-        for builder, done in zip(builders, done_sets, strict=True):
-            fresh = [row for row, chunk in enumerate(batch.chunk_ids.tolist()) if chunk not in done]
-            if fresh:
-                rows = torch.tensor(fresh)
-                builder.add(batch.activations[builder.dictionary.hook_name][rows], batch.chunk_ids[rows])
-        if time.perf_counter() - last_save > config.checkpoint_seconds:
-            for builder in builders:
-                builder.save()
-            last_save = time.perf_counter()
-    for builder in builders:
-        builder.save()
-    return [builder.path for builder in builders]
+    check_same_foundation(run_dir, config)
+    subject, chunks, dictionaries = build_foundation(run_dir, config, log)
+    evaluated = read_records(run_dir / "units.jsonl", EvaluatedUnit)
+    correlation_stage(run_dir, config, subject, chunks, dictionaries, evaluated, log)
+    from results.tables import correlation_summary
+
+    table = correlation_summary(read_records(run_dir / "correlations.jsonl", FeatureCorrelation))
+    for row in table.to_dict("records"):
+        log(
+            f"correlate: {row['dictionary']}: {row['n_defined']} features; max correlation with a neuron ≤ 0.3 for "
+            f"{row['fraction_at_most_threshold']:.1%}; median {row['median_max_correlation']:.3f}"
+        )
+    return run_dir / "correlations.jsonl"
 
 
-def merge_command(out: Path, shards: list[Path], log: Progress) -> None:
-    """Merge shard indexes into ``out``."""
-    states = [load_index(path) for path in shards]
-    fingerprints = {about.get("corpus_fingerprint") for _state, about in states}
-    if len(fingerprints) > 1:
-        raise MonoscopeError("the shards come from different corpora", "merge shards of one run only")
-    merged, about = states[0]
-    for state, _about in states[1:]:
-        merged = merge_indexes(merged, state)
-    save_index(merged, out, about)
-    log(f"merged {len(shards)} shards: {merged.n_tokens} tokens, chunk ranges {merged.chunk_ranges}")
-
-
-def show_unit_command(index_path: Path, unit: int, corpus_file: Path | None, model: str, limit: int) -> str:
-    """Return a text view of one unit: statistics and top contexts with the target token in [[ ]]."""
-    state, about = load_index(index_path)
-    if not 0 <= unit < state.n_units:
-        raise MonoscopeError(f"unit {unit} is out of range", f"the index has units 0..{state.n_units - 1}")
-    chunks = load_chunks((corpus_file or index_path.parent.parent / "corpus.npy").with_suffix(""))
-    from transformers import AutoTokenizer
-
-    from harness.subject.embedded import EMBEDDED_NAME, embedded_checkpoint_dir
-
-    tokenizer = AutoTokenizer.from_pretrained(str(embedded_checkpoint_dir()) if model == EMBEDDED_NAME else model)
-    name = f"{about.get('dictionary', 'unit')}/{unit}"
-    stats = unit_stats(state, unit, name)
-    lines = [
-        f"{name}: fires on {stats.fire_count} of {stats.n_tokens} tokens (density {stats.density:.2e}), max {stats.max_activation:.3f}"
-    ]
-    for sample in [s for s in unit_samples(state, unit, name) if s.kind == "top"][:limit]:
-        tokens = chunks[sample.chunk, sample.window_start : sample.window_start + len(sample.activations)].tolist()
-        pieces = [tokenizer.decode([token]) for token in tokens]
-        target = sample.position - sample.window_start
-        pieces[target] = f"[[{pieces[target]}]]"
-        lines.append(f"  {sample.value:7.3f}  " + "".join(pieces).replace("\n", "⏎"))
-    return "\n".join(lines)
-
-
-def check_run(run_dir: Path) -> None:
-    """Fail early when ``run_dir`` holds no corpus or index."""
-    if not (run_dir / "corpus.npy").exists() or not list((run_dir / "index").glob("*.safetensors")):
-        raise MonoscopeError(f"{str(run_dir)!r} has no corpus and index", "run 'monoscope demo' or 'monoscope index' first")
+def report(run_dir: Path, log: Progress = print) -> dict[str, Any]:
+    """Rewrite the tables, plots, HTML report and SAEBench summary of a run from its records; return the summary."""
+    if not (run_dir / "units.jsonl").exists():
+        raise MonoscopeError(f"{str(run_dir)!r} has no evaluated units", "run 'monoscope run CONFIG' (or 'monoscope demo') first")
+    return results_stage(run_dir, log)
 
 
 def explain_command(run_dir: Path, config: EvaluationConfig, explainer: Role, log: Progress, shared_subject: Any = None) -> dict:
@@ -223,86 +213,134 @@ def score_command(run_dir: Path, config: EvaluationConfig, judge: Role, simulato
     return summary
 
 
-def run_demo(run_dir: Path = Path("runs/demo"), tokens: int | None = None, log: Progress = print) -> dict[str, Any]:
-    """Run the bundled default config (embedded model, corpus, three dictionaries, neurons) and return its summary."""
-    config = load_config(DEFAULT_CONFIG)
-    if tokens is not None:
-        config = replace(config, foundation=replace(config.foundation, tokens=tokens))
-    return run_evaluation(config, run_dir, log=log)
+def check_run(run_dir: Path) -> None:
+    """Fail early when ``run_dir`` holds no corpus or index."""
+    if not (run_dir / "corpus.npy").exists() or not list((run_dir / "index").glob("*.safetensors")):
+        raise MonoscopeError(f"{str(run_dir)!r} has no corpus and index", "run 'monoscope demo' or 'monoscope index' first")
 
 
-def compare_features_and_neurons(
-    config: RunConfig,
-    run_dir: Path | None = None,
-    dictionary: str | None = None,
-    units: int | None = None,
-    match_density: bool = False,
-    log: Progress = print,
-) -> list[dict[str, Any]]:
-    """Evaluate ``units`` random alive features of ``dictionary`` (default: every dictionary) and as many neurons;
-    return the features-vs-neurons rows (means, Mann–Whitney U, bootstrap 95% interval of the difference) per scorer."""
-    evaluation = config.evaluation
-    if dictionary is not None:
-        evaluation = replace(evaluation, dictionaries=(dictionary,))
-    if units is not None:
-        evaluation = replace(evaluation, units_per_dictionary=units)
-    neurons = replace(config.neurons, enabled=True, match_density=dictionary if match_density else None)
-    if match_density and dictionary is None:
-        raise MonoscopeError("--match-density needs --dictionary", "name the dictionary whose features the neurons should match")
-    summary = run_evaluation(replace(config, evaluation=evaluation, neurons=neurons), run_dir, log=log)
-    rows = summary.get("compare", [])
-    for row in rows:
-        log(_compare_line(row))
-    return rows
-
-
-def correlate(
-    config: RunConfig, run_dir: Path | None = None, features: int | None = -1, tokens: int | None = -1, log: Progress = print
-) -> Path:
-    """Compute the feature–neuron correlations of the config's dictionaries; return the path of correlations.jsonl.
-
-    ``features``/``tokens`` override the config (None = all); -1 keeps the config's value.
-    """
-    settings = config.correlation
-    settings = replace(
-        settings,
-        enabled=True,
-        features=settings.features if features == -1 else features,
-        tokens=settings.tokens if tokens == -1 else tokens,
-    )
-    config = replace(config, correlation=settings)
-    run_dir = run_dir or Path("runs") / config.name
-    preflight(config, None)
+def train_command(run_dir: Path, out: Path, log: Progress, **options: Any) -> None:
+    """Train one dictionary on the residual stream of the run's corpus and save it to ``out``."""
+    if options["d_sae"] < 1 or options["sparsity_coefficient"] < 0:
+        raise MonoscopeError("--d-sae must be positive and --sparsity non-negative", "fix the values")
+    check_corpus_spec(options["corpus"])
     prepare_run_directory(run_dir)
-    check_same_foundation(run_dir, config)
-    subject, chunks, dictionaries = build_foundation(run_dir, config, log)
-    evaluated = read_records(run_dir / "units.jsonl", EvaluatedUnit)
-    correlation_stage(run_dir, config, subject, chunks, dictionaries, evaluated, log)
-    from results.tables import correlation_summary
-
-    table = correlation_summary(read_records(run_dir / "correlations.jsonl", FeatureCorrelation))
-    for row in table.to_dict("records"):
-        log(
-            f"correlate: {row['dictionary']}: {row['n_defined']} features; max correlation with a neuron ≤ 0.3 for "
-            f"{row['fraction_at_most_threshold']:.1%}; median {row['median_max_correlation']:.3f}"
-        )
-    return run_dir / "correlations.jsonl"
-
-
-def report(run_dir: Path, log: Progress = print) -> dict[str, Any]:
-    """Rewrite the tables, plots, HTML report and SAEBench summary of a run from its records; return the summary."""
-    if not (run_dir / "units.jsonl").exists():
-        raise MonoscopeError(f"{str(run_dir)!r} has no evaluated units", "run 'monoscope run CONFIG' (or 'monoscope demo') first")
-    return results_stage(run_dir, log)
-
-
-def _compare_line(row: dict[str, Any]) -> str:
-    def number(value: Any) -> str:
-        return "n/a" if value is None else f"{value:.3f}"
-
-    interval = "n/a" if row.get("ci_low") is None else f"[{row['ci_low']:+.3f}, {row['ci_high']:+.3f}]"
-    return (
-        f"compare: {row.get('feature_set')} vs neurons, {row.get('metric')}: features {number(row.get('feature_mean'))} "
-        f"(n={row.get('n_features')}), neurons {number(row.get('neuron_mean'))} (n={row.get('n_neurons')}), "
-        f"difference {number(row.get('difference'))} 95% CI {interval}, Mann–Whitney p {number(row.get('p_value'))}"
+    n_layers, _d_model, _d_mlp = model_shape(options["model"])
+    config = foundation_config(options)
+    layer = config.layer if config.layer is not None else n_layers // 2
+    if not 0 <= layer < n_layers:
+        raise MonoscopeError(f"layer {layer} is out of range", f"the model has blocks 0..{n_layers - 1}")
+    subject = load_subject_model(config.model, config.device, config.dtype)
+    chunks = prepare_corpus(run_dir, subject, config, log)
+    residuals = collect_foundation_activations(run_dir, subject, chunks, config, log)
+    train_ids, held_ids = split_chunks(chunks.shape[0], config.held_out_fraction)
+    width = residuals.shape[2]
+    recipe = TrainingConfig(
+        d_sae=options["d_sae"],
+        sparsity_coefficient=options["sparsity_coefficient"],
+        epochs=options["epochs"],
+        seed=config.seed,
+        batch_size=config.training_batch_size,
     )
+    name = out.name
+    dictionary = train_dictionary(
+        torch.from_numpy(np.asarray(residuals[train_ids]).reshape(-1, width)), recipe, name, f"blocks.{layer}.hook_resid_post"
+    )
+    stats = dictionary_stats(dictionary, torch.from_numpy(np.asarray(residuals[held_ids]).reshape(-1, width)))
+    save_saelens_directory(dictionary, out, {"monoscope_training": asdict(recipe)})
+    atomic_write_json(out / STATS_FILE, asdict(stats) | {"d_sae": recipe.d_sae, "evaluated_on": "held-out chunks"})
+    log(f"{name}: L0 {stats.l0:.1f}, variance explained {stats.variance_explained:.3f}, dead fraction {stats.dead_fraction:.3f}")
+
+
+def index_command(run_dir: Path, specs: list[str], shard: tuple[int, int] | None, log: Progress, **options: Any) -> list[Path]:
+    """Build (or resume) the indexes of ``specs`` over the run's corpus; return the index paths."""
+    check_corpus_spec(options["corpus"])
+    prepare_run_directory(run_dir)
+    n_layers, d_model, d_mlp = model_shape(options["model"])
+    dictionaries = [resolve_dictionary(spec, n_layers, d_model, d_mlp, options.get("hook")) for spec in specs]
+    names = [dictionary.name for dictionary in dictionaries]
+    if len(set(names)) != len(names):
+        raise MonoscopeError(f"two dictionaries share a name: {names}", "give each dictionary a distinct directory name")
+    config = foundation_config(options)
+    subject = load_subject_model(config.model, config.device, config.dtype)
+    chunks = prepare_corpus(run_dir, subject, config, log)
+    suffix = "" if shard is None else f".shard-{shard[0]}-of-{shard[1]}"
+    about = {"corpus_fingerprint": fingerprint(chunks), "model": subject.name}
+    builders = [
+        IndexBuilder(run_dir / "index" / f"{d.name}{suffix}.safetensors", d, config.index, chunks.shape[1], about) for d in dictionaries
+    ]
+    wanted = shard_chunks(chunks.shape[0], shard)
+    done_sets = [builder.done_chunks() for builder in builders]
+    todo = [chunk for chunk in wanted if any(chunk not in done for done in done_sets)]
+    hooks = sorted({d.hook_name for d in dictionaries})
+    log(f"index: {len(todo)} of {len(wanted)} chunks to process for {', '.join(names)}")
+    update_manifest(run_dir, index={"dictionaries": specs, "shard": list(shard) if shard else None, "config": asdict(config.index)})
+    last_save = time.perf_counter()
+    for batch in stream_activations(subject, chunks, hooks, todo, config.batch_size):
+        for builder, done in zip(builders, done_sets, strict=True):
+            fresh = [row for row, chunk in enumerate(batch.chunk_ids.tolist()) if chunk not in done]
+            if fresh:
+                rows = torch.tensor(fresh)
+                builder.add(batch.activations[builder.dictionary.hook_name][rows], batch.chunk_ids[rows])
+        if time.perf_counter() - last_save > config.checkpoint_seconds:
+            for builder in builders:
+                builder.save()
+            last_save = time.perf_counter()
+    for builder in builders:
+        builder.save()
+    return [builder.path for builder in builders]
+
+
+def shard_chunks(n_chunks: int, shard: tuple[int, int] | None) -> list[int]:
+    """Return the chunk ids of shard (i, n): a contiguous i-th share of the chunks."""
+    if shard is None:
+        return list(range(n_chunks))
+    index, count = shard
+    return list(range(index * n_chunks // count, (index + 1) * n_chunks // count))
+
+
+def foundation_config(options: dict[str, Any]) -> FoundationConfig:
+    """Return the FoundationConfig of CLI options; options a command lacks keep their defaults."""
+    defaults = FoundationConfig()
+    fields = ("model", "layer", "corpus", "tokens", "context_length", "batch_size", "device", "dtype", "seed", "checkpoint_seconds")
+    chosen = {name: options[name] for name in fields if options.get(name) is not None}
+    index = options.get("index_config") or IndexConfig(seed=options.get("seed", defaults.seed))
+    return FoundationConfig(**chosen, index=index)
+
+
+def merge_command(out: Path, shards: list[Path], log: Progress) -> None:
+    """Merge shard indexes into ``out``."""
+    states = [load_index(path) for path in shards]
+    fingerprints = {about.get("corpus_fingerprint") for _state, about in states}
+    if len(fingerprints) > 1:
+        raise MonoscopeError("the shards come from different corpora", "merge shards of one run only")
+    merged, about = states[0]
+    for state, _about in states[1:]:
+        merged = merge_indexes(merged, state)
+    save_index(merged, out, about)
+    log(f"merged {len(shards)} shards: {merged.n_tokens} tokens, chunk ranges {merged.chunk_ranges}")
+
+
+def show_unit_command(index_path: Path, unit: int, corpus_file: Path | None, model: str, limit: int) -> str:
+    """Return a text view of one unit: statistics and top contexts with the target token in [[ ]]."""
+    state, about = load_index(index_path)
+    if not 0 <= unit < state.n_units:
+        raise MonoscopeError(f"unit {unit} is out of range", f"the index has units 0..{state.n_units - 1}")
+    chunks = load_chunks((corpus_file or index_path.parent.parent / "corpus.npy").with_suffix(""))
+    from transformers import AutoTokenizer
+
+    from harness.subject.embedded import EMBEDDED_NAME, embedded_checkpoint_dir
+
+    tokenizer = AutoTokenizer.from_pretrained(str(embedded_checkpoint_dir()) if model == EMBEDDED_NAME else model)
+    name = f"{about.get('dictionary', 'unit')}/{unit}"
+    stats = unit_stats(state, unit, name)
+    lines = [
+        f"{name}: fires on {stats.fire_count} of {stats.n_tokens} tokens (density {stats.density:.2e}), max {stats.max_activation:.3f}"
+    ]
+    for sample in [s for s in unit_samples(state, unit, name) if s.kind == "top"][:limit]:
+        tokens = chunks[sample.chunk, sample.window_start : sample.window_start + len(sample.activations)].tolist()
+        pieces = [tokenizer.decode([token]) for token in tokens]
+        target = sample.position - sample.window_start
+        pieces[target] = f"[[{pieces[target]}]]"
+        lines.append(f"  {sample.value:7.3f}  " + "".join(pieces).replace("\n", "⏎"))
+    return "\n".join(lines)

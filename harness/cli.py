@@ -1,4 +1,4 @@
-"""The ``monoscope`` command line (click). Every command is a thin wrapper over a Python function."""
+"""The ``monoscope`` command line (click): options in, a call of the matching function in ``harness.api``."""
 
 import functools
 import sys
@@ -78,8 +78,7 @@ def _config_options(command: Callable[..., Any]) -> Callable[..., Any]:
 @user_errors
 def run(config_path: Path, run_dir: Path | None, dry_run: bool, max_cost: float | None, shard: str | None) -> None:
     """Run (or resume) the whole evaluation a YAML/TOML config describes, ending with the HTML report."""
-    from harness.config import load_config
-    from harness.run.runner import run_evaluation
+    from harness.api import load_config, run_evaluation
 
     config = load_config(config_path)
     run_evaluation(config, run_dir, dry_run=dry_run, max_cost=max_cost, shard=parse_shard(shard), log=_log)
@@ -93,8 +92,7 @@ def run(config_path: Path, run_dir: Path | None, dry_run: bool, max_cost: float 
 @user_errors
 def compare(config_path: Path, run_dir: Path | None, dictionary: str | None, units: int | None, match_density: bool) -> None:
     """Features vs neurons: the same explain/score pipeline on N features and N neurons, with a rank test and intervals."""
-    from harness.api import compare_features_and_neurons
-    from harness.config import load_config
+    from harness.api import compare_features_and_neurons, load_config
 
     compare_features_and_neurons(load_config(config_path), run_dir, dictionary, units, match_density, log=_log)
 
@@ -108,7 +106,7 @@ def compare(config_path: Path, run_dir: Path | None, dictionary: str | None, uni
 def correlate(config_path: Path, run_dir: Path | None, features: int | None, all_features: bool, tokens: int | None) -> None:
     """Each sampled feature's maximum Pearson correlation with any MLP neuron of blocks 0..L (streaming, float64)."""
     from harness.api import correlate as correlate_function
-    from harness.config import load_config
+    from harness.api import load_config
 
     if all_features and features is not None:
         raise MonoscopeError("--all and --features conflict", "give --all for every feature or --features N for a sample, not both")
@@ -234,9 +232,7 @@ def explain(
     chat: bool,
 ) -> None:
     """Explain random alive units of a run's indexes (writes explanations.jsonl; resumable)."""
-    from harness.api import explain_command
-    from harness.config import EvaluationConfig
-    from harness.index.sampling import SamplingConfig
+    from harness.api import EvaluationConfig, SamplingConfig, explain_command
 
     config = EvaluationConfig(
         dictionaries=dictionaries,
@@ -265,9 +261,7 @@ def score(
     run_dir: Path, units_per_dictionary: int, dictionaries: tuple[str, ...], seed: int, base_url: str | None, per_level: int, **roles: str
 ) -> None:
     """Score the explanations with the specificity rubric and held-out simulation, beside controls."""
-    from harness.api import score_command
-    from harness.config import EvaluationConfig
-    from harness.index.sampling import SamplingConfig
+    from harness.api import EvaluationConfig, SamplingConfig, score_command
 
     config = EvaluationConfig(
         dictionaries=dictionaries,
@@ -288,6 +282,6 @@ def score(
 
 def _role(backend: str, model: str, base_url: str | None) -> Any:
     """Return the Role of one LLM role; a base URL applies to hosted backends only."""
-    from harness.config import Role
+    from harness.api import Role
 
     return Role(backend, model, base_url if backend != "local" else None)

@@ -9,7 +9,7 @@ Sections and their keys (every key is optional; see ``harness/configs/default.ya
     dictionaries: {train: [sizes], sparsity_coefficient, learning_rate, training_batch_size, epochs, load: [specs]}
     index:       {top_k, interval_samples, bins_per_octave, min_exponent, max_exponent, random_nonzero, random_zero,
                   window_before, window_after}
-    neurons:     {enabled, pool_size, match_density}   (pool_size: neurons of blocks 0..L indexed; see harness.neurons)
+    neurons:     {enabled, pool_size, match_density}   (pool_size: neurons of blocks 0..L indexed; see harness.dictionaries.neurons)
     evaluation:  {units_per_dictionary, simulation_contexts, judge_format, simulator_format, explainer_chat,
                   sampling: {score_fraction, explain_top, explain_per_level, explain_random, score_top,
                              score_per_level, score_random, score_zero, levels}}

@@ -1,1 +1,1 @@
-"""prompts (built in later issues)."""
+"""Prompt templates (explainer, rubric judge, simulator) as text files, loaded by name through harness.llm.templates."""

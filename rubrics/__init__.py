@@ -1,1 +1,1 @@
-"""rubrics (built in later issues)."""
+"""Rubric definitions as YAML files (the 0–3 specificity rubric), loaded by name through harness.llm.templates."""

@@ -6,7 +6,7 @@ Layout of a run directory::
     corpus.npy / corpus.json  token chunks [n_chunks, context_length] and their description
     activations/              hook activations kept for training (float32 memmaps)
     dictionaries/<name>/      SAELens-format dictionaries with monoscope_stats.json
-    index/<name>.safetensors  one activation index per dictionary (format: harness.index_store)
+    index/<name>.safetensors  one activation index per dictionary (format: harness.index.store)
 """
 
 import fcntl

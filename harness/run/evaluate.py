@@ -8,7 +8,7 @@ makes any repeated call free).
 
 A unit whose backend calls fail (a permanent error such as 401 or 400, or a
 transient one that outlasted every retry) is recorded with ``failure`` naming
-the reason (``harness.llm.BACKEND_FAILURE``) and no text, score or prediction;
+the reason (``harness.llm.client.BACKEND_FAILURE``) and no text, score or prediction;
 the other units go on. ``failed_units`` lists such units; a run ends with
 ``UnitsFailed`` while any remain. ``BudgetExhausted`` is not a backend error:
 it still stops the run.
@@ -215,7 +215,7 @@ def make_client(
     if role.base_url is not None:
         options["base_url"] = role.base_url
     backend = make_backend(role.backend, role.model, **options)
-    # A local backend batches the greedy requests asked together (harness/batching.py), so it gets the same concurrency.
+    # A local backend batches the greedy requests asked together (harness/llm/batching.py), so it gets the same concurrency.
     return LLMClient(backend, cache_dir=run_dir / "llm-cache", max_concurrency=max_concurrency, prices=prices, budget=budget)
 
 

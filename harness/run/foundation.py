@@ -1,4 +1,4 @@
-"""The pipeline stages of issue-2 scope: corpus → activations → dictionaries → index.
+"""The foundation stages of a run: corpus → activations → dictionaries → index.
 
 Each stage reads what the stage before it wrote into the run directory and
 writes its own output; each skips work that is already on disk, so an
@@ -70,7 +70,7 @@ def collect_foundation_activations(
 ) -> np.memmap:
     """Run the forward pass once over all chunks: keep the residual stream for training
     (a float32 memmap) and fold a seeded pool of MLP neurons of blocks 0..L into the
-    ``neurons`` index (the neuron baseline, harness.neurons).
+    ``neurons`` index (the neuron baseline, harness.dictionaries.neurons).
 
     Returns the residual memmap [n_chunks, T, d_model]. Resumable: the neuron
     index's chunk ranges say which chunks are done.

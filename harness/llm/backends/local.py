@@ -20,7 +20,7 @@ forward pass and kept as far as it matches the greedy choices (the head then
 runs at those few positions). A rubric judge's replies repeat ("1 — The
 explanation"), so its decoding steps mostly vanish. Greedy requests that the
 client's threads ask at the same time run as one right-padded batch after their
-common prefix (harness/batching.py): the LM head's 262k x 640 weights are then
+common prefix (harness/llm/batching.py): the LM head's 262k x 640 weights are then
 read once per pass for all of them. Which requests share a pass depends on
 timing, and a batch's arithmetic differs from a single prompt's by float
 rounding, so a reply could change only where two tokens tie to within rounding; a client
