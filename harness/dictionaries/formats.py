@@ -1,6 +1,6 @@
-"""Sparse dictionaries: load, save, encode and decode.
+"""Dictionary formats: read a dictionary from disk or a spec, and save one in SAELens format.
 
-A dictionary maps the activation at one hook to unit activations. Supported:
+A dictionary maps the activation at one hook to unit activations (``harness.dictionaries.dictionary``). Supported:
 - SAELens-format directories (``cfg.json`` + ``sae_weights.safetensors``) with
   ReLU ("standard"), JumpReLU and TopK encoders;
 - plain safetensors files with the same keys (``W_enc [d_in, d_sae]``, ``b_enc``,
