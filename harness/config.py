@@ -33,6 +33,7 @@ import yaml
 from harness.errors import MonoscopeError
 from harness.index.sampling import SamplingConfig
 from harness.index.state import IndexConfig
+from harness.llm.client import backend_names
 from scorers.rubric import RUBRIC_FORMATS
 from scorers.simulation import SIMULATION_FORMATS
 
@@ -240,8 +241,6 @@ def check_config(config: RunConfig) -> None:
         value = getattr(config.correlation, name)
         if value is not None and value < 1:
             raise MonoscopeError(f"correlation.{name} is {value}", "give a positive number, or null for all")
-    from harness.llm.client import backend_names
-
     for role_name in ("explainer", "judge", "simulator"):
         role = getattr(config, role_name)
         if role.backend not in backend_names():

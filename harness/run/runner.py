@@ -27,6 +27,7 @@ from harness.dictionaries.formats import load_dictionary
 from harness.dictionaries.neurons import POOL_NAME
 from harness.errors import MonoscopeError
 from harness.llm.budget import Budget, BudgetExhausted
+from harness.llm.client import make_backend
 from harness.progress import Progress, progress_bar
 from harness.run.comparisons import correlation_stage, neighbors_stage
 from harness.run.directory import prepare_run_directory, read_manifest, software_versions, update_manifest
@@ -37,6 +38,7 @@ from harness.run.reporting import results_stage
 from harness.run.shards import file_lock, merge_shards, record_dirs, shard_directory, wait_for_explanations
 from harness.run.units import choose_units, sample_contexts
 from harness.storage import atomic_write_json
+from harness.subject.corpus import check_corpus_spec
 from harness.subject.model import model_shape
 
 
@@ -149,9 +151,6 @@ def _timed_if_called(run_dir: Path, stage: str, clients: dict[str, Any]) -> Iter
 
 def preflight(config: RunConfig, max_cost: float | None) -> None:
     """Raise MonoscopeError for anything that would fail later: roles without keys, unreadable dictionaries, a bad corpus."""
-    from harness.llm.client import make_backend
-    from harness.subject.corpus import check_corpus_spec
-
     if max_cost is not None and max_cost < 0:
         raise MonoscopeError(f"--max-cost {max_cost} is negative", "give a limit in USD >= 0")
     check_corpus_spec(config.foundation.corpus)
@@ -194,15 +193,6 @@ def check_same_foundation(run_dir: Path, config: RunConfig) -> None:
                 f"{str(run_dir)!r} was built with another {key.replace('_', ' ')} config",
                 "use a new run directory (or the config it was built with); evaluation settings may change between runs",
             )
-
-
-# --- foundation ----------------------------------------------------------------------------------------
-
-
-# --- sharding ------------------------------------------------------------------------------------------
-
-
-# --- comparisons and results ---------------------------------------------------------------------------
 
 
 def _record_usage(run_dir: Path, clients: dict[str, Any], shard: tuple[int, int] | None) -> None:
