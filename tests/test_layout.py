@@ -180,7 +180,7 @@ def test_harness_top_level_stays_small():
             assert f"harness.{directory.name}" in rooms, f"harness/{directory.name}/ is not a declared room"
 
 
-# "issue 4", "issue-2 scope", "later issues": names of work items belong to the tracker, not to the code or docs.
+# A work item's number ("the word issue, then a number") or "later ..." belongs to the tracker, not to the code or docs.
 WORK_ITEM = re.compile(r"\biss" r"ues?[ -]?#?\d|\blater iss" r"ues\b", re.IGNORECASE)
 
 
