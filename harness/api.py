@@ -244,7 +244,11 @@ def train_command(run_dir: Path, out: Path, log: Progress, **options: Any) -> No
     )
     name = out.name
     dictionary = train_dictionary(
-        torch.from_numpy(np.asarray(residuals[train_ids]).reshape(-1, width)), recipe, name, f"blocks.{layer}.hook_resid_post"
+        torch.from_numpy(np.asarray(residuals[train_ids]).reshape(-1, width)),
+        recipe,
+        name,
+        f"blocks.{layer}.hook_resid_post",
+        device=config.device,
     )
     stats = dictionary_stats(dictionary, torch.from_numpy(np.asarray(residuals[held_ids]).reshape(-1, width)))
     save_saelens_directory(dictionary, out, {"monoscope_training": asdict(recipe)})
@@ -267,7 +271,8 @@ def index_command(run_dir: Path, specs: list[str], shard: tuple[int, int] | None
     suffix = "" if shard is None else f".shard-{shard[0]}-of-{shard[1]}"
     about = {"corpus_fingerprint": fingerprint(chunks), "model": subject.name}
     builders = [
-        IndexBuilder(run_dir / "index" / f"{d.name}{suffix}.safetensors", d, config.index, chunks.shape[1], about) for d in dictionaries
+        IndexBuilder(run_dir / "index" / f"{d.name}{suffix}.safetensors", d, config.index, chunks.shape[1], about, config.device)
+        for d in dictionaries
     ]
     wanted = shard_chunks(chunks.shape[0], shard)
     done_sets = [builder.done_chunks() for builder in builders]

@@ -14,7 +14,7 @@ Sections and their keys (every key is optional; see ``harness/configs/default.ya
                   sampling: {score_fraction, explain_top, explain_per_level, explain_random, score_top,
                              score_per_level, score_random, score_zero, levels}}
     correlation: {enabled, features, tokens}
-    explainer / judge / simulator: {backend, model, base_url}
+    explainer / judge / simulator: {backend, model, base_url, device, dtype}   (device/dtype: local backend only)
     llm:         {max_concurrency, prices: {MODEL: [USD per 1M input tokens, USD per 1M output tokens]}}
 
 Unknown keys, wrong types and impossible values are reported with the section
@@ -86,6 +86,8 @@ class Role:
     backend: str = "local"
     model: str = "embedded"
     base_url: str | None = None  # an OpenAI-compatible server (vLLM, Ollama, llama.cpp) or an API proxy
+    device: str | None = None  # local backend: None = the subject model's device
+    dtype: str | None = None  # local backend: None = float32 on a CPU (bf16 measured 2-4x slower there), else the subject's dtype
 
 
 @dataclass(frozen=True)

@@ -164,3 +164,53 @@ def test_embedded_model_scores():
     assert all(math.isfinite(v) and v < 0 for v in scores.values())
     prompt = "def add(a, b):\n    return a"
     assert backend.continuation_logprob(prompt, " + b") > backend.continuation_logprob(prompt, " banana elephant")
+
+
+def test_every_call_follows_the_model_device(backend):
+    """Inside a meta default-device context, a tensor made without the model's device fails loudly."""
+    messages = [Message("user", LONG_PROMPT)]
+    expected = (
+        backend.choice_logprobs(messages, [" 0", " 1", " 2"]),
+        backend.continuation_logprob(LONG_PROMPT, " yes"),
+        backend.generate(messages, max_new_tokens=5).text,
+        backend.generate(messages + [Message("user", "ab")], max_new_tokens=5).text,
+    )
+    with torch.device("meta"):
+        found = (
+            backend.choice_logprobs(messages, [" 0", " 1", " 2"]),
+            backend.continuation_logprob(LONG_PROMPT, " yes"),
+            backend.generate(messages, max_new_tokens=5).text,
+            backend.generate(messages + [Message("user", "ab")], max_new_tokens=5).text,
+        )
+    assert found == expected
+
+
+WARNINGS_AS_ERRORS_SCRIPT = """
+import torch
+from harness.llm.backends.local import make_local_backend
+from harness.llm.interface import Message
+from harness.subject.model import wrap_model
+from tests.test_backend_local import LONG_PROMPT, _tokenizer
+from tests.tiny_models import tiny_gemma_model
+
+backend = make_local_backend(subject=wrap_model(tiny_gemma_model(vocab_size=128, num_hidden_layers=2), _tokenizer(), name="tiny"))
+messages = [Message("user", LONG_PROMPT)]
+backend.choice_logprobs(messages, [" 0", " 1", " 23"])  # several continuations: the prompt's cache is reused
+backend.continuation_logprob(LONG_PROMPT, " yes")
+backend.generate(messages, max_new_tokens=4)  # greedy: shared prefix and drafts
+backend.generate(messages + [Message("user", "ab")], max_new_tokens=4)
+backend.generate(messages, max_new_tokens=3, temperature=0.7, seed=1)  # sampled: a cache of its own
+print("ok")
+"""
+
+
+def test_backend_runs_with_deprecation_warnings_as_errors():
+    """The backend uses transformers' current APIs: no FutureWarning or DeprecationWarning on any path."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent
+    command = [sys.executable, "-W", "error::FutureWarning", "-W", "error::DeprecationWarning", "-c", WARNINGS_AS_ERRORS_SCRIPT]
+    result = subprocess.run(command, cwd=root, capture_output=True, text=True, timeout=600, check=False)
+    assert result.returncode == 0 and result.stdout.strip() == "ok", result.stderr[-3000:]

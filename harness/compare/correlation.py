@@ -15,7 +15,7 @@ from dataclasses import replace
 import numpy as np
 import torch
 
-from harness.dictionaries.dictionary import Dictionary, encode
+from harness.dictionaries.dictionary import Dictionary, dictionary_to, encode
 from harness.errors import MonoscopeError
 from harness.records import FeatureCorrelation
 from harness.subject.activations import stream_activations
@@ -34,18 +34,18 @@ class CorrelationAccumulator:
     that matmul runs in float32 (about 2.5x faster than float64 there); the
     batch-centred values it multiplies are small, so the correlations agree
     with float64 to about 1e-6. Float64 inputs, or inputs on an accelerator,
-    use a float64 matmul. The state lives on the device of the first batch.
+    use a float64 matmul. The state starts on ``device`` and moves to the device of the first batch.
     """
 
-    def __init__(self, n_x: int, n_y: int) -> None:
+    def __init__(self, n_x: int, n_y: int, device: str | torch.device = "cpu") -> None:
         self.n_x = n_x
         self.n_y = n_y
         self._n = 0
-        self._mean_x = torch.zeros(n_x, dtype=torch.float64)
-        self._mean_y = torch.zeros(n_y, dtype=torch.float64)
-        self._m2_x = torch.zeros(n_x, dtype=torch.float64)
-        self._m2_y = torch.zeros(n_y, dtype=torch.float64)
-        self._comoment = torch.zeros(n_x, n_y, dtype=torch.float64)
+        self._mean_x = torch.zeros(n_x, dtype=torch.float64, device=device)
+        self._mean_y = torch.zeros(n_y, dtype=torch.float64, device=device)
+        self._m2_x = torch.zeros(n_x, dtype=torch.float64, device=device)
+        self._m2_y = torch.zeros(n_y, dtype=torch.float64, device=device)
+        self._comoment = torch.zeros(n_x, n_y, dtype=torch.float64, device=device)
 
     @property
     def n(self) -> int:
@@ -197,7 +197,7 @@ def _selected_encoder(dictionary: Dictionary, indices: list[int]) -> tuple[Dicti
     """
     if dictionary.architecture not in ("relu", "jumprelu"):
         return dictionary, indices
-    select = torch.tensor(indices, dtype=torch.long)
+    select = torch.tensor(indices, dtype=torch.long, device=dictionary.W_enc.device)
     reduced = replace(
         dictionary,
         d_sae=len(indices),
@@ -222,17 +222,22 @@ def correlate_features(
     All dictionaries must read the same hook ``blocks.L.hook_resid_post``; each
     feature is correlated with every MLP neuron of blocks 0..L (``mlp.l/i``)
     and every residual basis direction at the hook (``resid.L/i``), in one
-    forward pass. ``progress`` is called with the number of chunks done after
-    each batch.
+    forward pass on the subject model's device, where the encoders and the
+    accumulators live too. ``progress`` is called with the number of chunks done
+    after each batch.
     """
     layer = _check_inputs(subject, chunks, chunk_ids, features, batch_size)
     hook = features[0][0].hook_name
     mlp_hooks = [f"blocks.{block}.mlp.hook_post" for block in range(layer + 1)]
-    encoders = [_selected_encoder(dictionary, indices) for dictionary, indices in features if indices]
+    encoders = []
+    for dictionary, indices in features:
+        if indices:
+            reduced, keep = _selected_encoder(dictionary, indices)
+            encoders.append((dictionary_to(reduced, subject.device), keep))
     n_features = sum(len(indices) for _, indices in features)
-    neurons = CorrelationAccumulator(n_features, len(mlp_hooks) * subject.d_mlp)
-    residual = CorrelationAccumulator(n_features, subject.d_model)
-    fire_count = torch.zeros(n_features, dtype=torch.long)
+    neurons = CorrelationAccumulator(n_features, len(mlp_hooks) * subject.d_mlp, subject.device)
+    residual = CorrelationAccumulator(n_features, subject.d_model, subject.device)
+    fire_count = torch.zeros(n_features, dtype=torch.long, device=subject.device)
 
     for batch in stream_activations(subject, chunks, mlp_hooks + [hook], chunk_ids, batch_size):
         resid = batch.activations[hook].reshape(-1, subject.d_model)
@@ -244,7 +249,7 @@ def correlate_features(
         y = torch.cat([batch.activations[name].reshape(-1, subject.d_mlp) for name in mlp_hooks], dim=1)
         neurons.update(x, y)
         residual.update(x, resid)
-        fire_count += (x > 0).sum(0).cpu()
+        fire_count += (x > 0).sum(0)
         if progress is not None:
             progress(len(batch.chunk_ids))
 

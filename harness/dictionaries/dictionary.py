@@ -4,7 +4,7 @@
 subtracted from the input when ``apply_b_dec_to_input``, then the ReLU, JumpReLU or TopK encoder."""
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import torch
@@ -101,3 +101,16 @@ def identity_dictionary(kind: str, layer: int, width: int) -> Dictionary:
     if kind == "neurons":
         return Dictionary(name=f"mlp.{layer}", hook_name=f"blocks.{layer}.mlp.hook_post", architecture="identity", d_in=width, d_sae=width)
     return Dictionary(name=f"resid.{layer}", hook_name=f"blocks.{layer}.hook_resid_post", architecture="identity", d_in=width, d_sae=width)
+
+
+WEIGHT_NAMES = ("W_enc", "b_enc", "W_dec", "b_dec", "threshold")
+
+
+def dictionary_to(dictionary: Dictionary, device: str | torch.device) -> Dictionary:
+    """Return ``dictionary`` with its weights on ``device`` (a copy; the weights' dtype is kept).
+
+    Stages move a dictionary once to the device of their activations: ``encode`` and ``decode``
+    never move tensors themselves, so a mismatch fails loudly instead of copying every batch.
+    """
+    moved = {name: getattr(dictionary, name).to(device) for name in WEIGHT_NAMES if getattr(dictionary, name) is not None}
+    return replace(dictionary, **moved)

@@ -18,7 +18,7 @@ from typing import Any
 
 import torch
 
-from harness.dictionaries.dictionary import Dictionary, identity_dictionary
+from harness.dictionaries.dictionary import WEIGHT_NAMES, Dictionary, identity_dictionary
 from harness.errors import MonoscopeError
 from harness.storage import atomic_write_bytes, atomic_write_json
 
@@ -223,19 +223,14 @@ def resolve_dictionary(spec: str, n_layers: int, d_model: int, d_mlp: int, hook_
 
 
 def save_saelens_directory(dictionary: Dictionary, path: Path, extra_config: dict[str, Any] | None = None) -> None:
-    """Write ``dictionary`` as a SAELens-format directory (cfg.json + sae_weights.safetensors)."""
+    """Write ``dictionary`` (weights on any device) as a SAELens-format directory (cfg.json + sae_weights.safetensors)."""
     from safetensors.torch import save
 
     if dictionary.architecture == "identity":
         raise ValueError("identity dictionaries have no weights to save")
     tensors = {
-        "W_enc": dictionary.W_enc.contiguous(),
-        "b_enc": dictionary.b_enc.contiguous(),
-        "W_dec": dictionary.W_dec.contiguous(),
-        "b_dec": dictionary.b_dec.contiguous(),
+        name: getattr(dictionary, name).detach().cpu().contiguous() for name in WEIGHT_NAMES if getattr(dictionary, name) is not None
     }
-    if dictionary.threshold is not None:
-        tensors["threshold"] = dictionary.threshold.contiguous()
     architecture = {"relu": "standard", "jumprelu": "jumprelu", "topk": "topk"}[dictionary.architecture]
     cfg: dict[str, Any] = {
         "architecture": architecture,

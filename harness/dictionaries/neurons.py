@@ -36,8 +36,9 @@ def pool_activations(activations: dict[str, torch.Tensor], pool: list[tuple[int,
     """Return the pool's activations [B, T, len(pool)] gathered from per-layer MLP hook activations."""
     columns = []
     for layer in sorted({layer for layer, _ in pool}):
-        neurons = torch.tensor([neuron for pool_layer, neuron in pool if pool_layer == layer])
-        columns.append(activations[f"blocks.{layer}.mlp.hook_post"][..., neurons])
+        hidden = activations[f"blocks.{layer}.mlp.hook_post"]
+        neurons = torch.tensor([neuron for pool_layer, neuron in pool if pool_layer == layer], device=hidden.device)
+        columns.append(hidden[..., neurons])
     return torch.cat(columns, dim=-1)
 
 

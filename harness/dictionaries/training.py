@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import torch
 
-from harness.dictionaries.dictionary import Dictionary, decode, encode
+from harness.dictionaries.dictionary import Dictionary, decode, dictionary_to, encode
 
 
 @dataclass(frozen=True)
@@ -50,25 +50,46 @@ def input_scale(activations: torch.Tensor) -> float:
     return math.sqrt(activations.shape[-1]) / max(mean_norm, 1e-12)
 
 
+def initial_decoder(d_sae: int, d_in: int, generator: torch.Generator) -> torch.Tensor:
+    """Return the initial decoder [d_sae, d_in]: Gaussian rows scaled to norm 0.1, drawn on the CPU from ``generator``.
+
+    Drawn on the CPU whatever the training device (and whatever ``torch.device`` context is active), so
+    a run on a GPU starts from the same weights as one on the CPU.
+    """
+    decoder = torch.randn(d_sae, d_in, generator=generator, device="cpu")
+    return 0.1 * decoder / decoder.norm(dim=-1, keepdim=True)
+
+
+def cpu_permutation(n: int, generator: torch.Generator) -> torch.Tensor:
+    """Return a permutation of range(n) drawn on the CPU from ``generator`` (the shuffling order on any device)."""
+    return torch.randperm(n, generator=generator, device="cpu")
+
+
 def train_dictionary(
     activations: torch.Tensor,
     config: TrainingConfig,
     name: str,
     hook_name: str,
     on_step: Callable[[int, int, float], None] | None = None,
+    device: str | torch.device | None = None,
 ) -> Dictionary:
-    """Return a ReLU dictionary trained on ``activations`` [N, d_in] with ``config``."""
+    """Return a ReLU dictionary trained on ``activations`` [N, d_in] with ``config``.
+
+    The weights and every step live on ``device`` (default: the device of ``activations``); batches
+    are moved there as they are drawn. Initial weights and the shuffling order are drawn on the CPU
+    from ``config.seed`` and then moved, so runs on any device start from the same weights.
+    """
+    device = torch.device(device) if device is not None else activations.device
     generator = torch.Generator().manual_seed(config.seed)
     n_tokens, d_in = activations.shape
     scale = input_scale(activations)
-    decoder = torch.randn(config.d_sae, d_in, generator=generator)
-    decoder = 0.1 * decoder / decoder.norm(dim=-1, keepdim=True)
+    decoder = initial_decoder(config.d_sae, d_in, generator).to(device)
     W_dec = torch.nn.Parameter(decoder)
     W_enc = torch.nn.Parameter(decoder.t().clone())
     # The residual stream carries a large near-constant component; start the decoder
     # bias at the data mean and the encoder bias at minus its projection, so that
     # features begin centred instead of spending training on re-learning the mean.
-    sample = activations[torch.randperm(n_tokens, generator=generator)[:65536]].float() * scale
+    sample = activations[cpu_permutation(n_tokens, generator)[:65536].to(activations.device)].to(device).float() * scale
     mean = sample.mean(dim=0)
     b_enc = torch.nn.Parameter(-(mean @ W_enc.detach()))
     b_dec = torch.nn.Parameter(mean.clone())
@@ -80,9 +101,9 @@ def train_dictionary(
     decay_start = int((1 - config.decay_fraction) * total_steps)
     step = 0
     for _epoch in range(config.epochs):
-        order = torch.randperm(n_tokens, generator=generator)
+        order = cpu_permutation(n_tokens, generator).to(activations.device)
         for batch_start in range(0, steps_per_epoch * config.batch_size, config.batch_size):
-            x = activations[order[batch_start : batch_start + config.batch_size]].float() * scale
+            x = activations[order[batch_start : batch_start + config.batch_size]].to(device).float() * scale
             features = torch.relu(x @ W_enc + b_enc)
             reconstruction = features @ W_dec + b_dec
             squared_error = (reconstruction - x).pow(2).sum(dim=-1).mean()
@@ -115,27 +136,36 @@ def train_dictionary(
 
 
 @torch.inference_mode()
-def dictionary_stats(dictionary: Dictionary, activations: torch.Tensor, batch_size: int = 4096) -> DictionaryStats:
-    """Return L0, fraction of variance explained and dead fraction over ``activations`` [N, d_in]."""
+def dictionary_stats(
+    dictionary: Dictionary, activations: torch.Tensor, batch_size: int = 4096, device: str | torch.device | None = None
+) -> DictionaryStats:
+    """Return L0, fraction of variance explained and dead fraction over ``activations`` [N, d_in].
+
+    Runs on ``device`` (default: the dictionary's weights' device); sums stay on the device until the end.
+    """
+    if device is None:
+        device = dictionary.W_enc.device if dictionary.W_enc is not None else activations.device
+    dictionary = dictionary_to(dictionary, device)
     n_tokens = activations.shape[0]
-    mean = activations.float().mean(dim=0)
-    total_variance = 0.0
-    residual = 0.0
-    active_count = 0.0
-    ever_active = torch.zeros(dictionary.d_sae, dtype=torch.bool)
+    mean = activations.float().mean(dim=0).to(device)
+    total_variance = torch.zeros((), dtype=torch.float64, device=device)
+    residual = torch.zeros((), dtype=torch.float64, device=device)
+    active_count = torch.zeros((), dtype=torch.int64, device=device)
+    ever_active = torch.zeros(dictionary.d_sae, dtype=torch.bool, device=device)
     for start in range(0, n_tokens, batch_size):
-        x = activations[start : start + batch_size].float()
+        x = activations[start : start + batch_size].to(device).float()
         features = encode(dictionary, x)
         reconstruction = decode(dictionary, features, x)
-        residual += (reconstruction - x).pow(2).sum().item()
-        total_variance += (x - mean).pow(2).sum().item()
+        residual += (reconstruction - x).pow(2).sum().double()
+        total_variance += (x - mean).pow(2).sum().double()
         active = features > 0
-        active_count += active.sum().item()
+        active_count += active.sum()
         ever_active |= active.any(dim=0)
+    residual_sum, variance_sum = residual.item(), total_variance.item()
     return DictionaryStats(
         n_tokens=n_tokens,
-        l0=active_count / n_tokens,
-        variance_explained=1.0 - residual / max(total_variance, 1e-12),
+        l0=active_count.item() / n_tokens,
+        variance_explained=1.0 - residual_sum / max(variance_sum, 1e-12),
         dead_fraction=1.0 - ever_active.float().mean().item(),
-        mean_squared_error=residual / (n_tokens * dictionary.d_in),
+        mean_squared_error=residual_sum / (n_tokens * dictionary.d_in),
     )

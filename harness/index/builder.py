@@ -5,18 +5,30 @@ from typing import Any
 
 import torch
 
-from harness.dictionaries.dictionary import Dictionary, encode
+from harness.dictionaries.dictionary import Dictionary, dictionary_to, encode
 from harness.errors import MonoscopeError
-from harness.index.state import IndexConfig, new_index, update_index
+from harness.index.state import IndexConfig, index_to, new_index, update_index
 from harness.index.store import load_index, save_index
 
 
 class IndexBuilder:
-    """Folds batches into one index and checkpoints it atomically every few seconds."""
+    """Folds batches into one index and checkpoints it atomically every few seconds.
 
-    def __init__(self, path: Path, dictionary: Dictionary, config: IndexConfig, context_length: int, about: dict[str, Any]):
+    The index state and the dictionary live on ``device``; checkpoints go through the CPU (device-free format).
+    """
+
+    def __init__(
+        self,
+        path: Path,
+        dictionary: Dictionary,
+        config: IndexConfig,
+        context_length: int,
+        about: dict[str, Any],
+        device: str | torch.device = "cpu",
+    ):
         self.path = path
-        self.dictionary = dictionary
+        self.device = torch.device(device)
+        self.dictionary = dictionary_to(dictionary, self.device)
         self.about = about | {"dictionary": dictionary.name, "hook_name": dictionary.hook_name}
         if path.exists():
             state, stored_about = load_index(path)
@@ -25,17 +37,17 @@ class IndexBuilder:
                     f"index {str(path)!r} was built from another corpus or with other settings",
                     "use a new run directory or delete that index",
                 )
-            self.state = state
+            self.state = index_to(state, self.device)
         else:
-            self.state = new_index(dictionary.d_sae, config, context_length)
+            self.state = new_index(dictionary.d_sae, config, context_length, self.device)
 
     def done_chunks(self) -> set[int]:
         """Return the chunk ids already folded in."""
         return {chunk for begin, end in self.state.chunk_ranges for chunk in range(begin, end)}
 
     def add(self, hook_activations: torch.Tensor, chunk_ids: torch.Tensor) -> None:
-        """Encode hook activations [B, T, d_in] and fold them in."""
-        update_index(self.state, encode(self.dictionary, hook_activations), chunk_ids)
+        """Encode hook activations [B, T, d_in] (any device: moved to the builder's) and fold them in."""
+        update_index(self.state, encode(self.dictionary, hook_activations.to(self.device)), chunk_ids)
 
     def add_units(self, unit_activations: torch.Tensor, chunk_ids: torch.Tensor) -> None:
         """Fold in unit activations [B, T, n_units] that need no encoding."""

@@ -103,18 +103,18 @@ class IndexState:
     slots: dict[str, SampleSlots] = field(default_factory=dict)
 
 
-def _empty_slots(shape: tuple[int, ...], window: int, top: bool) -> SampleSlots:
+def _empty_slots(shape: tuple[int, ...], window: int, top: bool, device: torch.device) -> SampleSlots:
     return SampleSlots(
-        key=torch.full(shape, -math.inf) if top else torch.full(shape, EMPTY_KEY, dtype=torch.int64),
-        chunk=torch.full(shape, -1, dtype=torch.int64),
-        position=torch.zeros(shape, dtype=torch.int32),
-        activations=torch.zeros(*shape, window),
-        tie=torch.full(shape, EMPTY_KEY, dtype=torch.int64) if top else None,
+        key=torch.full(shape, -math.inf, device=device) if top else torch.full(shape, EMPTY_KEY, dtype=torch.int64, device=device),
+        chunk=torch.full(shape, -1, dtype=torch.int64, device=device),
+        position=torch.zeros(shape, dtype=torch.int32, device=device),
+        activations=torch.zeros(*shape, window, device=device),
+        tie=torch.full(shape, EMPTY_KEY, dtype=torch.int64, device=device) if top else None,
     )
 
 
-def new_index(n_units: int, config: IndexConfig, context_length: int) -> IndexState:
-    """Return an empty index for ``n_units`` units over chunks of ``context_length`` tokens."""
+def new_index(n_units: int, config: IndexConfig, context_length: int, device: str | torch.device = "cpu") -> IndexState:
+    """Return an empty index for ``n_units`` units over chunks of ``context_length`` tokens, its tensors on ``device``."""
     if context_length < config.window:
         raise MonoscopeError(
             f"context length {context_length} is shorter than the index window of {config.window} tokens",
@@ -123,19 +123,32 @@ def new_index(n_units: int, config: IndexConfig, context_length: int) -> IndexSt
     if context_length > 2**POSITION_BITS:
         raise MonoscopeError(f"context length {context_length} exceeds {2**POSITION_BITS}", "use shorter chunks")
     state = IndexState(config=config, n_units=n_units, context_length=context_length)
-    state.fire_count = torch.zeros(n_units, dtype=torch.int64)
-    state.negative_count = torch.zeros(n_units, dtype=torch.int64)
-    state.activation_sum = torch.zeros(n_units, dtype=torch.float64)
-    state.maximum = torch.full((n_units,), -math.inf)
-    state.minimum = torch.full((n_units,), math.inf)
-    state.histogram = torch.zeros(n_units, config.n_bins, dtype=torch.int64)
+    device = torch.device(device)
+    state.fire_count = torch.zeros(n_units, dtype=torch.int64, device=device)
+    state.negative_count = torch.zeros(n_units, dtype=torch.int64, device=device)
+    state.activation_sum = torch.zeros(n_units, dtype=torch.float64, device=device)
+    state.maximum = torch.full((n_units,), -math.inf, device=device)
+    state.minimum = torch.full((n_units,), math.inf, device=device)
+    state.histogram = torch.zeros(n_units, config.n_bins, dtype=torch.int64, device=device)
     window = config.window
     state.slots = {
-        "top": _empty_slots((n_units, config.top_k), window, top=True),
-        "interval": _empty_slots((n_units, config.n_bins, config.interval_samples), window, top=False),
-        "nonzero": _empty_slots((n_units, config.random_nonzero), window, top=False),
-        "zero": _empty_slots((n_units, config.random_zero), window, top=False),
+        "top": _empty_slots((n_units, config.top_k), window, True, device),
+        "interval": _empty_slots((n_units, config.n_bins, config.interval_samples), window, False, device),
+        "nonzero": _empty_slots((n_units, config.random_nonzero), window, False, device),
+        "zero": _empty_slots((n_units, config.random_zero), window, False, device),
     }
+    return state
+
+
+def index_to(state: IndexState, device: str | torch.device) -> IndexState:
+    """Move every tensor of ``state`` to ``device`` (in place) and return it; the on-disk format is device-free."""
+    for name in ("fire_count", "negative_count", "activation_sum", "maximum", "minimum", "histogram"):
+        setattr(state, name, getattr(state, name).to(device))
+    for slots in state.slots.values():
+        for name in ("key", "chunk", "position", "activations", "tie"):
+            value = getattr(slots, name)
+            if value is not None:
+                setattr(slots, name, value.to(device))
     return state
 
 
@@ -154,14 +167,14 @@ def _mix(x: torch.Tensor) -> torch.Tensor:
 
 def token_hashes(seed: int, chunk_ids: torch.Tensor, context_length: int) -> torch.Tensor:
     """Return int64 hashes [batch, T] of (seed, chunk, position)."""
-    positions = torch.arange(context_length, dtype=torch.int64)
+    positions = torch.arange(context_length, dtype=torch.int64, device=chunk_ids.device)
     flat = chunk_ids.to(torch.int64)[:, None] * context_length + positions[None, :]
-    return _mix(_mix(flat) ^ _mix(torch.tensor(seed, dtype=torch.int64) + 0x5DEECE66D))
+    return _mix(_mix(flat) ^ _mix(torch.tensor(seed, dtype=torch.int64, device=chunk_ids.device) + 0x5DEECE66D))
 
 
 def unit_hashes(seed: int, unit_ids: torch.Tensor) -> torch.Tensor:
     """Return int64 hashes [units] of (seed, unit)."""
-    return _mix(unit_ids.to(torch.int64) * 0x2545F491 + _mix(torch.tensor(seed, dtype=torch.int64)))
+    return _mix(unit_ids.to(torch.int64) * 0x2545F491 + _mix(torch.tensor(seed, dtype=torch.int64, device=unit_ids.device)))
 
 
 def priority_keys(token_hash: torch.Tensor, unit_hash: torch.Tensor, position: torch.Tensor) -> torch.Tensor:
@@ -185,7 +198,7 @@ def _windows(
 ) -> torch.Tensor:
     """Return activations [n, window] of ``unit`` around ``position`` in batch row ``batch``."""
     start = window_start(position.to(torch.int64), acts.shape[1], window_before, window)
-    offsets = start[:, None] + torch.arange(window)[None, :]
+    offsets = start[:, None] + torch.arange(window, device=start.device)[None, :]
     return acts[batch[:, None], offsets, unit[:, None]]
 
 
@@ -261,13 +274,13 @@ def _merge_rows(slots: SampleSlots, candidates: _Candidates, acts: torch.Tensor,
     ties = None if slots.tie is None else slots.tie.view(-1, capacity)
     touched, local_row = torch.unique(candidates.row, return_inverse=True)
     n_touched, n_old = touched.numel(), touched.numel() * capacity
-    entry_row = torch.cat([torch.arange(n_touched).repeat_interleave(capacity), local_row])
+    entry_row = torch.cat([torch.arange(n_touched, device=local_row.device).repeat_interleave(capacity), local_row])
     entry_key = torch.cat([keys[touched].reshape(-1), candidates.key])
     entry_tie = None if ties is None else torch.cat([ties[touched].reshape(-1), candidates.tie])
     order = _slot_order(entry_row, entry_key, entry_tie)
     sorted_row = entry_row[order]
     counts = torch.bincount(sorted_row, minlength=n_touched)
-    rank = torch.arange(order.numel()) - (torch.cumsum(counts, 0) - counts)[sorted_row]
+    rank = torch.arange(order.numel(), device=order.device) - (torch.cumsum(counts, 0) - counts)[sorted_row]
     keep = rank < capacity
     kept, kept_row, kept_rank = order[keep], sorted_row[keep], rank[keep]
     target = touched[kept_row]
@@ -315,18 +328,23 @@ def _merge_slots(first: SampleSlots, second: SampleSlots) -> SampleSlots:
 
 
 def update_index(state: IndexState, unit_acts: torch.Tensor, chunk_ids: torch.Tensor, unit_block: int = 4096) -> None:
-    """Fold activations [batch, T, units] of the chunks ``chunk_ids`` [batch] into ``state``, in place."""
+    """Fold activations [batch, T, units] of the chunks ``chunk_ids`` [batch] into ``state``, in place.
+
+    The work runs on the device of ``state`` (``new_index(..., device=)``, ``index_to``); activations on
+    another device are moved there one unit block at a time.
+    """
     batch, length, n_units = unit_acts.shape
     if n_units != state.n_units or length != state.context_length:
         raise ValueError(
             f"activations {tuple(unit_acts.shape)} do not fit an index of {state.n_units} units over {state.context_length} tokens"
         )
-    chunk_ids = chunk_ids.to(torch.int64).cpu()
+    device = state.fire_count.device
     state.chunk_ranges = _union_ranges(state.chunk_ranges, _ranges_of(chunk_ids.tolist()))
+    chunk_ids = chunk_ids.to(device=device, dtype=torch.int64)
     token_hash = token_hashes(state.config.seed, chunk_ids, length)
     for start in range(0, n_units, unit_block):
         stop = min(start + unit_block, n_units)
-        _update_block(state, unit_acts[:, :, start:stop].float().cpu().contiguous(), chunk_ids, token_hash, start)
+        _update_block(state, unit_acts[:, :, start:stop].to(device=device, dtype=torch.float32).contiguous(), chunk_ids, token_hash, start)
     state.n_tokens += batch * length
 
 
@@ -341,7 +359,7 @@ def _update_block(state: IndexState, acts: torch.Tensor, chunk_ids: torch.Tensor
     state.activation_sum[start:stop] += acts.sum(dim=(0, 1), dtype=torch.float64)
     state.maximum[start:stop] = torch.maximum(state.maximum[start:stop], acts.amax(dim=(0, 1)))
     state.minimum[start:stop] = torch.minimum(state.minimum[start:stop], acts.amin(dim=(0, 1)))
-    unit_hash = unit_hashes(config.seed, torch.arange(start, stop))
+    unit_hash = unit_hashes(config.seed, torch.arange(start, stop, device=acts.device))
 
     # Everything below works on firing entries only (sparse for dictionary features).
     b, t, u = fires.nonzero(as_tuple=True)
@@ -371,11 +389,11 @@ def _update_block(state: IndexState, acts: torch.Tensor, chunk_ids: torch.Tensor
     # Zero samples: a chunk-level key decides whether a chunk enters; then the
     # non-firing token with the smallest key in that chunk is the target.
     zero = state.slots["zero"]
-    chunk_key = priority_keys(token_hash[:, :1], unit_hash[None, :], torch.zeros(1, dtype=torch.int64))  # [B, U]
+    chunk_key = priority_keys(token_hash[:, :1], unit_hash[None, :], torch.zeros(1, dtype=torch.int64, device=acts.device))  # [B, U]
     eligible = (fires_per_chunk < length) & (chunk_key < zero.key[start:stop, -1][None, :])
     zb, zu = eligible.nonzero(as_tuple=True)
     if zb.numel():
-        positions = torch.arange(length)
+        positions = torch.arange(length, device=acts.device)
         token_keys = priority_keys(token_hash[zb], unit_hash[zu][:, None], positions[None, :])
         token_keys = torch.where(fires[zb, :, zu], EMPTY_KEY, token_keys)
         target = token_keys.argmin(dim=1)

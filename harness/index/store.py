@@ -34,7 +34,7 @@ FORMAT_VERSION = 1
 
 
 def save_index(state: IndexState, path: Path, about: dict[str, Any] | None = None) -> None:
-    """Write ``state`` to ``path`` atomically in the documented format."""
+    """Write ``state`` (on any device) to ``path`` atomically in the documented, device-free format."""
     from safetensors.torch import save
 
     header = {
@@ -61,7 +61,7 @@ def save_index(state: IndexState, path: Path, about: dict[str, Any] | None = Non
         if slots.tie is not None:
             tensors[f"{kind}.tie"] = slots.tie
     metadata = {"format": FORMAT_NAME, "version": str(FORMAT_VERSION), "header": json.dumps(header)}
-    data = save({name: tensor.contiguous() for name, tensor in tensors.items()}, metadata=metadata)
+    data = save({name: tensor.detach().cpu().contiguous() for name, tensor in tensors.items()}, metadata=metadata)
     atomic_write_bytes(path, data)
 
 
@@ -87,7 +87,7 @@ def read_header(path: Path) -> dict[str, Any]:
 
 
 def load_index(path: Path) -> tuple[IndexState, dict[str, Any]]:
-    """Return the index stored at ``path`` and its ``about`` dictionary."""
+    """Return the index stored at ``path`` (tensors on the CPU; ``harness.index.state.index_to`` moves them) and its ``about``."""
     from safetensors.torch import load_file
 
     header = read_header(path)

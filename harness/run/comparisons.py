@@ -61,8 +61,8 @@ def correlation_stage(
     update_manifest(run_dir, correlation=settings)
 
 
-def neighbors_stage(run_dir: Path, dictionaries: list[Dictionary], units: list[EvaluatedUnit]) -> None:
-    """Write neighbors.jsonl: for each evaluated feature, its nearest features in every larger dictionary."""
+def neighbors_stage(run_dir: Path, dictionaries: list[Dictionary], units: list[EvaluatedUnit], device: str = "cpu") -> None:
+    """Write neighbors.jsonl: for each evaluated feature, its nearest features in every larger dictionary (cosines on ``device``)."""
     from harness.compare.splitting import nearest_features
 
     records: list[NearestFeatures] = []
@@ -70,5 +70,5 @@ def neighbors_stage(run_dir: Path, dictionaries: list[Dictionary], units: list[E
         indices = [u.index for u in units if u.unit_set == small.name]
         for large in dictionaries:
             if large.d_sae > small.d_sae and indices and small.W_dec is not None and large.W_dec is not None:
-                records += nearest_features(small, indices, large)
+                records += nearest_features(small, indices, large, device=device)
     atomic_write_bytes(run_dir / NEIGHBORS, records_text(records).encode("utf-8"))

@@ -208,15 +208,38 @@ def make_client(
     prices: dict[str, tuple[float, float]] | None = None,
     budget: Budget | None = None,
 ) -> LLMClient:
-    """Return a cached, retrying client for ``role``; a local embedded role reuses ``shared_subject``."""
+    """Return a cached, retrying client for ``role``.
+
+    A local role runs on ``role.device`` (default: ``shared_subject``'s device, else the CPU) in
+    ``role.dtype`` (default: float32 on a CPU, else the subject model's dtype); it reuses
+    ``shared_subject`` when it names the same model on the same device in the same dtype.
+    """
     options: dict[str, Any] = {}
-    if role.backend == "local" and shared_subject is not None and role.model == shared_subject.name:
-        options["subject"] = shared_subject
+    if role.backend == "local":
+        options |= local_placement(role, shared_subject)
+        if shared_subject is not None and role.model == shared_subject.name and _same_placement(options, shared_subject):
+            options = {"subject": shared_subject}
     if role.base_url is not None:
         options["base_url"] = role.base_url
     backend = make_backend(role.backend, role.model, **options)
     # A local backend batches the greedy requests asked together (harness/llm/batching.py), so it gets the same concurrency.
     return LLMClient(backend, cache_dir=run_dir / "llm-cache", max_concurrency=max_concurrency, prices=prices, budget=budget)
+
+
+def local_placement(role: Role, shared_subject: Any = None) -> dict[str, str]:
+    """Return {device, dtype} of a local role: its own, else the subject model's device and float32 on a CPU."""
+    device = role.device or (str(shared_subject.device) if shared_subject is not None else "cpu")
+    if role.dtype is not None:
+        dtype = role.dtype
+    elif device == "cpu" or shared_subject is None:
+        dtype = "float32"
+    else:
+        dtype = str(shared_subject.model.dtype).removeprefix("torch.")
+    return {"device": device, "dtype": dtype}
+
+
+def _same_placement(placement: dict[str, str], subject: Any) -> bool:
+    return placement["device"] == str(subject.device) and placement["dtype"] == str(subject.model.dtype).removeprefix("torch.")
 
 
 def run_tokenizer(run_dir: Path, shared_subject: Any = None) -> Any:

@@ -85,7 +85,7 @@ def collect_foundation_activations(
     pool = sample_neuron_pool(layer + 1, subject.d_mlp, config.neuron_pool_size, config.seed)
     about = {"corpus_fingerprint": fingerprint(chunks), "model": subject.name, "unit_names": pool_unit_names(pool)}
     index_path = run_dir / "index" / f"{POOL_NAME}.safetensors"
-    builder = IndexBuilder(index_path, pool_dictionary(pool, layer), config.index, chunks.shape[1], about)
+    builder = IndexBuilder(index_path, pool_dictionary(pool, layer), config.index, chunks.shape[1], about, config.device)
     done = builder.done_chunks()
     todo = [chunk for chunk in range(chunks.shape[0]) if chunk not in done]
     if not todo:
@@ -136,7 +136,7 @@ def train_default_dictionaries(
         )
         log(f"train: {name} ({size} features, λ={recipe.sparsity_coefficient}) on {training.shape[0]} tokens")
         with timed_stage(run_dir, f"train.{name}"):
-            dictionary = train_dictionary(training, recipe, name, hook_name)
+            dictionary = train_dictionary(training, recipe, name, hook_name, device=config.device)
         held_out = torch.from_numpy(np.asarray(residuals[held_ids]).reshape(-1, width))
         stats = dictionary_stats(dictionary, held_out)
         save_saelens_directory(dictionary, directory, {"monoscope_training": asdict(recipe)})
@@ -152,7 +152,8 @@ def index_dictionaries(
     """Build (or resume) the index of every dictionary from the stored residual stream."""
     about = {"corpus_fingerprint": fingerprint(chunks)}
     for dictionary in dictionaries:
-        builder = IndexBuilder(run_dir / "index" / f"{dictionary.name}.safetensors", dictionary, config.index, chunks.shape[1], about)
+        path = run_dir / "index" / f"{dictionary.name}.safetensors"
+        builder = IndexBuilder(path, dictionary, config.index, chunks.shape[1], about, config.device)
         done = builder.done_chunks()
         todo = [chunk for chunk in range(chunks.shape[0]) if chunk not in done]
         if not todo:
@@ -204,7 +205,7 @@ def build_foundation(run_dir: Path, config: RunConfig, log: Progress) -> tuple[S
     residuals = collect_foundation_activations(run_dir, subject, chunks, foundation, log)
     dictionaries = train_default_dictionaries(run_dir, residuals, hook_name, foundation, log) if foundation.dictionary_sizes else []
     for spec in config.load_dictionaries:
-        dictionaries.append(_loaded_dictionary(run_dir, spec, residuals, foundation.held_out_fraction))
+        dictionaries.append(_loaded_dictionary(run_dir, spec, residuals, foundation.held_out_fraction, foundation.device))
     dictionaries.sort(key=lambda d: (d.d_sae, d.name))
     index_dictionaries(run_dir, residuals, chunks, dictionaries, foundation, log)
     rows = [row for row in dictionary_table(run_dir) if row["dictionary"] in {d.name for d in dictionaries}]
@@ -214,13 +215,13 @@ def build_foundation(run_dir: Path, config: RunConfig, log: Progress) -> tuple[S
     return subject, chunks, dictionaries
 
 
-def _loaded_dictionary(run_dir: Path, spec: str, residuals: np.memmap, held_out_fraction: float) -> Dictionary:
+def _loaded_dictionary(run_dir: Path, spec: str, residuals: np.memmap, held_out_fraction: float, device: str) -> Dictionary:
     """Return a user's dictionary, recording its held-out statistics in the run directory once."""
     dictionary = load_dictionary(spec)
     stats_path = run_dir / "dictionaries" / dictionary.name / STATS_FILE
     if not stats_path.exists():
         _train_ids, held_ids = split_chunks(residuals.shape[0], held_out_fraction)
         held_out = torch.from_numpy(np.asarray(residuals[held_ids]).reshape(-1, residuals.shape[2]))
-        stats = asdict(dictionary_stats(dictionary, held_out))
+        stats = asdict(dictionary_stats(dictionary, held_out, device=device))
         atomic_write_json(stats_path, stats | {"d_sae": dictionary.d_sae, "evaluated_on": "held-out chunks", "source": spec})
     return dictionary

@@ -39,7 +39,7 @@ from harness.run.shards import file_lock, merge_shards, record_dirs, shard_direc
 from harness.run.units import choose_units, sample_contexts
 from harness.storage import atomic_write_json
 from harness.subject.corpus import check_corpus_spec
-from harness.subject.model import model_shape
+from harness.subject.model import check_device, model_shape, resolve_dtype
 
 
 def run_evaluation(
@@ -108,7 +108,7 @@ def run_evaluation(
     _record_usage(run_dir, clients, shard)
     if shard is None or shard[0] == 0:
         correlation_stage(run_dir, config, subject, chunks, dictionaries, units, log)
-        neighbors_stage(run_dir, dictionaries, units)
+        neighbors_stage(run_dir, dictionaries, units, config.foundation.device)
     if shard is not None:
         atomic_write_json(records_dir / "done.json", {"units": [c.unit for c in mine]})
         if not all((shard_directory(run_dir, (i, shard[1])) / "done.json").exists() for i in range(shard[1])):
@@ -154,8 +154,13 @@ def preflight(config: RunConfig, max_cost: float | None) -> None:
     if max_cost is not None and max_cost < 0:
         raise MonoscopeError(f"--max-cost {max_cost} is negative", "give a limit in USD >= 0")
     check_corpus_spec(config.foundation.corpus)
+    check_device(config.foundation.device)
+    resolve_dtype(config.foundation.dtype)
     for name in ("explainer", "judge", "simulator"):
         role = getattr(config, name)
+        if role.backend == "local":
+            check_device(role.device or config.foundation.device)
+            resolve_dtype(role.dtype or "float32")
         if role.backend != "local":
             options = {"base_url": role.base_url} if role.base_url else {}
             make_backend(role.backend, role.model, **options)  # raises when the API key is missing

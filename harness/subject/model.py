@@ -84,6 +84,19 @@ def resolve_dtype(name: str) -> torch.dtype:
     return table[name]
 
 
+def check_device(device: str) -> torch.device:
+    """Return ``device`` as a torch.device; MonoscopeError when it is malformed or not present on this machine."""
+    try:
+        parsed = torch.device(device)
+    except (RuntimeError, TypeError) as exc:
+        raise MonoscopeError(f"device {device!r} is not a torch device", "use cpu, cuda or cuda:N") from exc
+    if parsed.type == "cuda" and not torch.cuda.is_available():
+        raise MonoscopeError(f"device {device!r} requested but CUDA is not available", "use --device cpu (model.device: cpu)")
+    if parsed.type == "cuda" and parsed.index is not None and parsed.index >= torch.cuda.device_count():
+        raise MonoscopeError(f"device {device!r} does not exist", f"this machine has cuda:0..cuda:{torch.cuda.device_count() - 1}")
+    return parsed
+
+
 def load_subject_model(name: str = "embedded", device: str = "cpu", dtype: str = "float32") -> SubjectModel:
     """Return the causal LM ``name`` (hub id, local path, or "embedded") loaded on ``device``."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -91,8 +104,7 @@ def load_subject_model(name: str = "embedded", device: str = "cpu", dtype: str =
     from harness.subject.embedded import EMBEDDED_NAME, embedded_checkpoint_dir
 
     torch_dtype = resolve_dtype(dtype)
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise MonoscopeError(f"device {device!r} requested but CUDA is not available", "use --device cpu")
+    check_device(device)
     source = str(embedded_checkpoint_dir()) if name == EMBEDDED_NAME else name
     try:
         tokenizer = AutoTokenizer.from_pretrained(source)

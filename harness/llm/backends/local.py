@@ -45,6 +45,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
+from transformers import DynamicCache
 
 from harness.errors import MonoscopeError
 from harness.llm.batching import RequestBatcher
@@ -197,7 +198,8 @@ class LocalBackend:
                     targets = [(k, token, 0) for k, token in enumerate(tokens)]
             elif continuations:
                 longer = [i for i, tokens in enumerate(continuations) if len(tokens) > 1]
-                out = self._base(input_ids=torch.tensor([prompt_ids], device=device), use_cache=bool(longer))
+                prompt = torch.tensor([prompt_ids], device=device)
+                out = self._forward(prompt) if longer else self._base(input_ids=prompt, use_cache=False)
                 rows.append(out.last_hidden_state[0, -1:])
                 targets = [(0, tokens[0], i) for i, tokens in enumerate(continuations) if tokens]
                 n_rows = 1
@@ -209,9 +211,9 @@ class LocalBackend:
                     for b, i in enumerate(chunk):
                         fed = continuations[i][:-1]
                         inputs[b, : len(fed)] = torch.tensor(fed, device=device)
-                    cache = copy.deepcopy(out.past_key_values)
+                    cache = copy.deepcopy(out.cache)
                     cache.batch_repeat_interleave(len(chunk))
-                    hidden = self._base(input_ids=inputs, past_key_values=cache, use_cache=True).last_hidden_state
+                    hidden = self._forward(inputs, cache).last_hidden_state
                     for b, i in enumerate(chunk):
                         n = len(continuations[i]) - 1
                         rows.append(hidden[b, :n])
@@ -223,11 +225,11 @@ class LocalBackend:
             hidden = torch.cat(rows)
             token_ids = torch.tensor([t[1] for t in targets], device=device)
             row_ids = torch.tensor([t[0] for t in targets], device=device)
-            picked = torch.empty(len(targets))
+            picked = torch.empty(len(targets), device=device)
             for start in range(0, hidden.shape[0], self.logit_rows):
                 logprobs = torch.log_softmax(self._logits(hidden[start : start + self.logit_rows]), dim=-1)
                 here = (row_ids >= start) & (row_ids < start + self.logit_rows)
-                picked[here.cpu()] = logprobs[row_ids[here] - start, token_ids[here]].cpu()
+                picked[here] = logprobs[row_ids[here] - start, token_ids[here]].to(picked.dtype)
             for (_, _, owner), value in zip(targets, picked.tolist(), strict=True):
                 totals[owner] += value
             return totals
@@ -271,8 +273,8 @@ class LocalBackend:
             inputs = torch.tensor([prompt_ids], device=device)
             cache = None
             for _ in range(max_new_tokens):
-                out = self._base(input_ids=inputs, past_key_values=cache, use_cache=True)
-                cache = out.past_key_values
+                out = self._forward(inputs, cache)
+                cache = out.cache
                 logits = self._logits(out.last_hidden_state[0, -1:])[0]
                 if temperature > 0:
                     probs = torch.softmax(logits / temperature, dim=-1).cpu()
@@ -284,6 +286,18 @@ class LocalBackend:
                     break
                 inputs = torch.tensor([[token]], device=device)
         return generated
+
+    def _forward(self, input_ids: torch.Tensor, cache: Any = None) -> Any:
+        """Run the base model on ``input_ids`` [B, n] after the positions in ``cache``; return its output, whose ``cache``
+        then holds every position (transformers' current cache API: ``cache=`` in, ``.cache`` out).
+
+        A new cache is created here, on the model's device, so that no part of it depends on the
+        caller's default device.
+        """
+        if cache is None:
+            with torch.device(self.subject.device):
+                cache = DynamicCache(config=self._base.config)
+        return self._base(input_ids=input_ids, cache=cache, use_cache=True)
 
     def _finished(self, generated: list[int], stop: list[str] | None) -> bool:
         """Return True when the last generated token is EOS or the decoded text contains a stop string."""
@@ -313,7 +327,7 @@ class LocalBackend:
                 inputs[row, : len(tokens)] = torch.tensor(tokens, device=device)
             if prefix_cache is not None and len(fed) > 1:
                 prefix_cache.batch_repeat_interleave(len(fed))
-            out = self._base(input_ids=inputs, past_key_values=prefix_cache, use_cache=True)
+            out = self._forward(inputs, prefix_cache)
             first = [len(prompt) - start - 1 for prompt in prompts]  # the position that predicts each reply's first token
             hidden = torch.cat([out.last_hidden_state[row, first[row] : len(fed[row])] for row in range(len(fed))])
             proposals = torch.cat(
@@ -330,7 +344,7 @@ class LocalBackend:
                 offset += len(drafts[row]) + 1
                 if not done:
                     kept = len(prompts[row]) - start + len(generated) - 1  # fed positions that stay in the row's cache
-                    cache = self._row_cache(out.past_key_values, row, len(fed), width - kept, prompts[row] + generated[:-1])
+                    cache = self._row_cache(out.cache, row, len(fed), width - kept, prompts[row] + generated[:-1])
                     generated = self._decode_on(cache, generated, request)
                 answers.append(generated)
                 self._drafts.pop(request.key, None)
@@ -350,8 +364,8 @@ class LocalBackend:
         """Return ``generated`` extended greedily, one token per pass, from the KV cache of everything before its last token."""
         device = self.subject.device
         while len(generated) < request.max_new_tokens:
-            out = self._base(input_ids=torch.tensor([[generated[-1]]], device=device), past_key_values=cache, use_cache=True)
-            cache = out.past_key_values
+            out = self._forward(torch.tensor([[generated[-1]]], device=device), cache)
+            cache = out.cache
             generated.append(int(torch.argmax(self._logits(out.last_hidden_state[0, -1:])[0])))
             if self._finished(generated, list(request.stop)):
                 break
@@ -378,7 +392,7 @@ class LocalBackend:
         if shared >= _MIN_SHARED_PREFIX and (not kept or shared > len(kept_ids)):
             base_cache, begin = (copy.deepcopy(kept_cache), len(kept_ids)) if kept else (None, 0)
             inputs = torch.tensor([first[begin:shared]], device=self.subject.device)
-            cache = self._base(input_ids=inputs, past_key_values=base_cache, use_cache=True).past_key_values
+            cache = self._forward(inputs, base_cache).cache
             self._prefix = (list(first[:shared]), cache)
             return copy.deepcopy(cache), shared
         if kept:
@@ -392,7 +406,7 @@ class LocalBackend:
         if layers is not None and all(_croppable(layer) for layer in layers):
             cache.crop(-surplus)
             return cache
-        return self._base(input_ids=torch.tensor([ids], device=self.subject.device), use_cache=True).past_key_values
+        return self._forward(torch.tensor([ids], device=self.subject.device)).cache
 
 
 def _croppable(layer: Any) -> bool:
