@@ -24,10 +24,10 @@ from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
 from harness.config import DEFAULT_CONFIG, EvaluationConfig, FoundationConfig, Role, RunConfig, load_config
+from harness.dictionaries.activation_buffer import StoreSource
 from harness.dictionaries.formats import STATS_FILE, resolve_dictionary, save_saelens_directory
 from harness.dictionaries.training import TrainingConfig, dictionary_stats, train_dictionary
 from harness.errors import MonoscopeError
@@ -234,23 +234,25 @@ def train_command(run_dir: Path, out: Path, log: Progress, **options: Any) -> No
     chunks = prepare_corpus(run_dir, subject, config, log)
     residuals = collect_foundation_activations(run_dir, subject, chunks, config, log)
     train_ids, held_ids = split_chunks(chunks.shape[0], config.held_out_fraction)
-    width = residuals.shape[2]
     recipe = TrainingConfig(
         d_sae=options["d_sae"],
         sparsity_coefficient=options["sparsity_coefficient"],
         epochs=options["epochs"],
         seed=config.seed,
         batch_size=config.training_batch_size,
+        buffer_tokens=config.training_buffer_tokens,
     )
     name = out.name
     dictionary = train_dictionary(
-        torch.from_numpy(np.asarray(residuals[train_ids]).reshape(-1, width)),
+        StoreSource(residuals, tuple(train_ids)),
         recipe,
         name,
         f"blocks.{layer}.hook_resid_post",
         device=config.device,
+        checkpoint=out.parent / f"{name}.training.pt",
+        checkpoint_seconds=config.checkpoint_seconds,
     )
-    stats = dictionary_stats(dictionary, torch.from_numpy(np.asarray(residuals[held_ids]).reshape(-1, width)))
+    stats = dictionary_stats(dictionary, StoreSource(residuals, tuple(held_ids)))
     save_saelens_directory(dictionary, out, {"monoscope_training": asdict(recipe)})
     atomic_write_json(out / STATS_FILE, asdict(stats) | {"d_sae": recipe.d_sae, "evaluated_on": "held-out chunks"})
     log(f"{name}: L0 {stats.l0:.1f}, variance explained {stats.variance_explained:.3f}, dead fraction {stats.dead_fraction:.3f}")

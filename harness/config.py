@@ -6,7 +6,8 @@ Sections and their keys (every key is optional; see ``harness/configs/default.ya
     seed: 0                      # seeds corpus split, training, index sampling, unit choice, shuffling
     model:       {name, layer, device, dtype, batch_size}
     corpus:      {source, text_field, tokens, context_length, held_out_fraction}
-    dictionaries: {train: [sizes], sparsity_coefficient, learning_rate, training_batch_size, epochs, load: [specs]}
+    dictionaries: {train: [sizes], sparsity_coefficient, learning_rate, training_batch_size, training_buffer_tokens, epochs,
+                  load: [specs]}
     index:       {top_k, interval_samples, bins_per_octave, min_exponent, max_exponent, random_nonzero, random_zero,
                   window_before, window_after}
     neurons:     {enabled, pool_size, match_density}   (pool_size: neurons of blocks 0..L indexed; see harness.dictionaries.neurons)
@@ -57,6 +58,7 @@ class FoundationConfig:
     sparsity_coefficient: float = 2.0
     learning_rate: float = 1e-3
     training_batch_size: int = 256
+    training_buffer_tokens: int = 262_144  # rows of the shuffling buffer training reads through (memory: rows × d_model × 4 bytes)
     epochs: int = 1
     held_out_fraction: float = 0.1
     seed: int = 0
@@ -141,6 +143,7 @@ _DICTIONARY_KEYS = {
     "sparsity_coefficient": "sparsity_coefficient",
     "learning_rate": "learning_rate",
     "training_batch_size": "training_batch_size",
+    "training_buffer_tokens": "training_buffer_tokens",
     "epochs": "epochs",
 }
 
@@ -211,6 +214,7 @@ def check_config(config: RunConfig) -> None:
         "corpus.context_length": foundation.context_length,
         "model.batch_size": foundation.batch_size,
         "dictionaries.training_batch_size": foundation.training_batch_size,
+        "dictionaries.training_buffer_tokens": foundation.training_buffer_tokens,
         "dictionaries.epochs": foundation.epochs,
         "evaluation.units_per_dictionary": evaluation.units_per_dictionary,
         "evaluation.simulation_contexts": evaluation.simulation_contexts,

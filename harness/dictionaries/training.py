@@ -10,13 +10,19 @@ scale is folded into the saved weights, so the saved dictionary reads raw
 activations.
 """
 
+import io
 import math
+import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
 
 import torch
 
+from harness.dictionaries.activation_buffer import ActivationSource, ShuffleBuffer, TensorSource
 from harness.dictionaries.dictionary import Dictionary, decode, dictionary_to, encode
+from harness.storage import atomic_write_bytes
 
 
 @dataclass(frozen=True)
@@ -31,6 +37,7 @@ class TrainingConfig:
     seed: int = 0
     warmup_fraction: float = 0.05
     decay_fraction: float = 0.2
+    buffer_tokens: int | None = None  # rows of the shuffling buffer (None: the whole training set)
 
 
 @dataclass(frozen=True)
@@ -66,44 +73,70 @@ def cpu_permutation(n: int, generator: torch.Generator) -> torch.Tensor:
 
 
 def train_dictionary(
-    activations: torch.Tensor,
+    activations: torch.Tensor | ActivationSource,
     config: TrainingConfig,
     name: str,
     hook_name: str,
     on_step: Callable[[int, int, float], None] | None = None,
     device: str | torch.device | None = None,
+    checkpoint: Path | None = None,
+    checkpoint_seconds: float = 60.0,
 ) -> Dictionary:
-    """Return a ReLU dictionary trained on ``activations`` [N, d_in] with ``config``.
+    """Return a ReLU dictionary trained with ``config`` on ``activations`` [N, d_in] or an ActivationSource.
 
-    The weights and every step live on ``device`` (default: the device of ``activations``); batches
-    are moved there as they are drawn. Initial weights and the shuffling order are drawn on the CPU
-    from ``config.seed`` and then moved, so runs on any device start from the same weights.
+    Batches come through a ShuffleBuffer of ``config.buffer_tokens`` rows (None: the whole training
+    set), so memory is bounded by the buffer, not by N. The weights and every step live on
+    ``device`` (default: the device of ``activations``, the CPU for a source). Initial weights and
+    every permutation are drawn on the CPU from ``config.seed``, so runs on any device start alike.
+    The input scale and the initial biases come from the buffer's first fill (every row when the
+    buffer holds the whole set).
+
+    With ``checkpoint`` (a file path) the weights, the optimiser, the buffer and the stream position
+    are saved every ``checkpoint_seconds``; a call with the same arguments resumes from that file and
+    gives the dictionary an uninterrupted run would; the file is removed when training ends.
     """
-    device = torch.device(device) if device is not None else activations.device
+    source = TensorSource(activations) if isinstance(activations, torch.Tensor) else activations
+    if device is None:
+        device = activations.device if isinstance(activations, torch.Tensor) else "cpu"
+    device = torch.device(device)
+    n_tokens, d_in = source.n_rows, source.width
+    capacity = n_tokens if config.buffer_tokens is None else max(config.buffer_tokens, 2 * config.batch_size)
     generator = torch.Generator().manual_seed(config.seed)
-    n_tokens, d_in = activations.shape
-    scale = input_scale(activations)
-    decoder = initial_decoder(config.d_sae, d_in, generator).to(device)
-    W_dec = torch.nn.Parameter(decoder)
-    W_enc = torch.nn.Parameter(decoder.t().clone())
-    # The residual stream carries a large near-constant component; start the decoder
-    # bias at the data mean and the encoder bias at minus its projection, so that
-    # features begin centred instead of spending training on re-learning the mean.
-    sample = activations[cpu_permutation(n_tokens, generator)[:65536].to(activations.device)].to(device).float() * scale
-    mean = sample.mean(dim=0)
-    b_enc = torch.nn.Parameter(-(mean @ W_enc.detach()))
-    b_dec = torch.nn.Parameter(mean.clone())
-    parameters = [W_enc, b_enc, W_dec, b_dec]
-    optimizer = torch.optim.Adam(parameters, lr=config.learning_rate)
+    buffer = ShuffleBuffer(source, capacity, config.batch_size, generator, device)
     steps_per_epoch = n_tokens // config.batch_size
     total_steps = max(1, steps_per_epoch * config.epochs)
     warmup_steps = max(1, int(config.warmup_fraction * total_steps))
     decay_start = int((1 - config.decay_fraction) * total_steps)
-    step = 0
-    for _epoch in range(config.epochs):
-        order = cpu_permutation(n_tokens, generator).to(activations.device)
-        for batch_start in range(0, steps_per_epoch * config.batch_size, config.batch_size):
-            x = activations[order[batch_start : batch_start + config.batch_size]].to(device).float() * scale
+    saved = _load_checkpoint(checkpoint, config, n_tokens)
+    if saved is None:
+        decoder = initial_decoder(config.d_sae, d_in, generator).to(device)
+        first_fill = _first_rows(source, capacity)
+        scale = input_scale(first_fill)
+        # The residual stream carries a large near-constant component; start the decoder
+        # bias at the data mean and the encoder bias at minus its projection, so that
+        # features begin centred instead of spending training on re-learning the mean.
+        sample = first_fill[cpu_permutation(first_fill.shape[0], generator)[:65536]].to(device).float() * scale
+        del first_fill
+        mean = sample.mean(dim=0)
+        W_dec = torch.nn.Parameter(decoder)
+        W_enc = torch.nn.Parameter(decoder.t().clone())
+        b_enc = torch.nn.Parameter(-(mean @ W_enc.detach()))
+        b_dec = torch.nn.Parameter(mean.clone())
+        step, epoch = 0, 0
+    else:
+        W_enc, b_enc, W_dec, b_dec = (torch.nn.Parameter(saved["weights"][key].to(device)) for key in ("W_enc", "b_enc", "W_dec", "b_dec"))
+        scale, step, epoch = saved["scale"], saved["step"], saved["epoch"]
+    parameters = [W_enc, b_enc, W_dec, b_dec]
+    optimizer = torch.optim.Adam(parameters, lr=config.learning_rate)
+    if saved is not None:
+        optimizer.load_state_dict(saved["optimizer"])
+        buffer.load_state_dict(saved["buffer"])
+    last_save = time.perf_counter()
+    while epoch < config.epochs:
+        if saved is None or saved["epoch"] != epoch:
+            buffer.start_epoch()
+        for batch in buffer.batches(steps_per_epoch):
+            x = batch * scale
             features = torch.relu(x @ W_enc + b_enc)
             reconstruction = features @ W_dec + b_dec
             squared_error = (reconstruction - x).pow(2).sum(dim=-1).mean()
@@ -120,8 +153,13 @@ def train_dictionary(
             step += 1
             if on_step is not None:
                 on_step(step, total_steps, float(loss.item()))
+            if checkpoint is not None and time.perf_counter() - last_save > checkpoint_seconds:
+                _save_checkpoint(checkpoint, config, n_tokens, parameters, optimizer, buffer, scale, step, epoch)
+                last_save = time.perf_counter()
+        epoch += 1
+        saved = None
     with torch.no_grad():
-        return Dictionary(
+        dictionary = Dictionary(
             name=name,
             hook_name=hook_name,
             architecture="relu",
@@ -133,34 +171,95 @@ def train_dictionary(
             b_dec=(b_dec / scale).detach().clone(),
             metadata={"training": config.__dict__ | {"input_scale": scale, "n_tokens": n_tokens}},
         )
+    if checkpoint is not None:
+        checkpoint.unlink(missing_ok=True)
+    return dictionary
+
+
+def _first_rows(source: ActivationSource, count: int) -> torch.Tensor:
+    """Return the first ``count`` rows of ``source`` (all of them if it has fewer), float32 on the CPU."""
+    rows, held = [], 0
+    for chunk in source.rows_from(0):
+        rows.append(chunk[: count - held].float())
+        held += rows[-1].shape[0]
+        if held >= count:
+            break
+    return torch.cat(rows)
+
+
+def _save_checkpoint(
+    path: Path,
+    config: TrainingConfig,
+    n_tokens: int,
+    parameters: list[torch.Tensor],
+    optimizer: torch.optim.Optimizer,
+    buffer: ShuffleBuffer,
+    scale: float,
+    step: int,
+    epoch: int,
+) -> None:
+    """Write the whole training state atomically (tensors on the CPU)."""
+    state = {
+        "config": asdict(config),
+        "n_tokens": n_tokens,
+        "weights": {key: tensor.detach().cpu() for key, tensor in zip(("W_enc", "b_enc", "W_dec", "b_dec"), parameters, strict=True)},
+        "optimizer": optimizer.state_dict(),
+        "buffer": buffer.state_dict(),
+        "scale": scale,
+        "step": step,
+        "epoch": epoch,
+    }
+    data = io.BytesIO()
+    torch.save(state, data)
+    atomic_write_bytes(path, data.getvalue())
+
+
+def _load_checkpoint(path: Path | None, config: TrainingConfig, n_tokens: int) -> dict[str, Any] | None:
+    """Return the saved training state at ``path``, or None when there is none for this config and data."""
+    if path is None or not path.exists():
+        return None
+    state = torch.load(path, map_location="cpu", weights_only=False)
+    if state.get("config") != asdict(config) or state.get("n_tokens") != n_tokens:
+        return None  # another recipe or training set: start afresh (the file is overwritten at the next save)
+    return state
 
 
 @torch.inference_mode()
 def dictionary_stats(
-    dictionary: Dictionary, activations: torch.Tensor, batch_size: int = 4096, device: str | torch.device | None = None
+    dictionary: Dictionary, activations: torch.Tensor | ActivationSource, batch_size: int = 4096, device: str | torch.device | None = None
 ) -> DictionaryStats:
-    """Return L0, fraction of variance explained and dead fraction over ``activations`` [N, d_in].
+    """Return L0, fraction of variance explained and dead fraction over ``activations`` [N, d_in] or a source.
 
-    Runs on ``device`` (default: the dictionary's weights' device); sums stay on the device until the end.
+    Runs on ``device`` (default: the dictionary's weights' device); sums stay on the device until the
+    end. A source is read twice (its mean in float64, then the sums), in memory flat in its size.
     """
     if device is None:
-        device = dictionary.W_enc.device if dictionary.W_enc is not None else activations.device
+        fallback = activations.device if isinstance(activations, torch.Tensor) else torch.device("cpu")
+        device = dictionary.W_enc.device if dictionary.W_enc is not None else fallback
     dictionary = dictionary_to(dictionary, device)
-    n_tokens = activations.shape[0]
-    mean = activations.float().mean(dim=0).to(device)
+    source = TensorSource(activations, batch_size) if isinstance(activations, torch.Tensor) else activations
+    n_tokens = source.n_rows
+    if isinstance(activations, torch.Tensor):
+        mean = activations.float().mean(dim=0).to(device)
+    else:
+        total = torch.zeros(source.width, dtype=torch.float64)
+        for rows in source.rows_from(0):
+            total += rows.double().sum(dim=0)
+        mean = (total / max(n_tokens, 1)).float().to(device)
     total_variance = torch.zeros((), dtype=torch.float64, device=device)
     residual = torch.zeros((), dtype=torch.float64, device=device)
     active_count = torch.zeros((), dtype=torch.int64, device=device)
     ever_active = torch.zeros(dictionary.d_sae, dtype=torch.bool, device=device)
-    for start in range(0, n_tokens, batch_size):
-        x = activations[start : start + batch_size].to(device).float()
-        features = encode(dictionary, x)
-        reconstruction = decode(dictionary, features, x)
-        residual += (reconstruction - x).pow(2).sum().double()
-        total_variance += (x - mean).pow(2).sum().double()
-        active = features > 0
-        active_count += active.sum()
-        ever_active |= active.any(dim=0)
+    for rows in source.rows_from(0):
+        for x in rows.split(batch_size):
+            x = x.to(device).float()
+            features = encode(dictionary, x)
+            reconstruction = decode(dictionary, features, x)
+            residual += (reconstruction - x).pow(2).sum().double()
+            total_variance += (x - mean).pow(2).sum().double()
+            active = features > 0
+            active_count += active.sum()
+            ever_active |= active.any(dim=0)
     residual_sum, variance_sum = residual.item(), total_variance.item()
     return DictionaryStats(
         n_tokens=n_tokens,

@@ -14,6 +14,7 @@ import numpy as np
 import torch
 
 from harness.config import FoundationConfig, RunConfig
+from harness.dictionaries.activation_buffer import StoreSource
 from harness.dictionaries.dictionary import Dictionary
 from harness.dictionaries.formats import STATS_FILE, load_dictionary, load_saelens_directory, save_saelens_directory
 from harness.dictionaries.neurons import POOL_NAME, pool_activations, pool_dictionary, pool_hooks, pool_unit_names, sample_neuron_pool
@@ -114,8 +115,8 @@ def train_default_dictionaries(
 ) -> list[Dictionary]:
     """Train (or reuse) one dictionary per configured size; return them, smallest first."""
     train_ids, held_ids = split_chunks(residuals.shape[0], config.held_out_fraction)
-    width = residuals.shape[2]
-    training = None
+    training = StoreSource(residuals, tuple(train_ids))
+    held_out = StoreSource(residuals, tuple(held_ids))
     dictionaries = []
     for size in sorted(config.dictionary_sizes):
         name = dictionary_label(size)
@@ -124,8 +125,6 @@ def train_default_dictionaries(
             dictionaries.append(load_saelens_directory(directory, name))
             log(f"train: reusing {name}")
             continue
-        if training is None:
-            training = torch.from_numpy(np.asarray(residuals[train_ids]).reshape(-1, width))
         recipe = TrainingConfig(
             d_sae=size,
             sparsity_coefficient=config.sparsity_coefficient,
@@ -133,11 +132,14 @@ def train_default_dictionaries(
             batch_size=config.training_batch_size,
             epochs=config.epochs,
             seed=config.seed,
+            buffer_tokens=config.training_buffer_tokens,
         )
-        log(f"train: {name} ({size} features, λ={recipe.sparsity_coefficient}) on {training.shape[0]} tokens")
+        log(f"train: {name} ({size} features, λ={recipe.sparsity_coefficient}) on {training.n_rows} tokens")
+        checkpoint = run_dir / "dictionaries" / f"{name}.training.pt"  # resumes an interrupted training
         with timed_stage(run_dir, f"train.{name}"):
-            dictionary = train_dictionary(training, recipe, name, hook_name, device=config.device)
-        held_out = torch.from_numpy(np.asarray(residuals[held_ids]).reshape(-1, width))
+            dictionary = train_dictionary(
+                training, recipe, name, hook_name, device=config.device, checkpoint=checkpoint, checkpoint_seconds=config.checkpoint_seconds
+            )
         stats = dictionary_stats(dictionary, held_out)
         save_saelens_directory(dictionary, directory, {"monoscope_training": asdict(recipe)})
         atomic_write_json(directory / STATS_FILE, asdict(stats) | {"d_sae": size, "evaluated_on": "held-out chunks"})
@@ -221,7 +223,6 @@ def _loaded_dictionary(run_dir: Path, spec: str, residuals: np.memmap, held_out_
     stats_path = run_dir / "dictionaries" / dictionary.name / STATS_FILE
     if not stats_path.exists():
         _train_ids, held_ids = split_chunks(residuals.shape[0], held_out_fraction)
-        held_out = torch.from_numpy(np.asarray(residuals[held_ids]).reshape(-1, residuals.shape[2]))
-        stats = asdict(dictionary_stats(dictionary, held_out, device=device))
+        stats = asdict(dictionary_stats(dictionary, StoreSource(residuals, tuple(held_ids)), device=device))
         atomic_write_json(stats_path, stats | {"d_sae": dictionary.d_sae, "evaluated_on": "held-out chunks", "source": spec})
     return dictionary
