@@ -109,7 +109,8 @@ def explain_stage(
         return explanation
 
     client.map(explain, todo)
-    records = compact(path, Explanation)
+    rank = {contexts.unit: index for index, contexts in enumerate(units)}  # explanations finish in any order: write them in unit order
+    records = compact(path, Explanation, order=lambda record: (rank.get(record.unit, -1), record.explainer != "token_stats"))
     return {r.unit: r for r in records if r.explainer == "llm"}
 
 
