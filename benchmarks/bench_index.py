@@ -11,7 +11,7 @@ from common import ROOT, benchmark
 INDEX_MEMORY_SCRIPT = """
 import resource, sys, torch
 sys.path.insert(0, {root!r})
-from harness.index import IndexConfig, new_index, update_index
+from harness.index.state import IndexConfig, new_index, update_index
 torch.manual_seed(0)
 units, tokens, length, batch = {units}, {tokens}, 64, 32
 state = new_index(units, IndexConfig(), length)
@@ -43,7 +43,7 @@ def index_memory(args: argparse.Namespace) -> dict:
 INDEX_SCALE_SCRIPT = """
 import json, resource, sys, time, torch
 sys.path.insert(0, {root!r})
-from harness.index import IndexConfig, new_index, update_index
+from harness.index.state import IndexConfig, new_index, update_index
 units, tokens, length, batch = {units}, {tokens}, {length}, {batch}
 torch.set_num_threads({threads})
 torch.manual_seed(0)
