@@ -43,7 +43,7 @@ def test_the_buffer_serves_every_row_once_per_epoch_within_its_capacity():
         buffer.start_epoch()
         served, largest = [], 0
         for batch in buffer.batches(limit=1000 // 16):
-            largest = max(largest, buffer.rows.shape[0] + batch.shape[0])
+            largest = max(largest, buffer.storage.shape[0])
             served.append(batch[:, 0])
         values = torch.cat(served).long().tolist()
         assert len(values) == (1000 // 16) * 16 and len(set(values)) == len(values)  # each row at most once, all but < 1 batch

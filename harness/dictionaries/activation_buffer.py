@@ -64,7 +64,9 @@ class TensorSource:
 class StoreSource:
     """Corpus chunks ``chunk_ids`` of a residual store on disk (a memmap [n_chunks, T, d_in]) as a source.
 
-    ``chunks_per_read`` corpus chunks are read at a time, converted to float32.
+    ``chunks_per_read`` corpus chunks are read at a time, converted to float32. A memmap is read
+    with plain file reads: the pages of a memory map, once touched, would stay in the process's
+    resident set and make it grow with the tokens read.
     """
 
     store: np.ndarray
@@ -90,15 +92,31 @@ class StoreSource:
         """Yield the tokens of ``chunks_per_read`` corpus chunks at a time, from read ``chunk`` on."""
         for start in range(chunk * self.chunks_per_read, len(self.chunk_ids), self.chunks_per_read):
             ids = list(self.chunk_ids[start : start + self.chunks_per_read])
-            yield torch.from_numpy(np.asarray(self.store[ids], dtype=np.float32)).reshape(-1, self.width)
+            yield torch.from_numpy(np.asarray(self._read(ids), dtype=np.float32)).reshape(-1, self.width)
+
+    def _read(self, ids: list[int]) -> np.ndarray:
+        """Return store[ids] [len(ids), T, d_in], by file reads when the store is a memmap of a file."""
+        filename = getattr(self.store, "filename", None)
+        if not isinstance(self.store, np.memmap) or filename is None:
+            return np.asarray(self.store[ids])
+        out = np.empty((len(ids), *self.store.shape[1:]), dtype=self.store.dtype)
+        row_bytes = out[0].nbytes
+        with open(filename, "rb") as handle:
+            for row, chunk in enumerate(ids):
+                handle.seek(self.store.offset + chunk * row_bytes)
+                if handle.readinto(memoryview(out[row]).cast("B")) != row_bytes:
+                    raise OSError(f"{filename} ends before chunk {chunk}")
+        return out
 
 
 class ShuffleBuffer:
     """A bounded buffer that shuffles streamed rows and serves them in batches of ``batch_size``.
 
-    ``capacity`` rows at most are held (plus one incoming chunk while it is copied in); the rows
-    live on ``device``. Permutations are drawn on the CPU from ``generator``. The whole state
-    (rows, counts, the next chunk to read) is in ``state_dict``, so a checkpoint resumes exactly.
+    Rows live in one storage tensor on ``device`` of ``capacity`` rows plus one incoming chunk,
+    allocated once; a row is never copied inside it. ``queue`` holds the slots of the rows not yet
+    served, in serving order; ``ready`` of them (at its front) are permuted and may be served. A
+    served row's slot is reused by the next chunk read. Permutations are drawn on the CPU from
+    ``generator``. The whole state is in ``state_dict``, so a checkpoint resumes exactly.
     """
 
     def __init__(self, source: ActivationSource, capacity: int, batch_size: int, generator: torch.Generator, device: torch.device):
@@ -109,21 +127,31 @@ class ShuffleBuffer:
         self.batch_size = batch_size
         self.generator = generator
         self.device = device
-        self.rows = torch.empty(0, source.width, device=device)
+        self.storage = torch.empty(0, source.width, device=device)
+        self.free = torch.empty(0, dtype=torch.long, device=device)  # slots holding no row
+        self.queue = torch.empty(0, dtype=torch.long, device=device)  # slots of unserved rows, in serving order
         self.next_chunk = 0  # the next chunk of the source to read
-        self.ready = 0  # rows at the front of ``rows`` already permuted and not yet served
+        self.ready = 0  # rows at the front of the queue already permuted
         self.served_in_epoch = 0
+
+    @property
+    def held(self) -> int:
+        """Return the number of rows held and not yet served."""
+        return int(self.queue.numel())
 
     def start_epoch(self) -> None:
         """Begin a new pass over the source."""
-        self.rows = torch.empty(0, self.source.width, device=self.device)
+        self.free = torch.cat([self.free, self.queue])
+        self.queue = self.queue[:0]
         self.next_chunk, self.ready, self.served_in_epoch = 0, 0, 0
 
     def batches(self, limit: int) -> Iterator[torch.Tensor]:
         """Yield up to ``limit`` batches [batch_size, d_in] of this epoch (continuing a resumed one)."""
         while self.served_in_epoch < limit:
             if self.ready >= self.batch_size:
-                batch, self.rows = self.rows[: self.batch_size], self.rows[self.batch_size :]
+                slots, self.queue = self.queue[: self.batch_size], self.queue[self.batch_size :]
+                batch = self.storage[slots]
+                self.free = torch.cat([self.free, slots])
                 self.ready -= self.batch_size
                 self.served_in_epoch += 1
                 yield batch
@@ -131,32 +159,42 @@ class ShuffleBuffer:
             if not self._refill():
                 return
 
+    def _slots_for(self, count: int) -> torch.Tensor:
+        """Return ``count`` free slots, growing the storage when there are too few (the first fills only)."""
+        if self.free.numel() < count:
+            grow = count - self.free.numel()
+            start = self.storage.shape[0]
+            self.storage = torch.cat([self.storage, torch.empty(grow, self.source.width, device=self.device)])
+            self.free = torch.cat([self.free, torch.arange(start, start + grow, device=self.device)])
+        slots, self.free = self.free[:count], self.free[count:]
+        return slots
+
     def _refill(self) -> bool:
         """Read until the buffer is full (or the source ends), permute, and mark rows ready; False when nothing is left."""
-        incoming = []
-        held = self.rows.shape[0]
+        held, incoming = self.held, []
         if self.next_chunk < self.source.n_chunks:
             for rows in self.source.rows_from(self.next_chunk):
-                incoming.append(rows.to(self.device, torch.float32))
+                slots = self._slots_for(rows.shape[0])
+                self.storage[slots] = rows.to(self.device, torch.float32)
+                incoming.append(slots)
                 held += rows.shape[0]
                 self.next_chunk += 1
                 if held >= self.capacity:
                     break
-        if incoming:
-            self.rows = torch.cat([self.rows, *incoming])
+        self.queue = torch.cat([self.queue, *incoming])
         finished = self.next_chunk >= self.source.n_chunks
-        if self.rows.shape[0] < self.batch_size:
+        if self.held < self.batch_size:
             return False
-        order = torch.randperm(self.rows.shape[0], generator=self.generator, device="cpu")
-        self.rows = self.rows[order.to(self.device)]
-        whole = self.rows.shape[0] if finished else self.rows.shape[0] // 2
+        order = torch.randperm(self.held, generator=self.generator, device="cpu")
+        self.queue = self.queue[order.to(self.device)]
+        whole = self.held if finished else self.held // 2
         self.ready = (whole // self.batch_size) * self.batch_size
         return self.ready > 0
 
     def state_dict(self) -> dict[str, Any]:
-        """Return everything needed to continue exactly (rows on the CPU)."""
+        """Return everything needed to continue exactly: the unserved rows in serving order (on the CPU) and the counters."""
         return {
-            "rows": self.rows.cpu(),
+            "rows": self.storage[self.queue].cpu(),
             "next_chunk": self.next_chunk,
             "ready": self.ready,
             "served_in_epoch": self.served_in_epoch,
@@ -165,6 +203,9 @@ class ShuffleBuffer:
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Continue from ``state_dict()``."""
-        self.rows = state["rows"].to(self.device)
+        rows = state["rows"].to(self.device)
+        self.storage = rows.clone()
+        self.queue = torch.arange(rows.shape[0], device=self.device)
+        self.free = self.queue[:0]
         self.next_chunk, self.ready, self.served_in_epoch = state["next_chunk"], state["ready"], state["served_in_epoch"]
         self.generator.set_state(state["generator"])
