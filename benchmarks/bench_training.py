@@ -1,0 +1,84 @@
+"""training_memory: peak RSS of training a dictionary from a residual store of T and 4T tokens.
+
+Each training runs in a fresh process. monoscope's trainer reads the store in chunks through a
+shuffling buffer of fixed size (65,536 tokens here); the baseline is the trainer as it was, with
+the whole training set read into RAM first (``np.asarray(store[ids])``). T is chosen so that T
+tokens of residuals (T × d_model × 4 bytes) are at least the process's baseline RSS, so a memory
+that grows with tokens shows in the ratio.
+"""
+
+import argparse
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+from common import ROOT, benchmark
+
+D_MODEL, CONTEXT = 640, 64  # the embedded model's residual width; the demo's chunk length
+
+TRAINING_SCRIPT = """
+import re, sys
+import numpy as np, torch
+sys.path.insert(0, {root!r})
+from harness.dictionaries.activation_buffer import StoreSource
+from harness.dictionaries.training import TrainingConfig, train_dictionary
+torch.set_num_threads(2)
+store = np.memmap({store!r}, dtype=np.float32, mode="r", shape=({chunks_total}, {context}, {d_model}))
+ids = tuple(range({chunks}))
+def high_water_kib():  # VmHWM: this process's own peak (ru_maxrss would carry the parent's peak across exec)
+    return int(re.search(r'VmHWM:\\s+(\\d+)', open('/proc/self/status').read()).group(1))
+baseline = high_water_kib()
+if {streaming}:
+    data = StoreSource(store, ids)
+    config = TrainingConfig(d_sae=128, sparsity_coefficient=2.0, batch_size=4096, buffer_tokens=65536)
+else:  # the trainer as it was: every training token in RAM first
+    data = torch.from_numpy(np.asarray(store[list(ids)]).reshape(-1, {d_model}))
+    config = TrainingConfig(d_sae=128, sparsity_coefficient=2.0, batch_size=4096)
+train_dictionary(data, config, "sae", "blocks.9.hook_resid_post")
+print(high_water_kib(), baseline)
+"""
+
+
+def _peak_rss_mib(store: Path, chunks_total: int, chunks: int, streaming: bool) -> tuple[float, float]:
+    script = TRAINING_SCRIPT.format(
+        root=str(ROOT), store=str(store), chunks_total=chunks_total, chunks=chunks, context=CONTEXT, d_model=D_MODEL, streaming=streaming
+    )
+    peak, baseline = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True).stdout.split()
+    return round(int(peak) / 1024, 1), round(int(baseline) / 1024, 1)
+
+
+@benchmark
+def training_memory(args: argparse.Namespace) -> dict:
+    """Peak RSS training on T and 4T tokens from a store on disk: streaming buffer vs all training tokens in RAM."""
+    chunks = args.training_tokens // CONTEXT
+    with tempfile.TemporaryDirectory(prefix="monoscope-bench-") as scratch:
+        store_path = Path(scratch) / "residuals.f32"
+        store = np.memmap(store_path, dtype=np.float32, mode="w+", shape=(4 * chunks, CONTEXT, D_MODEL))
+        rng = np.random.default_rng(0)
+        for start in range(0, 4 * chunks, 256):  # residual-like rows: a large shared offset plus noise
+            block = store[start : start + 256]
+            block[:] = rng.standard_normal(block.shape, dtype=np.float32) + 3.0
+        store.flush()
+        del store
+        rows = {}
+        for label, streaming in (("monoscope", True), ("all_in_ram", False)):
+            peak_t, baseline = _peak_rss_mib(store_path, 4 * chunks, chunks, streaming)
+            peak_4t, _ = _peak_rss_mib(store_path, 4 * chunks, 4 * chunks, streaming)
+            rows[label] = {
+                "peak_rss_mib_T": peak_t,
+                "peak_rss_mib_4T": peak_4t,
+                "baseline_rss_mib": baseline,
+                "ratio_4T_over_T": round(peak_4t / peak_t, 3),
+            }
+    tokens_mib = round(chunks * CONTEXT * D_MODEL * 4 / 2**20, 1)
+    return {
+        "T_tokens": chunks * CONTEXT,
+        "T_tokens_of_residuals_mib": tokens_mib,
+        "buffer_tokens": 65536,
+        **rows,
+        "ratio": rows["monoscope"]["ratio_4T_over_T"],
+        "baseline_ratio": rows["all_in_ram"]["ratio_4T_over_T"],
+        "target": "<= 1.1 (the all-in-RAM baseline must exceed 1.1)",
+    }
