@@ -58,6 +58,8 @@ from harness.subject.corpus import check_corpus_spec, fingerprint, load_chunks
 from harness.subject.model import load_subject_model, model_shape
 from results.store import read_records
 from results.summary import control_summary, unit_scores
+from scorers.rubric import RUBRIC_FORMATS
+from scorers.simulation import SIMULATION_FORMATS
 
 __all__ = [
     "EvaluationConfig",
@@ -163,9 +165,9 @@ def report(run_dir: Path, log: Progress = print) -> dict[str, Any]:
     return results_stage(run_dir, log)
 
 
-def explain_command(run_dir: Path, config: EvaluationConfig, explainer: Role, log: Progress, shared_subject: Any = None) -> dict:
+def explain_command(run_dir: Path, config: EvaluationConfig, explainer: Role, log: Progress = print, shared_subject: Any = None) -> dict:
     """Explain the selected units of a run; return usage by stage."""
-    check_run(run_dir)
+    check_run(run_dir, config)
     client = make_client(explainer, run_dir, shared_subject)
     units = load_unit_contexts(run_dir, config, run_tokenizer(run_dir, shared_subject))
     explanations = explain_stage(run_dir, units, client, config)
@@ -176,9 +178,11 @@ def explain_command(run_dir: Path, config: EvaluationConfig, explainer: Role, lo
     return {"backend_calls": client.backend_calls, "failed": failed}
 
 
-def score_command(run_dir: Path, config: EvaluationConfig, judge: Role, simulator: Role, log: Progress, shared_subject: Any = None) -> dict:
+def score_command(
+    run_dir: Path, config: EvaluationConfig, judge: Role, simulator: Role, log: Progress = print, shared_subject: Any = None
+) -> dict:
     """Score the explained units of a run with the rubric and the simulator; return the control summary."""
-    check_run(run_dir)
+    check_run(run_dir, config)
     judge_client = make_client(judge, run_dir, shared_subject)
     simulator_client = judge_client if simulator == judge else make_client(simulator, run_dir, shared_subject)
     units = load_unit_contexts(run_dir, config, run_tokenizer(run_dir, shared_subject))
@@ -213,13 +217,26 @@ def score_command(run_dir: Path, config: EvaluationConfig, judge: Role, simulato
     return summary
 
 
-def check_run(run_dir: Path) -> None:
-    """Fail early when ``run_dir`` holds no corpus or index."""
+def check_run(run_dir: Path, config: EvaluationConfig | None = None) -> None:
+    """Fail early (before any model is loaded) when ``run_dir`` holds no corpus or index, or ``config`` asks for
+    an index the run lacks, an unknown judge or simulator format, or no units."""
     if not (run_dir / "corpus.npy").exists() or not list((run_dir / "index").glob("*.safetensors")):
         raise MonoscopeError(f"{str(run_dir)!r} has no corpus and index", "run 'monoscope demo' or 'monoscope index' first")
+    if config is None:
+        return
+    if config.units_per_dictionary < 1:
+        raise MonoscopeError(f"--units is {config.units_per_dictionary}", "evaluate at least one unit per dictionary")
+    missing = [name for name in config.dictionaries if not (run_dir / "index" / f"{name}.safetensors").exists()]
+    if missing:
+        present = sorted(p.stem for p in (run_dir / "index").glob("*.safetensors") if ".shard-" not in p.name)
+        raise MonoscopeError(f"{str(run_dir)!r} has no index named {', '.join(missing)}", f"choose among {', '.join(present)}")
+    if config.judge_format not in RUBRIC_FORMATS:
+        raise MonoscopeError(f"unknown judge format {config.judge_format!r}", f"choose one of {', '.join(RUBRIC_FORMATS)}")
+    if config.simulator_format not in SIMULATION_FORMATS:
+        raise MonoscopeError(f"unknown simulator format {config.simulator_format!r}", f"choose one of {', '.join(SIMULATION_FORMATS)}")
 
 
-def train_command(run_dir: Path, out: Path, log: Progress, **options: Any) -> None:
+def train_command(run_dir: Path, out: Path, log: Progress = print, **options: Any) -> None:
     """Train one dictionary on the residual stream of the run's corpus and save it to ``out``."""
     if options["d_sae"] < 1 or options["sparsity_coefficient"] < 0:
         raise MonoscopeError("--d-sae must be positive and --sparsity non-negative", "fix the values")
@@ -258,7 +275,9 @@ def train_command(run_dir: Path, out: Path, log: Progress, **options: Any) -> No
     log(f"{name}: L0 {stats.l0:.1f}, variance explained {stats.variance_explained:.3f}, dead fraction {stats.dead_fraction:.3f}")
 
 
-def index_command(run_dir: Path, specs: list[str], shard: tuple[int, int] | None, log: Progress, **options: Any) -> list[Path]:
+def index_command(
+    run_dir: Path, specs: list[str], shard: tuple[int, int] | None = None, log: Progress = print, **options: Any
+) -> list[Path]:
     """Build (or resume) the indexes of ``specs`` over the run's corpus; return the index paths."""
     check_corpus_spec(options["corpus"])
     prepare_run_directory(run_dir)
@@ -315,7 +334,7 @@ def foundation_config(options: dict[str, Any]) -> FoundationConfig:
     return FoundationConfig(**chosen, index=index)
 
 
-def merge_command(out: Path, shards: list[Path], log: Progress) -> None:
+def merge_command(out: Path, shards: list[Path], log: Progress = print) -> None:
     """Merge shard indexes into ``out``."""
     states = [load_index(path) for path in shards]
     fingerprints = {about.get("corpus_fingerprint") for _state, about in states}
