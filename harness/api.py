@@ -306,7 +306,7 @@ def index_command(
         for builder, done in zip(builders, done_sets, strict=True):
             fresh = [row for row, chunk in enumerate(batch.chunk_ids.tolist()) if chunk not in done]
             if fresh:
-                rows = torch.tensor(fresh)
+                rows = torch.tensor(fresh, device=batch.chunk_ids.device)
                 builder.add(batch.activations[builder.dictionary.hook_name][rows], batch.chunk_ids[rows])
         if time.perf_counter() - last_save > config.checkpoint_seconds:
             for builder in builders:

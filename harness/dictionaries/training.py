@@ -242,7 +242,7 @@ def dictionary_stats(
     if isinstance(activations, torch.Tensor):
         mean = activations.float().mean(dim=0).to(device)
     else:
-        total = torch.zeros(source.width, dtype=torch.float64)
+        total = torch.zeros(source.width, dtype=torch.float64, device="cpu")
         for rows in source.rows_from(0):
             total += rows.double().sum(dim=0)
         mean = (total / max(n_tokens, 1)).float().to(device)

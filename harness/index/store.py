@@ -152,7 +152,7 @@ def unit_samples(state: IndexState, unit: int, unit_name: str) -> list[ContextSa
             if chunk < 0:
                 continue
             position = int(positions[slot])
-            start = int(window_start(torch.tensor(position), state.context_length, config.window_before, config.window))
+            start = int(window_start(torch.tensor(position, device="cpu"), state.context_length, config.window_before, config.window))
             samples.append(
                 ContextSample(
                     unit=unit_name,

@@ -165,7 +165,7 @@ def index_dictionaries(
         with timed_stage(run_dir, f"index.{dictionary.name}"), progress_bar(len(todo), f"index {dictionary.name}", "chunk") as bar:
             for start in range(0, len(todo), config.batch_size * 2):
                 ids = todo[start : start + config.batch_size * 2]
-                builder.add(torch.from_numpy(np.asarray(residuals[ids])), torch.tensor(ids))
+                builder.add(torch.from_numpy(np.asarray(residuals[ids])), torch.tensor(ids, device="cpu"))
                 if time.perf_counter() - last_save > config.checkpoint_seconds:
                     builder.save()
                     last_save = time.perf_counter()

@@ -28,4 +28,4 @@ def stream_activations(
     for start in range(0, len(chunk_ids), batch_size):
         ids = chunk_ids[start : start + batch_size]
         tokens = torch.from_numpy(chunks[ids].astype(np.int64))
-        yield ActivationBatch(torch.tensor(ids, dtype=torch.int64), collect_activations(subject, tokens, hooks))
+        yield ActivationBatch(torch.tensor(ids, dtype=torch.int64, device="cpu"), collect_activations(subject, tokens, hooks))
