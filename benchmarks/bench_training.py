@@ -22,10 +22,11 @@ TRAINING_SCRIPT = """
 import re, sys
 import numpy as np, torch
 sys.path.insert(0, {root!r})
-from harness.dictionaries.activation_buffer import StoreSource
+from pathlib import Path
 from harness.dictionaries.training import TrainingConfig, train_dictionary
+from harness.subject.residual_store import ResidualStore, StoreSource
 torch.set_num_threads(2)
-store = np.memmap({store!r}, dtype=np.float32, mode="r", shape=({chunks_total}, {context}, {d_model}))
+store = ResidualStore(Path({store!r}), {chunks_total}, {context}, {d_model}, torch.float32)
 ids = tuple(range({chunks}))
 def high_water_kib():  # VmHWM: this process's own peak (ru_maxrss would carry the parent's peak across exec)
     return int(re.search(r'VmHWM:\\s+(\\d+)', open('/proc/self/status').read()).group(1))
@@ -34,7 +35,7 @@ if {streaming}:
     data = StoreSource(store, ids)
     config = TrainingConfig(d_sae=128, sparsity_coefficient=2.0, batch_size=4096, buffer_tokens=65536)
 else:  # the trainer as it was: every training token in RAM first
-    data = torch.from_numpy(np.asarray(store[list(ids)]).reshape(-1, {d_model}))
+    data = store.read(list(ids)).reshape(-1, {d_model})
     config = TrainingConfig(d_sae=128, sparsity_coefficient=2.0, batch_size=4096)
 train_dictionary(data, config, "sae", "blocks.9.hook_resid_post")
 print(high_water_kib(), baseline)

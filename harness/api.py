@@ -26,8 +26,16 @@ from typing import Any
 
 import torch
 
-from harness.config import DEFAULT_CONFIG, EvaluationConfig, FoundationConfig, Role, RunConfig, load_config
-from harness.dictionaries.activation_buffer import StoreSource
+from harness.config import (
+    DEFAULT_CONFIG,
+    EvaluationConfig,
+    FoundationConfig,
+    Role,
+    RunConfig,
+    forward_batch_chunks,
+    index_batch_tokens,
+    load_config,
+)
 from harness.dictionaries.formats import STATS_FILE, resolve_dictionary, save_saelens_directory
 from harness.dictionaries.training import TrainingConfig, dictionary_stats, train_dictionary
 from harness.errors import MonoscopeError
@@ -49,7 +57,7 @@ from harness.run.evaluate import (
     run_tokenizer,
     score_stage,
 )
-from harness.run.foundation import build_foundation, collect_foundation_activations, prepare_corpus, split_chunks
+from harness.run.foundation import build_foundation, collect_foundation_activations, prepare_corpus, residual_source, split_chunks
 from harness.run.reporting import results_stage
 from harness.run.runner import check_same_foundation, preflight, run_evaluation
 from harness.storage import atomic_write_json
@@ -249,7 +257,7 @@ def train_command(run_dir: Path, out: Path, log: Progress = print, **options: An
         raise MonoscopeError(f"layer {layer} is out of range", f"the model has blocks 0..{n_layers - 1}")
     subject = load_subject_model(config.model, config.device, config.dtype)
     chunks = prepare_corpus(run_dir, subject, config, log)
-    residuals = collect_foundation_activations(run_dir, subject, chunks, config, log)
+    store = collect_foundation_activations(run_dir, subject, chunks, config, log)
     train_ids, held_ids = split_chunks(chunks.shape[0], config.held_out_fraction)
     recipe = TrainingConfig(
         d_sae=options["d_sae"],
@@ -261,7 +269,7 @@ def train_command(run_dir: Path, out: Path, log: Progress = print, **options: An
     )
     name = out.name
     dictionary = train_dictionary(
-        StoreSource(residuals, tuple(train_ids)),
+        residual_source(subject, chunks, train_ids, store, config),
         recipe,
         name,
         f"blocks.{layer}.hook_resid_post",
@@ -269,7 +277,8 @@ def train_command(run_dir: Path, out: Path, log: Progress = print, **options: An
         checkpoint=out.parent / f"{name}.training.pt",
         checkpoint_seconds=config.checkpoint_seconds,
     )
-    stats = dictionary_stats(dictionary, StoreSource(residuals, tuple(held_ids)))
+    held_out = residual_source(subject, chunks, held_ids, store, config)
+    stats = dictionary_stats(dictionary, held_out, index_batch_tokens(config), config.device)
     save_saelens_directory(dictionary, out, {"monoscope_training": asdict(recipe)})
     atomic_write_json(out / STATS_FILE, asdict(stats) | {"d_sae": recipe.d_sae, "evaluated_on": "held-out chunks"})
     log(f"{name}: L0 {stats.l0:.1f}, variance explained {stats.variance_explained:.3f}, dead fraction {stats.dead_fraction:.3f}")
@@ -302,7 +311,7 @@ def index_command(
     log(f"index: {len(todo)} of {len(wanted)} chunks to process for {', '.join(names)}")
     update_manifest(run_dir, index={"dictionaries": specs, "shard": list(shard) if shard else None, "config": asdict(config.index)})
     last_save = time.perf_counter()
-    for batch in stream_activations(subject, chunks, hooks, todo, config.batch_size):
+    for batch in stream_activations(subject, chunks, hooks, todo, forward_batch_chunks(config)):
         for builder, done in zip(builders, done_sets, strict=True):
             fresh = [row for row, chunk in enumerate(batch.chunk_ids.tolist()) if chunk not in done]
             if fresh:

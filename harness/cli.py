@@ -159,7 +159,7 @@ def train(run_dir: Path, out: Path, **options: Any) -> None:
 @click.option("--corpus", default="python-stdlib", show_default=True)
 @click.option("--tokens", type=int, default=262_144, show_default=True)
 @click.option("--context-length", type=int, default=64, show_default=True)
-@click.option("--batch-size", type=int, default=32, show_default=True)
+@click.option("--batch-size", type=int, default=None, help="Chunks per forward pass [default: 2,048 tokens on a CPU, 32,768 on a GPU].")
 @click.option("--device", default="cpu", show_default=True)
 @click.option("--dtype", default="float32", show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True)

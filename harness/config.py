@@ -4,11 +4,11 @@ Sections and their keys (every key is optional; see ``harness/configs/default.ya
 
     name: my-run                 # run directory name under runs/ (default: the file's stem)
     seed: 0                      # seeds corpus split, training, index sampling, unit choice, shuffling
-    model:       {name, layer, device, dtype, batch_size}
+    model:       {name, layer, device, dtype, batch_size, store_residuals}
     corpus:      {source, text_field, tokens, context_length, held_out_fraction}
     dictionaries: {train: [sizes], sparsity_coefficient, learning_rate, training_batch_size, training_buffer_tokens, epochs,
                   load: [specs]}
-    index:       {top_k, interval_samples, bins_per_octave, min_exponent, max_exponent, random_nonzero, random_zero,
+    index:       {batch_tokens, top_k, interval_samples, bins_per_octave, min_exponent, max_exponent, random_nonzero, random_zero,
                   window_before, window_after}
     neurons:     {enabled, pool_size, match_density}   (pool_size: neurons of blocks 0..L indexed; see harness.dictionaries.neurons)
     evaluation:  {units_per_dictionary, simulation_contexts, judge_format, simulator_format, explainer_chat,
@@ -51,9 +51,10 @@ class FoundationConfig:
     text_field: str = "text"
     tokens: int = 262_144
     context_length: int = 64
-    batch_size: int = 32
+    batch_size: int | None = None  # chunks per forward pass; None = the device's default (DEVICE_BATCH_TOKENS)
     device: str = "cpu"
     dtype: str = "float32"
+    store_residuals: bool = True  # keep the residual stream on disk; False: training and indexing run the model again
     dictionary_sizes: tuple[int, ...] = (512, 2048, 8192)
     sparsity_coefficient: float = 2.0
     learning_rate: float = 1e-3
@@ -64,7 +65,31 @@ class FoundationConfig:
     seed: int = 0
     index: IndexConfig = field(default_factory=IndexConfig)
     neuron_pool_size: int = 512  # MLP neurons of blocks 0..L indexed as the neuron baseline (harness.dictionaries.neurons)
+    index_batch_tokens: int | None = None  # tokens per index update and statistics batch; None = the device's default
     checkpoint_seconds: float = 60.0
+
+
+# Tokens per batch when the config gives none, by device type: (forward pass, index update).
+# The forward default on a GPU is the 256 × 128-token batch measured at 886k tokens/s on an H200
+# (../shared/research/gpu-throughput.md); the CPU's is today's 32 × 64 tokens. The training batch
+# is part of the recipe, so its default (256) does not depend on the device: the same config
+# trains the same dictionary on a CPU and a GPU.
+DEVICE_BATCH_TOKENS = {"cpu": (2048, 4096), "cuda": (32768, 65536), "mps": (8192, 16384)}
+
+
+def forward_batch_chunks(config: FoundationConfig) -> int:
+    """Return the chunks per forward pass: ``model.batch_size``, or the device's default tokens ÷ context length."""
+    if config.batch_size is not None:
+        return config.batch_size
+    tokens = DEVICE_BATCH_TOKENS.get(config.device.split(":")[0], DEVICE_BATCH_TOKENS["cpu"])[0]
+    return max(1, tokens // config.context_length)
+
+
+def index_batch_tokens(config: FoundationConfig) -> int:
+    """Return the tokens per index update (and per dictionary-statistics batch): ``index.batch_tokens`` or the device's default."""
+    if config.index_batch_tokens is not None:
+        return config.index_batch_tokens
+    return DEVICE_BATCH_TOKENS.get(config.device.split(":")[0], DEVICE_BATCH_TOKENS["cpu"])[1]
 
 
 @dataclass(frozen=True)
@@ -130,7 +155,14 @@ _SECTIONS = (
     "name", "seed", "model", "corpus", "dictionaries", "index", "neurons", "evaluation", "correlation",
     "explainer", "judge", "simulator", "llm",
 )  # fmt: skip
-_MODEL_KEYS = {"name": "model", "layer": "layer", "device": "device", "dtype": "dtype", "batch_size": "batch_size"}
+_MODEL_KEYS = {
+    "name": "model",
+    "layer": "layer",
+    "device": "device",
+    "dtype": "dtype",
+    "batch_size": "batch_size",
+    "store_residuals": "store_residuals",
+}
 _CORPUS_KEYS = {
     "source": "corpus",
     "text_field": "text_field",
@@ -179,7 +211,10 @@ def config_from_mapping(data: dict[str, Any], default_name: str = "run") -> RunC
         values = _section(data, section)
         _check_keys(values, tuple(mapping) + (("load",) if section == "dictionaries" else ()), f"section {section!r}")
         foundation |= {mapping[key]: value for key, value in values.items() if key in mapping}
-    index = _build(IndexConfig, _section(data, "index") | {"seed": seed}, "index")
+    index_section = dict(_section(data, "index"))
+    if "batch_tokens" in index_section:
+        foundation["index_batch_tokens"] = index_section.pop("batch_tokens")
+    index = _build(IndexConfig, index_section | {"seed": seed}, "index")
     neurons = dict(_section(data, "neurons"))
     if "pool_size" in neurons:
         foundation["neuron_pool_size"] = neurons.pop("pool_size")
@@ -212,7 +247,8 @@ def check_config(config: RunConfig) -> None:
     positive = {
         "corpus.tokens": foundation.tokens,
         "corpus.context_length": foundation.context_length,
-        "model.batch_size": foundation.batch_size,
+        "model.batch_size": forward_batch_chunks(foundation),
+        "index.batch_tokens": index_batch_tokens(foundation),
         "dictionaries.training_batch_size": foundation.training_batch_size,
         "dictionaries.training_buffer_tokens": foundation.training_buffer_tokens,
         "dictionaries.epochs": foundation.epochs,

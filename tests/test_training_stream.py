@@ -1,12 +1,12 @@
 """Training through a bounded shuffling buffer: the same batches as in memory when it holds everything,
 every row once per epoch and bounded memory when it does not, and an exact resume from a checkpoint."""
 
-import numpy as np
 import pytest
 import torch
 
-from harness.dictionaries.activation_buffer import ShuffleBuffer, StoreSource, TensorSource
+from harness.dictionaries.activation_buffer import ShuffleBuffer, TensorSource
 from harness.dictionaries.training import TrainingConfig, dictionary_stats, train_dictionary
+from harness.subject.residual_store import StoreSource, open_residual_store
 
 HOOK = "blocks.1.hook_resid_post"
 
@@ -25,8 +25,8 @@ def weights(dictionary) -> dict[str, torch.Tensor]:
 
 def test_a_store_on_disk_through_a_whole_buffer_trains_what_the_tensor_in_memory_does(tmp_path):
     rows = sparse_data(40 * 16).reshape(40, 16, -1)
-    store = np.lib.format.open_memmap(tmp_path / "store.npy", mode="w+", dtype=np.float32, shape=tuple(rows.shape))
-    store[:] = rows.numpy()
+    store = open_residual_store(tmp_path, HOOK, 40, 16, rows.shape[2], torch.float32)
+    store.write(list(range(40)), rows)
     train_ids = tuple(range(36))
     config = TrainingConfig(d_sae=32, sparsity_coefficient=1.0, batch_size=32, epochs=2, seed=4)
     in_memory = train_dictionary(rows[:36].reshape(-1, rows.shape[2]), config, "a", HOOK)

@@ -1,7 +1,9 @@
 """Training data in memory flat in tokens: activation sources read in chunks, and a bounded shuffling buffer.
 
 A source yields the rows [tokens, d_in] of a training set chunk by chunk, from any chunk on
-(``rows_from``), so a resumed training reads on from where it stopped. The buffer follows
+(``rows_from``), so a resumed training reads on from where it stopped: an in-memory tensor
+(``TensorSource``), a residual store on disk (harness.subject.residual_store.StoreSource) or the
+model's forward pass itself (harness.subject.activations.ForwardSource). The buffer follows
 SAELens' activation store: rows stream in until ``capacity`` rows are held; the buffer is then
 permuted, its first half is served in batches and the rest waits for the next refill. At the end
 of the stream the remainder is permuted and served. Memory is capacity × d_in, whatever the
@@ -16,7 +18,6 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-import numpy as np
 import torch
 
 
@@ -28,7 +29,7 @@ class ActivationSource(Protocol):
     n_chunks: int
 
     def rows_from(self, chunk: int) -> Iterator[torch.Tensor]:
-        """Yield the rows [tokens, width] of chunk ``chunk``, ``chunk + 1``, … (on the CPU)."""
+        """Yield the rows [tokens, width] of chunk ``chunk``, ``chunk + 1``, … (any device and float dtype)."""
         ...
 
 
@@ -58,55 +59,6 @@ class TensorSource:
         """Yield the rows of every chunk from ``chunk`` on."""
         for start in range(chunk * self.rows_per_chunk, self.n_rows, self.rows_per_chunk):
             yield self.rows[start : start + self.rows_per_chunk]
-
-
-@dataclass(frozen=True)
-class StoreSource:
-    """Corpus chunks ``chunk_ids`` of a residual store on disk (a memmap [n_chunks, T, d_in]) as a source.
-
-    ``chunks_per_read`` corpus chunks are read at a time, converted to float32. A memmap is read
-    with plain file reads: the pages of a memory map, once touched, would stay in the process's
-    resident set and make it grow with the tokens read.
-    """
-
-    store: np.ndarray
-    chunk_ids: tuple[int, ...]
-    chunks_per_read: int = 64
-
-    @property
-    def n_rows(self) -> int:
-        """Return the number of tokens of the selected chunks."""
-        return len(self.chunk_ids) * int(self.store.shape[1])
-
-    @property
-    def width(self) -> int:
-        """Return d_in."""
-        return int(self.store.shape[2])
-
-    @property
-    def n_chunks(self) -> int:
-        """Return the number of reads."""
-        return -(-len(self.chunk_ids) // self.chunks_per_read)
-
-    def rows_from(self, chunk: int) -> Iterator[torch.Tensor]:
-        """Yield the tokens of ``chunks_per_read`` corpus chunks at a time, from read ``chunk`` on."""
-        for start in range(chunk * self.chunks_per_read, len(self.chunk_ids), self.chunks_per_read):
-            ids = list(self.chunk_ids[start : start + self.chunks_per_read])
-            yield torch.from_numpy(np.asarray(self._read(ids), dtype=np.float32)).reshape(-1, self.width)
-
-    def _read(self, ids: list[int]) -> np.ndarray:
-        """Return store[ids] [len(ids), T, d_in], by file reads when the store is a memmap of a file."""
-        filename = getattr(self.store, "filename", None)
-        if not isinstance(self.store, np.memmap) or filename is None:
-            return np.asarray(self.store[ids])
-        out = np.empty((len(ids), *self.store.shape[1:]), dtype=self.store.dtype)
-        row_bytes = out[0].nbytes
-        with open(filename, "rb") as handle:
-            for row, chunk in enumerate(ids):
-                handle.seek(self.store.offset + chunk * row_bytes)
-                if handle.readinto(memoryview(out[row]).cast("B")) != row_bytes:
-                    raise OSError(f"{filename} ends before chunk {chunk}")
-        return out
 
 
 class ShuffleBuffer:

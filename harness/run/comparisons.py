@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
-from harness.config import RunConfig
+from harness.config import RunConfig, forward_batch_chunks
 from harness.dictionaries.dictionary import Dictionary
 from harness.index.store import load_index
 from harness.progress import Progress, progress_bar
@@ -56,7 +56,7 @@ def correlation_stage(
     n_features = sum(len(indices) for _d, indices in features)
     log(f"correlate: {n_features} features × every neuron of blocks 0..L over {len(chunk_ids) * chunks.shape[1]} tokens")
     with timed_stage(run_dir, "correlate"), progress_bar(len(chunk_ids), "correlate", "chunk") as bar:
-        records = correlate_features(subject, chunks, chunk_ids, features, config.foundation.batch_size, bar.update)
+        records = correlate_features(subject, chunks, chunk_ids, features, forward_batch_chunks(config.foundation), bar.update)
     atomic_write_bytes(path, records_text(records).encode("utf-8"))
     update_manifest(run_dir, correlation=settings)
 

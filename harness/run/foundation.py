@@ -6,15 +6,15 @@ interrupted run resumes where it stopped.
 """
 
 import time
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from harness.config import FoundationConfig, RunConfig
-from harness.dictionaries.activation_buffer import StoreSource
+from harness.config import FoundationConfig, RunConfig, forward_batch_chunks, index_batch_tokens
+from harness.dictionaries.activation_buffer import ActivationSource
 from harness.dictionaries.dictionary import Dictionary
 from harness.dictionaries.formats import STATS_FILE, load_dictionary, load_saelens_directory, save_saelens_directory
 from harness.dictionaries.neurons import POOL_NAME, pool_activations, pool_dictionary, pool_hooks, pool_unit_names, sample_neuron_pool
@@ -24,9 +24,10 @@ from harness.index.store import firing_summary
 from harness.progress import Progress, progress_bar
 from harness.run.directory import cpu_threads, timed_stage, update_manifest
 from harness.storage import atomic_write_json, read_json
-from harness.subject.activations import stream_activations
+from harness.subject.activations import ForwardSource, stream_activations
 from harness.subject.corpus import chunk_documents, corpus_documents, fingerprint, load_chunks, save_chunks
 from harness.subject.model import SubjectModel, load_subject_model, parse_hook
+from harness.subject.residual_store import ResidualStore, StoreSource, open_residual_store
 
 DICTIONARIES = "dictionaries.json"  # one row per dictionary: size, L0, variance explained, dead fractions
 
@@ -66,57 +67,87 @@ def split_chunks(n_chunks: int, held_out_fraction: float) -> tuple[list[int], li
     return list(range(n_chunks - held)), list(range(n_chunks - held, n_chunks))
 
 
+def residual_hook(subject: SubjectModel, config: FoundationConfig) -> str:
+    """Return the hook the dictionaries read: ``blocks.L.hook_resid_post`` of the configured layer."""
+    layer = config.layer if config.layer is not None else subject.default_layer
+    return f"blocks.{layer}.hook_resid_post"
+
+
 def collect_foundation_activations(
     run_dir: Path, subject: SubjectModel, chunks: np.ndarray, config: FoundationConfig, log: Progress
-) -> np.memmap:
-    """Run the forward pass once over all chunks: keep the residual stream for training
-    (a float32 memmap) and fold a seeded pool of MLP neurons of blocks 0..L into the
-    ``neurons`` index (the neuron baseline, harness.dictionaries.neurons).
+) -> ResidualStore | None:
+    """Run the forward pass once over all chunks: fold a seeded pool of MLP neurons of blocks 0..L into the
+    ``neurons`` index (the neuron baseline, harness.dictionaries.neurons) and, with ``store_residuals``,
+    write the residual stream the dictionaries read to the residual store (in the model's dtype).
 
-    Returns the residual memmap [n_chunks, T, d_model]. Resumable: the neuron
-    index's chunk ranges say which chunks are done.
+    Returns the store, or None without one (later stages then run the model again).
+    Resumable: the neuron index's chunk ranges and the store's say which chunks are done.
     """
     layer = config.layer if config.layer is not None else subject.default_layer
-    resid_hook = f"blocks.{layer}.hook_resid_post"
-    store_path = run_dir / "activations" / f"{resid_hook}.f32"
-    store_path.parent.mkdir(parents=True, exist_ok=True)
-    shape = (chunks.shape[0], chunks.shape[1], subject.d_model)
-    mode = "r+" if store_path.exists() else "w+"
-    store = np.memmap(store_path, dtype=np.float32, mode=mode, shape=shape)
+    resid_hook = residual_hook(subject, config)
+    store = None
+    if config.store_residuals:
+        shape = (chunks.shape[0], chunks.shape[1], subject.d_model)
+        store = open_residual_store(run_dir / "activations", resid_hook, *shape, subject.model.dtype)
     pool = sample_neuron_pool(layer + 1, subject.d_mlp, config.neuron_pool_size, config.seed)
     about = {"corpus_fingerprint": fingerprint(chunks), "model": subject.name, "unit_names": pool_unit_names(pool)}
     index_path = run_dir / "index" / f"{POOL_NAME}.safetensors"
     builder = IndexBuilder(index_path, pool_dictionary(pool, layer), config.index, chunks.shape[1], about, config.device)
-    done = builder.done_chunks()
-    todo = [chunk for chunk in range(chunks.shape[0]) if chunk not in done]
+    indexed = builder.done_chunks()
+    stored = store.written() if store is not None else set(range(chunks.shape[0]))
+    todo = [chunk for chunk in range(chunks.shape[0]) if chunk not in indexed or chunk not in stored]
     if not todo:
         log(f"activations: reusing {chunks.shape[0]} chunks")
         return store
-    log(f"activations: {len(todo)} chunks through blocks 0..{layer} ({len(pool)} pool neurons indexed)")
+    kept = "" if store is None else f"; residuals kept in {store.path.name}"
+    log(f"activations: {len(todo)} chunks through blocks 0..{layer} ({len(pool)} pool neurons indexed{kept})")
     last_save = time.perf_counter()
-    hooks = [resid_hook, *pool_hooks(pool)]
+    hooks = ([resid_hook] if store is not None else []) + pool_hooks(pool)
     with timed_stage(run_dir, "activations"), progress_bar(len(todo), "activations", "chunk") as bar:
-        for batch in stream_activations(subject, chunks, hooks, todo, config.batch_size):
-            ids = batch.chunk_ids.numpy()
-            store[ids] = batch.activations[resid_hook].cpu().numpy()
-            builder.add_units(pool_activations(batch.activations, pool), batch.chunk_ids)
+        for batch in stream_activations(subject, chunks, hooks, todo, forward_batch_chunks(config)):
+            ids = batch.chunk_ids.tolist()
+            if store is not None:
+                rows = [row for row, chunk in enumerate(ids) if chunk not in stored]
+                store.write([ids[row] for row in rows], batch.activations[resid_hook][rows])
+                stored.update(ids[row] for row in rows)
+            rows = [row for row, chunk in enumerate(ids) if chunk not in indexed]
+            if rows:
+                builder.add_units(pool_activations(batch.activations, pool)[rows], batch.chunk_ids[rows])
             if time.perf_counter() - last_save > config.checkpoint_seconds:
-                store.flush()
-                builder.save()
+                _checkpoint_activations(builder, store, stored)
                 last_save = time.perf_counter()
             bar.update(len(ids))
-        store.flush()
-        builder.save()
+        _checkpoint_activations(builder, store, stored)
     return store
 
 
+def _checkpoint_activations(builder: IndexBuilder, store: ResidualStore | None, stored: set[int]) -> None:
+    builder.save()
+    if store is not None:
+        store.mark_written(stored)
+
+
+def residual_source(
+    subject: SubjectModel, chunks: np.ndarray, chunk_ids: list[int], store: ResidualStore | None, config: FoundationConfig
+) -> ActivationSource:
+    """Return the residuals of ``chunk_ids`` as an activation source: read from the store, or computed by the model without one."""
+    if store is not None:
+        return StoreSource(store, tuple(chunk_ids))
+    hook = residual_hook(subject, config)
+    return ForwardSource(subject, chunks, tuple(chunk_ids), hook, subject.d_model, forward_batch_chunks(config))
+
+
 def train_default_dictionaries(
-    run_dir: Path, residuals: np.memmap, hook_name: str, config: FoundationConfig, log: Progress
+    run_dir: Path, subject: SubjectModel, chunks: np.ndarray, store: ResidualStore | None, config: FoundationConfig, log: Progress
 ) -> list[Dictionary]:
-    """Train (or reuse) one dictionary per configured size; return them, smallest first."""
-    train_ids, held_ids = split_chunks(residuals.shape[0], config.held_out_fraction)
-    training = StoreSource(residuals, tuple(train_ids))
-    held_out = StoreSource(residuals, tuple(held_ids))
+    """Train (or reuse) one dictionary per configured size; return them, smallest first.
+
+    Training reads the residual store, or runs the model once per epoch without one.
+    """
+    hook_name = residual_hook(subject, config)
+    train_ids, held_ids = split_chunks(chunks.shape[0], config.held_out_fraction)
+    training = residual_source(subject, chunks, train_ids, store, config)
+    held_out = residual_source(subject, chunks, held_ids, store, config)
     dictionaries = []
     for size in sorted(config.dictionary_sizes):
         name = dictionary_label(size)
@@ -140,7 +171,7 @@ def train_default_dictionaries(
             dictionary = train_dictionary(
                 training, recipe, name, hook_name, device=config.device, checkpoint=checkpoint, checkpoint_seconds=config.checkpoint_seconds
             )
-        stats = dictionary_stats(dictionary, held_out)
+        stats = dictionary_stats(dictionary, held_out, index_batch_tokens(config), config.device)
         save_saelens_directory(dictionary, directory, {"monoscope_training": asdict(recipe)})
         atomic_write_json(directory / STATS_FILE, asdict(stats) | {"d_sae": size, "evaluated_on": "held-out chunks"})
         log(f"  {name}: L0 {stats.l0:.1f}, variance explained {stats.variance_explained:.3f}, dead {stats.dead_fraction:.3f}")
@@ -149,27 +180,54 @@ def train_default_dictionaries(
 
 
 def index_dictionaries(
-    run_dir: Path, residuals: np.memmap, chunks: np.ndarray, dictionaries: list[Dictionary], config: FoundationConfig, log: Progress
+    run_dir: Path,
+    subject: SubjectModel,
+    chunks: np.ndarray,
+    store: ResidualStore | None,
+    dictionaries: list[Dictionary],
+    config: FoundationConfig,
+    log: Progress,
 ) -> None:
-    """Build (or resume) the index of every dictionary from the stored residual stream."""
+    """Build (or resume) the index of every dictionary in one pass over the residuals (the store, or the model without one).
+
+    Each batch of ``index.batch_tokens`` tokens is read once and folded into every index that lacks its chunks.
+    """
     about = {"corpus_fingerprint": fingerprint(chunks)}
+    builders = []
     for dictionary in dictionaries:
         path = run_dir / "index" / f"{dictionary.name}.safetensors"
         builder = IndexBuilder(path, dictionary, config.index, chunks.shape[1], about, config.device)
         done = builder.done_chunks()
-        todo = [chunk for chunk in range(chunks.shape[0]) if chunk not in done]
-        if not todo:
+        if all(chunk in done for chunk in range(chunks.shape[0])):
             log(f"index: reusing {dictionary.name}")
             continue
-        last_save = time.perf_counter()
-        with timed_stage(run_dir, f"index.{dictionary.name}"), progress_bar(len(todo), f"index {dictionary.name}", "chunk") as bar:
-            for start in range(0, len(todo), config.batch_size * 2):
-                ids = todo[start : start + config.batch_size * 2]
-                builder.add(torch.from_numpy(np.asarray(residuals[ids])), torch.tensor(ids, device="cpu"))
-                if time.perf_counter() - last_save > config.checkpoint_seconds:
+        builders.append((builder, done))
+    if not builders:
+        return
+    todo = [chunk for chunk in range(chunks.shape[0]) if any(chunk not in done for _builder, done in builders)]
+    names = ", ".join(builder.dictionary.name for builder, _done in builders)
+    log(f"index: {names} over {len(todo)} chunks" + ("" if store is not None else " (forward pass: no residual store)"))
+    per_read = max(1, index_batch_tokens(config) // chunks.shape[1])
+    source = residual_source(subject, chunks, todo, store, config)
+    if isinstance(source, StoreSource):
+        source = replace(source, chunks_per_read=per_read)
+    reads_per_batch = per_read if isinstance(source, StoreSource) else source.batch_size
+    last_save = time.perf_counter()
+    with timed_stage(run_dir, "index"), progress_bar(len(todo), "index", "chunk") as bar:
+        for read, rows in enumerate(source.rows_from(0)):
+            ids = todo[read * reads_per_batch : (read + 1) * reads_per_batch]
+            residuals = rows.reshape(len(ids), chunks.shape[1], -1)
+            for builder, done in builders:
+                keep = [row for row, chunk in enumerate(ids) if chunk not in done]
+                if keep:
+                    kept = residuals if len(keep) == len(ids) else residuals[keep]
+                    builder.add(kept, torch.tensor([ids[row] for row in keep], device="cpu"))
+            if time.perf_counter() - last_save > config.checkpoint_seconds:
+                for builder, _done in builders:
                     builder.save()
-                    last_save = time.perf_counter()
-                bar.update(len(ids))
+                last_save = time.perf_counter()
+            bar.update(len(ids))
+        for builder, _done in builders:
             builder.save()
 
 
@@ -204,12 +262,14 @@ def build_foundation(run_dir: Path, config: RunConfig, log: Progress) -> tuple[S
     update_manifest(run_dir, model={"name": subject.name, "n_layers": subject.n_layers, "d_model": subject.d_model, "hook": hook_name})
     log(f"model: {subject.name} ({subject.n_layers} blocks, d_model {subject.d_model}); dictionaries read {hook_name}")
     chunks = prepare_corpus(run_dir, subject, foundation, log)
-    residuals = collect_foundation_activations(run_dir, subject, chunks, foundation, log)
-    dictionaries = train_default_dictionaries(run_dir, residuals, hook_name, foundation, log) if foundation.dictionary_sizes else []
+    store = collect_foundation_activations(run_dir, subject, chunks, foundation, log)
+    dictionaries = train_default_dictionaries(run_dir, subject, chunks, store, foundation, log) if foundation.dictionary_sizes else []
+    _train_ids, held_ids = split_chunks(chunks.shape[0], foundation.held_out_fraction)
+    held_out = residual_source(subject, chunks, held_ids, store, foundation)
     for spec in config.load_dictionaries:
-        dictionaries.append(_loaded_dictionary(run_dir, spec, residuals, foundation.held_out_fraction, foundation.device))
+        dictionaries.append(_loaded_dictionary(run_dir, spec, held_out, foundation))
     dictionaries.sort(key=lambda d: (d.d_sae, d.name))
-    index_dictionaries(run_dir, residuals, chunks, dictionaries, foundation, log)
+    index_dictionaries(run_dir, subject, chunks, store, dictionaries, foundation, log)
     rows = [row for row in dictionary_table(run_dir) if row["dictionary"] in {d.name for d in dictionaries}]
     for row in rows:
         row["dead_fraction_all_tokens"] = firing_summary(run_dir / "index" / f"{row['dictionary']}.safetensors")["dead_fraction_all_tokens"]
@@ -217,12 +277,11 @@ def build_foundation(run_dir: Path, config: RunConfig, log: Progress) -> tuple[S
     return subject, chunks, dictionaries
 
 
-def _loaded_dictionary(run_dir: Path, spec: str, residuals: np.memmap, held_out_fraction: float, device: str) -> Dictionary:
+def _loaded_dictionary(run_dir: Path, spec: str, held_out: ActivationSource, config: FoundationConfig) -> Dictionary:
     """Return a user's dictionary, recording its held-out statistics in the run directory once."""
     dictionary = load_dictionary(spec)
     stats_path = run_dir / "dictionaries" / dictionary.name / STATS_FILE
     if not stats_path.exists():
-        _train_ids, held_ids = split_chunks(residuals.shape[0], held_out_fraction)
-        stats = asdict(dictionary_stats(dictionary, StoreSource(residuals, tuple(held_ids)), device=device))
+        stats = asdict(dictionary_stats(dictionary, held_out, index_batch_tokens(config), config.device))
         atomic_write_json(stats_path, stats | {"d_sae": dictionary.d_sae, "evaluated_on": "held-out chunks", "source": spec})
     return dictionary

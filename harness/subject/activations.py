@@ -29,3 +29,36 @@ def stream_activations(
         ids = chunk_ids[start : start + batch_size]
         tokens = torch.from_numpy(chunks[ids].astype(np.int64))
         yield ActivationBatch(torch.tensor(ids, dtype=torch.int64, device="cpu"), collect_activations(subject, tokens, hooks))
+
+
+@dataclass(frozen=True)
+class ForwardSource:
+    """The activations of one hook over corpus chunks ``chunk_ids``, computed by running the model (no store needed).
+
+    An activation source (harness.dictionaries.activation_buffer): each read is one forward pass over
+    ``batch_size`` chunks, and its rows [batch_size × T, width] stay on the model's device in the
+    hook's dtype. Reading the source again runs the model again.
+    """
+
+    subject: SubjectModel
+    chunks: np.ndarray
+    chunk_ids: tuple[int, ...]
+    hook: str
+    width: int
+    batch_size: int
+
+    @property
+    def n_rows(self) -> int:
+        """Return the number of tokens of the selected chunks."""
+        return len(self.chunk_ids) * int(self.chunks.shape[1])
+
+    @property
+    def n_chunks(self) -> int:
+        """Return the number of forward passes a full read takes."""
+        return -(-len(self.chunk_ids) // self.batch_size)
+
+    def rows_from(self, chunk: int) -> Iterator[torch.Tensor]:
+        """Yield the rows of each forward pass from pass ``chunk`` on."""
+        ids = list(self.chunk_ids[chunk * self.batch_size :])
+        for batch in stream_activations(self.subject, self.chunks, [self.hook], ids, self.batch_size):
+            yield batch.activations[self.hook].reshape(-1, self.width)
