@@ -4,7 +4,8 @@ Sections and their keys (every key is optional; see ``harness/configs/default.ya
 
     name: my-run                 # run directory name under runs/ (default: the file's stem)
     seed: 0                      # seeds corpus split, training, index sampling, unit choice, shuffling
-    model:       {name, layer, device, dtype, batch_size, store_residuals}
+    model:       {name, layer, device, dtype, batch_size, store_residuals,
+                  shape: {n_layers, d_model, d_mlp, n_heads, n_kv_heads, head_dim, vocab_size}}
     corpus:      {source, text_field, tokens, context_length, held_out_fraction}
     dictionaries: {train: [sizes], sparsity_coefficient, learning_rate, training_batch_size, training_buffer_tokens, epochs,
                   load: [specs]}
@@ -25,7 +26,7 @@ and key before any work starts.
 import tomllib
 import types
 import typing
-from dataclasses import dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +36,7 @@ from harness.errors import MonoscopeError
 from harness.index.sampling import SamplingConfig
 from harness.index.state import IndexConfig
 from harness.llm.client import backend_names
+from harness.subject.shape import ModelShape
 from scorers.rubric import RUBRIC_FORMATS
 from scorers.simulation import SIMULATION_FORMATS
 
@@ -55,6 +57,7 @@ class FoundationConfig:
     device: str = "cpu"
     dtype: str = "float32"
     store_residuals: bool = True  # keep the residual stream on disk; False: training and indexing run the model again
+    model_shape: ModelShape | None = None  # the model's widths, stated so a dry run can estimate without its config
     dictionary_sizes: tuple[int, ...] = (512, 2048, 8192)
     sparsity_coefficient: float = 2.0
     learning_rate: float = 1e-3
@@ -162,6 +165,7 @@ _MODEL_KEYS = {
     "dtype": "dtype",
     "batch_size": "batch_size",
     "store_residuals": "store_residuals",
+    "shape": "model_shape",
 }
 _CORPUS_KEYS = {
     "source": "corpus",
@@ -211,6 +215,17 @@ def config_from_mapping(data: dict[str, Any], default_name: str = "run") -> RunC
         values = _section(data, section)
         _check_keys(values, tuple(mapping) + (("load",) if section == "dictionaries" else ()), f"section {section!r}")
         foundation |= {mapping[key]: value for key, value in values.items() if key in mapping}
+    if foundation.get("model_shape") is not None:
+        shape = foundation["model_shape"]
+        if not isinstance(shape, dict):
+            raise MonoscopeError("model.shape is not a mapping", f"give {', '.join(f.name for f in fields(ModelShape))}")
+        missing = [f.name for f in fields(ModelShape) if f.name not in shape]
+        if missing:
+            raise MonoscopeError(f"model.shape lacks {', '.join(missing)}", "state every width of the model (see its config.json)")
+        foundation["model_shape"] = _build(ModelShape, shape, "model.shape")
+        bad = {name: value for name, value in asdict(foundation["model_shape"]).items() if value < 1}
+        if bad:
+            raise MonoscopeError(f"model.shape has non-positive widths: {bad}", "every width must be at least 1")
     index_section = dict(_section(data, "index"))
     if "batch_tokens" in index_section:
         foundation["index_batch_tokens"] = index_section.pop("batch_tokens")
@@ -339,7 +354,7 @@ def _build(cls: type, values: dict[str, Any], where: str) -> Any:
     checked = {}
     for key, value in values.items():
         kind = hints[key]
-        checked[key] = value if isinstance(value, IndexConfig | SamplingConfig) else _typed(value, kind, f"{where}.{key}")
+        checked[key] = value if isinstance(value, IndexConfig | SamplingConfig | ModelShape) else _typed(value, kind, f"{where}.{key}")
     return cls(**checked)
 
 

@@ -7,6 +7,7 @@ estimated (prompt characters / 4; completion tokens at the request's maximum),
 so figures are upper-bound estimates, not quotes.
 """
 
+import functools
 import math
 import shutil
 import tempfile
@@ -74,10 +75,11 @@ class PlanningClient(LLMClient):
         raise ValueError("no canned reply fits this parser")
 
 
-def _canned_replies() -> list[str]:
+@functools.cache
+def _canned_replies() -> tuple[str, ...]:
     numbered = ["\n".join(f"{i}: 2" for i in range(1, count + 1)) for count in range(1, 129)]
     lists = ["[" + ", ".join(["0"] * count) + "]" for count in range(1, 257)]
-    return ["2", *numbered, *lists]
+    return ("2", *numbered, *lists)
 
 
 def planning_client(role: Role, prices: dict[str, tuple[float, float]]) -> PlanningClient:

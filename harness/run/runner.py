@@ -31,6 +31,7 @@ from harness.llm.client import make_backend
 from harness.progress import Progress, progress_bar
 from harness.run.comparisons import correlation_stage, neighbors_stage
 from harness.run.directory import prepare_run_directory, read_manifest, software_versions, update_manifest
+from harness.run.estimates import estimate_resources, log_estimates
 from harness.run.evaluate import UnitsFailed, explain_stage, failed_units, make_client, score_stage
 from harness.run.foundation import build_foundation, dictionary_label, foundation_done
 from harness.run.planning import log_plan, placeholder_plan, plan_calls
@@ -40,6 +41,7 @@ from harness.run.units import choose_units, sample_contexts
 from harness.storage import atomic_write_json
 from harness.subject.corpus import check_corpus_spec
 from harness.subject.model import check_device, model_shape, resolve_dtype
+from harness.subject.shape import read_model_shape
 
 
 def run_evaluation(
@@ -64,11 +66,15 @@ def run_evaluation(
     """
     run_dir = run_dir or Path("runs") / config.name
     started = time.perf_counter()
-    preflight(config, max_cost)
+    notes = preflight(config, max_cost, dry_run)
     prepare_run_directory(run_dir)
     check_same_foundation(run_dir, config)
     if dry_run and not foundation_done(run_dir, config):
-        return log_plan(placeholder_plan(record_dirs(run_dir), config), log, upper_bound=True)
+        resources = _dry_run_estimates(config, log)
+        plan = log_plan(placeholder_plan(record_dirs(run_dir), config), log, upper_bound=True)
+        for note in notes:
+            log(f"note: {note}")
+        return plan | {"resources": resources, "notes": notes}
     with file_lock(run_dir / ".foundation.lock"):
         update_manifest(run_dir, config=_jsonable(config), seed=config.foundation.seed, versions=software_versions())
         subject, chunks, dictionaries = build_foundation(run_dir, config, log)
@@ -87,7 +93,10 @@ def run_evaluation(
     log(f"units: {len(units)} ({per_set}); contexts → {run_dir / 'contexts.jsonl'}")
     roles = {"explainer": config.explainer, "judge": config.judge, "simulator": config.simulator}
     if dry_run:
-        return log_plan(plan_calls(record_dirs(run_dir), contexts, config.evaluation, roles, config.prices), log, upper_bound=False)
+        plan = log_plan(plan_calls(record_dirs(run_dir), contexts, config.evaluation, roles, config.prices), log, upper_bound=False)
+        for note in notes:
+            log(f"note: {note}")
+        return plan | {"resources": "foundation already built", "notes": notes}
     records_dir = shard_directory(run_dir, shard)
     mine = [c for k, c in enumerate(contexts) if shard is None or k % shard[1] == shard[0]]
     budget = Budget(max_cost) if max_cost is not None else None
@@ -149,27 +158,47 @@ def _timed_if_called(run_dir: Path, stage: str, clients: dict[str, Any]) -> Iter
 # --- checks before any work ----------------------------------------------------------------------------
 
 
-def preflight(config: RunConfig, max_cost: float | None) -> None:
-    """Raise MonoscopeError for anything that would fail later: roles without keys, unreadable dictionaries, a bad corpus."""
+def preflight(config: RunConfig, max_cost: float | None, dry_run: bool = False) -> list[str]:
+    """Raise MonoscopeError for anything that would fail later: roles without keys, unreadable dictionaries, a bad corpus.
+
+    A dry run spends nothing and may plan for another machine, so there a missing API key or a device this
+    machine lacks is returned as a note instead of raised, and a model whose config cannot be read offline
+    may be described by ``model.shape``. Returns the notes.
+    """
+    notes: list[str] = []
+
+    def device_here(device: str, what: str) -> None:
+        try:
+            check_device(device)
+        except MonoscopeError as exc:
+            if not dry_run:
+                raise
+            notes.append(f"{what}: {exc} (planned for another machine; a real run here stops)")
+
     if max_cost is not None and max_cost < 0:
         raise MonoscopeError(f"--max-cost {max_cost} is negative", "give a limit in USD >= 0")
     check_corpus_spec(config.foundation.corpus)
-    check_device(config.foundation.device)
+    device_here(config.foundation.device, "model.device")
     resolve_dtype(config.foundation.dtype)
     for name in ("explainer", "judge", "simulator"):
         role = getattr(config, name)
         if role.backend == "local":
-            check_device(role.device or config.foundation.device)
+            device_here(role.device or config.foundation.device, f"{name}.device")
             resolve_dtype(role.dtype or "float32")
         if role.backend != "local":
             options = {"base_url": role.base_url} if role.base_url else {}
-            make_backend(role.backend, role.model, **options)  # raises when the API key is missing
+            try:
+                make_backend(role.backend, role.model, **options)  # raises when the API key is missing
+            except MonoscopeError as exc:
+                if not dry_run:
+                    raise
+                notes.append(f"{name}: {exc} (a real run stops here)")
         if max_cost is not None and role.backend != "local" and role.model not in config.prices:
             raise MonoscopeError(
                 f"--max-cost needs the price of the {name}'s model {role.model!r}",
                 "add it under llm.prices in the config: MODEL: [USD per 1M input tokens, USD per 1M output tokens]",
             )
-    n_layers, d_model, _d_mlp = model_shape(config.foundation.model)
+    n_layers, d_model = _layer_shape(config, dry_run)
     layer = config.foundation.layer if config.foundation.layer is not None else n_layers // 2
     if not 0 <= layer < n_layers:
         raise MonoscopeError(f"model.layer {layer} is out of range", f"the model has blocks 0..{n_layers - 1}")
@@ -184,6 +213,36 @@ def preflight(config: RunConfig, max_cost: float | None) -> None:
         if dictionary.name in names or dictionary.name == POOL_NAME:
             raise MonoscopeError(f"two dictionaries are named {dictionary.name!r}", "rename the directory of the loaded one")
         names.add(dictionary.name)
+    return notes
+
+
+def _layer_shape(config: RunConfig, dry_run: bool) -> tuple[int, int]:
+    """Return (n_layers, d_model): from the model's config, or, in a dry run offline, from ``model.shape``."""
+    stated = config.foundation.model_shape
+    if dry_run and stated is not None:
+        try:
+            found = read_model_shape(config.foundation.model, local_only=True)
+        except MonoscopeError:
+            return stated.n_layers, stated.d_model  # not on this machine: the stated shape stands
+        if found != stated:
+            raise MonoscopeError(f"model.shape {stated} differs from the model's own config {found}", "correct model.shape or remove it")
+        return found.n_layers, found.d_model
+    n_layers, d_model, _d_mlp = model_shape(config.foundation.model)
+    return n_layers, d_model
+
+
+def _dry_run_estimates(config: RunConfig, log: Progress) -> dict[str, Any] | None:
+    """Log and return the foundation's time, memory and disk estimates (None when the model's shape is unknown)."""
+    shape = config.foundation.model_shape
+    if shape is None:
+        try:
+            shape = read_model_shape(config.foundation.model, local_only=True)
+        except MonoscopeError:
+            log("dry run: no time, memory or disk estimate: the model's config is not on this machine (state it under model.shape)")
+            return None
+    estimate = estimate_resources(config, shape)
+    log_estimates(estimate, log)
+    return estimate
 
 
 def check_same_foundation(run_dir: Path, config: RunConfig) -> None:
