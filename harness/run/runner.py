@@ -245,14 +245,25 @@ def _dry_run_estimates(config: RunConfig, log: Progress) -> dict[str, Any] | Non
     return estimate
 
 
+# Foundation settings that change speed or memory, not results: a run may resume with other values.
+THROUGHPUT_KEYS = ("batch_size", "index_batch_tokens", "checkpoint_seconds")
+
+
 def check_same_foundation(run_dir: Path, config: RunConfig) -> None:
-    """Refuse a run directory whose corpus, activations or dictionaries came from another foundation config."""
+    """Refuse a run directory whose corpus, activations or dictionaries came from another foundation config.
+
+    Batch sizes and the checkpoint interval (THROUGHPUT_KEYS) may differ: a run started on one device resumes on another.
+    """
     stored = read_manifest(run_dir).get("config")
     if not stored:
         return
     current = _jsonable(config)
     for key in ("foundation", "load_dictionaries"):
-        if stored.get(key) != current[key]:
+        mine, theirs = current[key], stored.get(key)
+        if key == "foundation" and isinstance(theirs, dict):
+            mine = {name: value for name, value in mine.items() if name not in THROUGHPUT_KEYS}
+            theirs = {name: value for name, value in theirs.items() if name not in THROUGHPUT_KEYS}
+        if mine != theirs:
             raise MonoscopeError(
                 f"{str(run_dir)!r} was built with another {key.replace('_', ' ')} config",
                 "use a new run directory (or the config it was built with); evaluation settings may change between runs",
