@@ -293,17 +293,17 @@ def _merge_rows(slots: SampleSlots, candidates: _Candidates, acts: torch.Tensor,
     old_windows = windows[touched].reshape(-1, config.window)
     kept_chunk = torch.where(is_old, old_chunks[old_flat], candidates.chunk[new_index])
     kept_position = torch.where(is_old, old_positions[old_flat], candidates.position.to(torch.int32)[new_index])
-    kept_windows = old_windows[old_flat]
-    if new.any():
-        chosen = new_index[new]
-        kept_windows[new] = _windows(
-            acts,
-            candidates.batch_row[chosen],
-            candidates.position[chosen],
-            candidates.unit_local[chosen],
-            config.window_before,
-            config.window,
-        )
+    # Read a window for every kept entry and keep the fresh ones where the entry is new: a masked
+    # assignment would make the host wait to learn how many entries are new.
+    fresh_windows = _windows(
+        acts,
+        candidates.batch_row[new_index],
+        candidates.position[new_index],
+        candidates.unit_local[new_index],
+        config.window_before,
+        config.window,
+    )
+    kept_windows = torch.where(new[:, None], fresh_windows, old_windows[old_flat])
     keys[target, kept_rank] = entry_key[kept]
     chunks[target, kept_rank] = kept_chunk
     positions[target, kept_rank] = kept_position
@@ -331,7 +331,9 @@ def update_index(state: IndexState, unit_acts: torch.Tensor, chunk_ids: torch.Te
     """Fold activations [batch, T, units] of the chunks ``chunk_ids`` [batch] into ``state``, in place.
 
     The work runs on the device of ``state`` (``new_index(..., device=)``, ``index_to``); activations on
-    another device are moved there one unit block at a time.
+    another device are moved there one unit block at a time. Nothing is copied back to the host; the
+    sparse steps (``nonzero``, ``unique``) wait for the device to learn how many entries they hold, a
+    few times per block of ``unit_block`` units.
     """
     batch, length, n_units = unit_acts.shape
     if n_units != state.n_units or length != state.context_length:
