@@ -83,3 +83,59 @@ def training_memory(args: argparse.Namespace) -> dict:
         "baseline_ratio": rows["all_in_ram"]["ratio_4T_over_T"],
         "target": "<= 1.1 (the all-in-RAM baseline must exceed 1.1)",
     }
+
+
+@benchmark
+def training_buffer_quality(args: argparse.Namespace) -> dict:
+    """Retrain the demo's dictionaries from its residual store: through a buffer holding the whole training set (must
+    give the demo's dictionaries) and through a quarter-size one (L0 and variance explained within ±2% of them)."""
+    import json
+    from dataclasses import asdict, replace
+
+    import torch
+
+    from harness.dictionaries.formats import load_saelens_directory
+    from harness.dictionaries.training import TrainingConfig, dictionary_stats, train_dictionary
+    from harness.run.foundation import dictionary_label, split_chunks
+    from harness.subject.residual_store import ResidualStore, StoreSource
+
+    run_dir = args.demo_run_dir
+    stores = sorted((run_dir / "activations").glob("blocks.*.hook_resid_post.f32"))
+    if not stores:
+        return {"measured": False, "reason": f"no finished demo run with a float32 residual store in {run_dir}"}
+    foundation = _demo_foundation(run_dir)
+    chunks = int(json.loads((run_dir / "corpus.json").read_text())["n_chunks"])
+    store = ResidualStore(stores[0], chunks, foundation["context_length"], D_MODEL, torch.float32)
+    train_ids, held_ids = split_chunks(chunks, foundation["held_out_fraction"])
+    training, held_out = StoreSource(store, tuple(train_ids)), StoreSource(store, tuple(held_ids))
+    hook = stores[0].name.removesuffix(".f32")
+    rows = {}
+    for size in args.buffer_sizes:
+        name = dictionary_label(size)
+        demo = load_saelens_directory(run_dir / "dictionaries" / name, name)
+        recipe = TrainingConfig(**json.loads((run_dir / "dictionaries" / name / "cfg.json").read_text())["monoscope_training"])
+        whole = train_dictionary(training, replace(recipe, buffer_tokens=training.n_rows), name, hook)
+        quarter = train_dictionary(training, replace(recipe, buffer_tokens=training.n_rows // 4), name, hook)
+        reference, smaller = asdict(dictionary_stats(demo, held_out)), asdict(dictionary_stats(quarter, held_out))
+        rows[name] = {
+            "whole_buffer_equals_demo": all(torch.equal(getattr(whole, w), getattr(demo, w)) for w in ("W_enc", "b_enc", "W_dec", "b_dec")),
+            "demo": {key: round(reference[key], 4) for key in ("l0", "variance_explained")},
+            "quarter_buffer": {key: round(smaller[key], 4) for key in ("l0", "variance_explained")},
+            "relative_change": {key: round(smaller[key] / reference[key] - 1, 4) for key in ("l0", "variance_explained")},
+        }
+    worst = max(abs(change) for row in rows.values() for change in row["relative_change"].values())
+    return {
+        "run_dir": str(run_dir),
+        "training_tokens": training.n_rows,
+        "quarter_buffer_tokens": training.n_rows // 4,
+        **rows,
+        "ratio": round(worst, 4),
+        "target": "<= 0.02 (largest relative change of L0 or variance explained), whole buffer == the demo's dictionaries",
+    }
+
+
+def _demo_foundation(run_dir: Path) -> dict:
+    """Return the foundation settings a finished run recorded in its manifest."""
+    import json
+
+    return json.loads((run_dir / "manifest.json").read_text())["config"]["foundation"]

@@ -24,7 +24,16 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from common import BENCHMARKS  # noqa: E402
 
-MODULES = ("bench_activations", "bench_index", "bench_training", "bench_judge", "bench_judge_speed", "bench_client", "bench_demo")
+MODULES = (
+    "bench_activations",
+    "bench_index",
+    "bench_training",
+    "bench_judge",
+    "bench_judge_speed",
+    "bench_client",
+    "bench_demo",
+    "bench_gpu",
+)
 for module in MODULES:
     if (Path(__file__).parent / f"{module}.py").exists():
         importlib.import_module(module)
@@ -87,6 +96,8 @@ def main() -> None:
     parser.add_argument("--throughput-tokens", type=int, default=4096)
     parser.add_argument("--index-tokens", type=int, default=16384)
     parser.add_argument("--training-tokens", type=int, default=196608, help="T of training_memory (T and 4T tokens)")
+    parser.add_argument("--buffer-sizes", type=int, nargs="+", default=[512, 2048, 8192], help="demo dictionaries to retrain")
+    parser.add_argument("--gpu-model-source", type=Path, default=None, help="config + tokenizer of gpu_pipeline's model")
     parser.add_argument("--demo-run-dir", type=Path, default=Path("runs/demo"), help="finished demo run whose timings demo_wall_time reads")
     parser.add_argument("--scale-tokens", type=int, default=32768, help="tokens per size for index_scale")
     parser.add_argument("--scale-threads", type=int, default=1, help="torch threads in the index_scale subprocesses")
