@@ -13,10 +13,9 @@ SCRIPT = ROOT / "benchmarks" / "gpu_check.py"
 
 
 def test_the_gpu_check_runs_every_check_on_a_cpu_in_smoke_mode(tmp_path: Path) -> None:
-    result = subprocess.run(
-        [sys.executable, str(SCRIPT), "--out", str(tmp_path), "--device", "cpu", "--smoke"],
-        capture_output=True, text=True, cwd=ROOT, timeout=900, env={"PATH": "/usr/bin:/bin", "HOME": str(Path.home()), "MONOSCOPE_PROGRESS": "0"},
-    )  # fmt: skip
+    env = {"PATH": "/usr/bin:/bin", "HOME": str(Path.home()), "MONOSCOPE_PROGRESS": "0"}
+    command = [sys.executable, str(SCRIPT), "--out", str(tmp_path), "--device", "cpu", "--smoke"]
+    result = subprocess.run(command, capture_output=True, text=True, cwd=ROOT, timeout=900, env=env)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     report = json.loads((tmp_path / "gpu_check.json").read_text())
     assert report["ok"] and report["seeding"]["initial_weights_equal"] and report["index_equality"]["ok"]
