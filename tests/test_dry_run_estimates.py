@@ -1,6 +1,7 @@
 """``--dry-run`` estimates time, memory, disk and cost offline, from measured figures scaled by FLOPs per token."""
 
 import json
+import os
 import subprocess
 import sys
 from dataclasses import replace
@@ -21,7 +22,8 @@ GEMMA_2_2B = ModelShape(n_layers=26, d_model=2304, d_mlp=9216, n_heads=8, n_kv_h
 
 def test_the_research_config_dry_run_runs_offline_without_keys_or_a_gpu(tmp_path: Path) -> None:
     """The bundled research config, from the CLI, with the hub off, no API key and no CUDA: exit 0 and every estimate printed."""
-    env = {"PATH": "/usr/bin:/bin", "HOME": str(tmp_path), "HF_HUB_OFFLINE": "1", "MONOSCOPE_PROGRESS": "0"}
+    env = {name: value for name, value in os.environ.items() if not name.endswith("_API_KEY")}
+    env |= {"HOME": str(tmp_path), "HF_HOME": str(tmp_path / ".cache" / "huggingface"), "HF_HUB_OFFLINE": "1", "MONOSCOPE_PROGRESS": "0"}
     command = [
         sys.executable,
         "-c",

@@ -1,6 +1,7 @@
 """benchmarks/gpu_check.py, the GPU acceptance script, runs its code paths on a CPU (tiny sizes) so it does not rot between GPU sessions."""
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -13,7 +14,7 @@ SCRIPT = ROOT / "benchmarks" / "gpu_check.py"
 
 
 def test_the_gpu_check_runs_every_check_on_a_cpu_in_smoke_mode(tmp_path: Path) -> None:
-    env = {"PATH": "/usr/bin:/bin", "HOME": str(Path.home()), "MONOSCOPE_PROGRESS": "0"}
+    env = {**os.environ, "MONOSCOPE_PROGRESS": "0"}
     command = [sys.executable, str(SCRIPT), "--out", str(tmp_path), "--device", "cpu", "--smoke"]
     result = subprocess.run(command, capture_output=True, text=True, cwd=ROOT, timeout=900, env=env)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
