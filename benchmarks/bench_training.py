@@ -96,7 +96,7 @@ def training_buffer_quality(args: argparse.Namespace) -> dict:
 
     from harness.dictionaries.formats import load_saelens_directory
     from harness.dictionaries.training import TrainingConfig, dictionary_stats, train_dictionary
-    from harness.run.foundation import dictionary_label, split_chunks
+    from harness.run.foundation import dictionary_label, split_chunks, training_order
     from harness.subject.residual_store import ResidualStore, StoreSource
 
     run_dir = args.demo_run_dir
@@ -107,15 +107,18 @@ def training_buffer_quality(args: argparse.Namespace) -> dict:
     chunks = int(json.loads((run_dir / "corpus.json").read_text())["n_chunks"])
     store = ResidualStore(stores[0], chunks, foundation["context_length"], D_MODEL, torch.float32)
     train_ids, held_ids = split_chunks(chunks, foundation["held_out_fraction"])
-    training, held_out = StoreSource(store, tuple(train_ids)), StoreSource(store, tuple(held_ids))
+    held_out = StoreSource(store, tuple(held_ids))
+    whole_set = StoreSource(store, tuple(train_ids))
     hook = stores[0].name.removesuffix(".f32")
     rows = {}
     for size in args.buffer_sizes:
         name = dictionary_label(size)
         demo = load_saelens_directory(run_dir / "dictionaries" / name, name)
         recipe = TrainingConfig(**json.loads((run_dir / "dictionaries" / name / "cfg.json").read_text())["monoscope_training"])
-        whole = train_dictionary(training, replace(recipe, buffer_tokens=training.n_rows), name, hook)
-        quarter = train_dictionary(training, replace(recipe, buffer_tokens=training.n_rows // 4), name, hook)
+        whole = train_dictionary(whole_set, replace(recipe, buffer_tokens=whole_set.n_rows), name, hook)
+        quarter_tokens = whole_set.n_rows // 4  # the run's reading order for that buffer: a seeded shuffle of the chunks
+        order = training_order(train_ids, quarter_tokens, foundation["context_length"], recipe.seed)
+        quarter = train_dictionary(StoreSource(store, tuple(order)), replace(recipe, buffer_tokens=quarter_tokens), name, hook)
         reference, smaller = asdict(dictionary_stats(demo, held_out)), asdict(dictionary_stats(quarter, held_out))
         rows[name] = {
             "whole_buffer_equals_demo": all(torch.equal(getattr(whole, w), getattr(demo, w)) for w in ("W_enc", "b_enc", "W_dec", "b_dec")),
@@ -126,8 +129,8 @@ def training_buffer_quality(args: argparse.Namespace) -> dict:
     worst = max(abs(change) for row in rows.values() for change in row["relative_change"].values())
     return {
         "run_dir": str(run_dir),
-        "training_tokens": training.n_rows,
-        "quarter_buffer_tokens": training.n_rows // 4,
+        "training_tokens": whole_set.n_rows,
+        "quarter_buffer_tokens": whole_set.n_rows // 4,
         **rows,
         "ratio": round(worst, 4),
         "target": "<= 0.02 (largest relative change of L0 or variance explained), whole buffer == the demo's dictionaries",

@@ -57,7 +57,14 @@ from harness.run.evaluate import (
     run_tokenizer,
     score_stage,
 )
-from harness.run.foundation import build_foundation, collect_foundation_activations, prepare_corpus, residual_source, split_chunks
+from harness.run.foundation import (
+    build_foundation,
+    collect_foundation_activations,
+    prepare_corpus,
+    residual_source,
+    split_chunks,
+    training_order,
+)
 from harness.run.reporting import results_stage
 from harness.run.runner import check_same_foundation, preflight, run_evaluation
 from harness.storage import atomic_write_json
@@ -259,6 +266,7 @@ def train_command(run_dir: Path, out: Path, log: Progress = print, **options: An
     chunks = prepare_corpus(run_dir, subject, config, log)
     store = collect_foundation_activations(run_dir, subject, chunks, config, log)
     train_ids, held_ids = split_chunks(chunks.shape[0], config.held_out_fraction)
+    T = chunks.shape[1]
     recipe = TrainingConfig(
         d_sae=options["d_sae"],
         sparsity_coefficient=options["sparsity_coefficient"],
@@ -269,7 +277,7 @@ def train_command(run_dir: Path, out: Path, log: Progress = print, **options: An
     )
     name = out.name
     dictionary = train_dictionary(
-        residual_source(subject, chunks, train_ids, store, config),
+        residual_source(subject, chunks, training_order(train_ids, config.training_buffer_tokens, T, config.seed), store, config),
         recipe,
         name,
         f"blocks.{layer}.hook_resid_post",

@@ -11,6 +11,7 @@ backend's test of the same kind is in tests/test_backend_local.py.
 from dataclasses import fields, replace
 
 import numpy as np
+import pytest
 import torch
 
 from harness.compare.correlation import CorrelationAccumulator, correlate_features
@@ -18,6 +19,7 @@ from harness.compare.splitting import nearest_features
 from harness.dictionaries.dictionary import Dictionary, dictionary_to, encode
 from harness.dictionaries.training import TrainingConfig, cpu_permutation, dictionary_stats, initial_decoder, train_dictionary
 from harness.index.state import IndexConfig, IndexState, index_to, new_index, update_index
+from tests.index_equality import assert_same_index
 
 META = torch.device("meta")
 
@@ -157,3 +159,23 @@ def test_encode_of_a_dictionary_on_another_device_fails_loudly():
     except (RuntimeError, NotImplementedError):
         return
     raise AssertionError("encode mixed a meta dictionary with CPU inputs without an error")
+
+
+AVAILABLE = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+
+
+@pytest.mark.parametrize("device", AVAILABLE)
+def test_one_activation_tensor_gives_the_same_index_on_every_device_and_batch_split(device: str) -> None:
+    """Integer fields equal and float fields within float32 rounding, whatever the device, batch split or unit block.
+
+    On a CPU-only machine this runs for the CPU alone (batch and block splits); benchmarks/gpu_check.py runs it on a GPU.
+    """
+    acts = sparse_activations(7, (12, 16, 40), density=0.2)
+    config = IndexConfig(top_k=3, interval_samples=2, random_nonzero=2, random_zero=2, window_before=3, window_after=2, seed=9)
+    reference = new_index(40, config, 16)
+    update_index(reference, acts, torch.arange(12))
+    state = new_index(40, config, 16, device)
+    for start in (0, 5, 9):
+        stop = {0: 5, 5: 9, 9: 12}[start]
+        update_index(state, acts[start:stop].to(device), torch.arange(start, stop), unit_block=7)
+    assert_same_index(index_to(state, "cpu"), reference, rtol=1.2e-7 * 16, atol=1e-6)
