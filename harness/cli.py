@@ -72,7 +72,7 @@ def _config_options(command: Callable[..., Any]) -> Callable[..., Any]:
 
 @main.command()
 @_config_options
-@click.option("--dry-run", is_flag=True, help="Print estimated time, memory, disk, LLM calls and cost; spend nothing (no key or GPU needed).")
+@click.option("--dry-run", is_flag=True, help="Print estimated time, memory, disk, LLM calls and cost; spends nothing, needs no key.")
 @click.option("--max-cost", type=float, default=None, help="Stop cleanly (resumable) before spending more than this many USD.")
 @click.option("--shard", default=None, help="Evaluate unit shard i of n (i/n) in this process; the last shard writes the results.")
 @user_errors
