@@ -97,6 +97,7 @@ def main() -> None:
     parser.add_argument("--index-tokens", type=int, default=16384)
     parser.add_argument("--training-tokens", type=int, default=196608, help="T of training_memory (T and 4T tokens)")
     parser.add_argument("--buffer-sizes", type=int, nargs="+", default=[512, 2048, 8192], help="demo dictionaries to retrain")
+    parser.add_argument("--buffer-seeds", type=int, nargs="+", default=[0, 1, 2], help="training seeds of training_buffer_quality")
     parser.add_argument("--gpu-model-source", type=Path, default=None, help="config + tokenizer of gpu_pipeline's model")
     parser.add_argument("--demo-run-dir", type=Path, default=Path("runs/demo"), help="finished demo run whose timings demo_wall_time reads")
     parser.add_argument("--scale-tokens", type=int, default=32768, help="tokens per size for index_scale")
