@@ -41,7 +41,7 @@ from harness.dictionaries.training import TrainingConfig, dictionary_stats, trai
 from harness.errors import MonoscopeError
 from harness.index.builder import IndexBuilder
 from harness.index.sampling import SamplingConfig
-from harness.index.state import IndexConfig, merge_indexes
+from harness.index.state import IndexConfig, check_context_length, merge_indexes
 from harness.index.store import load_index, save_index, unit_samples, unit_stats
 from harness.progress import Progress
 from harness.records import EvaluatedUnit, FeatureCorrelation, Judgment, Simulation
@@ -60,6 +60,7 @@ from harness.run.evaluate import (
 from harness.run.foundation import (
     build_foundation,
     collect_foundation_activations,
+    corpus_settings,
     prepare_corpus,
     residual_source,
     split_chunks,
@@ -69,8 +70,8 @@ from harness.run.reporting import results_stage
 from harness.run.runner import check_same_foundation, preflight, run_evaluation
 from harness.storage import atomic_write_json
 from harness.subject.activations import stream_activations
-from harness.subject.corpus import check_corpus_spec, fingerprint, load_chunks
-from harness.subject.model import load_subject_model, model_shape
+from harness.subject.corpus import check_corpus_reuse, check_corpus_spec, fingerprint, load_chunks
+from harness.subject.model import check_context_fits, check_device, load_subject_model, model_shape
 from results.store import read_records
 from results.summary import control_summary, unit_scores
 from scorers.rubric import RUBRIC_FORMATS
@@ -256,12 +257,13 @@ def train_command(run_dir: Path, out: Path, log: Progress = print, **options: An
     if options["d_sae"] < 1 or options["sparsity_coefficient"] < 0:
         raise MonoscopeError("--d-sae must be positive and --sparsity non-negative", "fix the values")
     check_corpus_spec(options["corpus"])
-    prepare_run_directory(run_dir)
     n_layers, _d_model, _d_mlp = model_shape(options["model"])
     config = foundation_config(options)
     layer = config.layer if config.layer is not None else n_layers // 2
     if not 0 <= layer < n_layers:
         raise MonoscopeError(f"layer {layer} is out of range", f"the model has blocks 0..{n_layers - 1}")
+    check_foundation_inputs(run_dir, config)
+    prepare_run_directory(run_dir)
     subject = load_subject_model(config.model, config.device, config.dtype)
     chunks = prepare_corpus(run_dir, subject, config, log)
     store = collect_foundation_activations(run_dir, subject, chunks, config, log)
@@ -297,13 +299,14 @@ def index_command(
 ) -> list[Path]:
     """Build (or resume) the indexes of ``specs`` over the run's corpus; return the index paths."""
     check_corpus_spec(options["corpus"])
-    prepare_run_directory(run_dir)
     n_layers, d_model, d_mlp = model_shape(options["model"])
     dictionaries = [resolve_dictionary(spec, n_layers, d_model, d_mlp, options.get("hook")) for spec in specs]
     names = [dictionary.name for dictionary in dictionaries]
     if len(set(names)) != len(names):
         raise MonoscopeError(f"two dictionaries share a name: {names}", "give each dictionary a distinct directory name")
     config = foundation_config(options)
+    check_foundation_inputs(run_dir, config)
+    prepare_run_directory(run_dir)
     subject = load_subject_model(config.model, config.device, config.dtype)
     chunks = prepare_corpus(run_dir, subject, config, log)
     suffix = "" if shard is None else f".shard-{shard[0]}-of-{shard[1]}"
@@ -340,6 +343,14 @@ def shard_chunks(n_chunks: int, shard: tuple[int, int] | None) -> list[int]:
         return list(range(n_chunks))
     index, count = shard
     return list(range(index * n_chunks // count, (index + 1) * n_chunks // count))
+
+
+def check_foundation_inputs(run_dir: Path, config: FoundationConfig) -> None:
+    """Refuse, before any model loads or file is written: chunks the index or model cannot take, a stored corpus of other settings."""
+    check_context_length(config.context_length, config.index)
+    check_context_fits(config.model, config.context_length)
+    check_device(config.device)
+    check_corpus_reuse(run_dir / "corpus", corpus_settings(config))
 
 
 def foundation_config(options: dict[str, Any]) -> FoundationConfig:

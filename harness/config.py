@@ -34,7 +34,7 @@ import yaml
 
 from harness.errors import MonoscopeError
 from harness.index.sampling import SamplingConfig
-from harness.index.state import IndexConfig
+from harness.index.state import POSITION_BITS, IndexConfig
 from harness.llm.client import backend_names
 from harness.subject.shape import ModelShape
 from scorers.rubric import RUBRIC_FORMATS
@@ -279,6 +279,11 @@ def check_config(config: RunConfig) -> None:
         raise MonoscopeError(
             f"corpus.context_length {foundation.context_length} is shorter than the index window ({foundation.index.window} tokens)",
             "raise context_length or shrink index.window_before / window_after",
+        )
+    if foundation.context_length > 2**POSITION_BITS:
+        raise MonoscopeError(
+            f"corpus.context_length {foundation.context_length} exceeds the index's limit of {2**POSITION_BITS} tokens per chunk",
+            f"use chunks of at most {2**POSITION_BITS} tokens",
         )
     if any(size < 1 for size in foundation.dictionary_sizes):
         raise MonoscopeError(f"dictionaries.train has a size below 1: {list(foundation.dictionary_sizes)}", "sizes must be positive")

@@ -7,6 +7,7 @@ these make up the bad-input suite.
 """
 
 import hashlib
+import re
 from collections.abc import Callable
 from pathlib import Path
 
@@ -16,6 +17,7 @@ from click.testing import CliRunner
 
 import harness.run.foundation
 from harness.cli import main
+from harness.errors import MonoscopeError
 from harness.run.runner import run_evaluation
 from tests.test_batch import TINY_CONFIG, tiny_config, tiny_subject  # noqa: F401 (a fixture)
 
@@ -65,7 +67,11 @@ CASES: dict[str, tuple[Callable[[Path, Path], list[str]], str]] = {
     ),
     "corpus of another run": (
         lambda run, tmp: ["run", write_config(tmp, corpus={"tokens": 4096}), "--run-dir", str(run)],
-        "another foundation config",
+        "corpus made with requested_tokens 6144, not 4096",
+    ),
+    "chunks longer than the index takes": (
+        lambda run, tmp: ["run", write_config(tmp, corpus={"context_length": 8192}), "--run-dir", str(run)],
+        "exceeds the index's limit of 4096 tokens",
     ),
     "conflicting flags": (
         lambda run, tmp: ["correlate", write_config(tmp), "--run-dir", str(run), "--all", "--features", "5"],
@@ -135,3 +141,50 @@ def test_a_corrupt_results_file_is_reported_not_overwritten(finished_run: Path, 
 def _config(run_dir: Path) -> Path:
     path = run_dir.parent / "tiny.yaml"
     return path
+
+
+INDEX_OPTIONS = dict(
+    model="tiny-byte-gemma",
+    corpus="python-stdlib",
+    tokens=6144,
+    context_length=32,
+    batch_size=16,
+    device="cpu",
+    dtype="float32",
+    seed=3,
+    layer=None,
+    hook=None,
+)  # fmt: skip  (the finished run's corpus settings)
+
+
+CHANGES = [
+    ({"tokens": 4096}, "requested_tokens 6144, not 4096"),
+    ({"context_length": 16}, "context_length 32, not 16"),
+    ({"corpus": "OTHER"}, "corpus 'python-stdlib', not"),
+    ({"model": "other-model"}, "model 'tiny-byte-gemma', not 'other-model'"),
+    ({"context_length": 8192}, "exceeds the index's limit of 4096"),
+    ({"context_length": 4}, "shorter than the index window"),
+    ({"context_length": 200, "model": "SMALL"}, "exceeds model"),  # a model of 128 positions
+]
+
+
+def test_index_and_train_refuse_other_corpus_settings_before_any_model_loads(
+    finished_run: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import harness.api
+    from tests.tiny_models import tiny_gemma_model
+
+    (tmp_path / "other.txt").write_text("other text " * 200)
+    small = tmp_path / "small-model"
+    tiny_gemma_model().save_pretrained(small)  # max_position_embeddings 128
+    monkeypatch.setattr(harness.api, "model_shape", lambda name: (4, 32, 64))
+    monkeypatch.setattr(harness.api, "load_subject_model", lambda *args, **kwargs: pytest.fail("a model was loaded"))
+    before = snapshot(finished_run)
+    training = dict(d_sae=8, sparsity_coefficient=1.0, epochs=1)
+    for change, fragment in CHANGES:
+        options = INDEX_OPTIONS | {key: {"OTHER": str(tmp_path / "other.txt"), "SMALL": str(small)}.get(v, v) for key, v in change.items()}
+        with pytest.raises(MonoscopeError, match=re.escape(fragment)):
+            harness.api.index_command(finished_run, ["neurons:1"], None, log=lambda _m: None, **options)
+        with pytest.raises(MonoscopeError, match=re.escape(fragment)):
+            harness.api.train_command(finished_run, tmp_path / "sae", log=lambda _m: None, **training, **options)
+    assert snapshot(finished_run) == before and not (tmp_path / "sae").exists()

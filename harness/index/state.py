@@ -113,15 +113,26 @@ def _empty_slots(shape: tuple[int, ...], window: int, top: bool, device: torch.d
     )
 
 
-def new_index(n_units: int, config: IndexConfig, context_length: int, device: str | torch.device = "cpu") -> IndexState:
-    """Return an empty index for ``n_units`` units over chunks of ``context_length`` tokens, its tensors on ``device``."""
+def check_context_length(context_length: int, config: IndexConfig) -> None:
+    """Raise MonoscopeError unless chunks of ``context_length`` tokens fit an index: window ≤ length ≤ 2**POSITION_BITS.
+
+    Sampling keys keep a sample's position in their low POSITION_BITS bits (``priority_keys``).
+    """
     if context_length < config.window:
         raise MonoscopeError(
             f"context length {context_length} is shorter than the index window of {config.window} tokens",
             "use longer chunks or a smaller window",
         )
     if context_length > 2**POSITION_BITS:
-        raise MonoscopeError(f"context length {context_length} exceeds {2**POSITION_BITS}", "use shorter chunks")
+        raise MonoscopeError(
+            f"context length {context_length} exceeds the index's limit of {2**POSITION_BITS} tokens per chunk",
+            f"use chunks of at most {2**POSITION_BITS} tokens",
+        )
+
+
+def new_index(n_units: int, config: IndexConfig, context_length: int, device: str | torch.device = "cpu") -> IndexState:
+    """Return an empty index for ``n_units`` units over chunks of ``context_length`` tokens, its tensors on ``device``."""
+    check_context_length(context_length, config)
     state = IndexState(config=config, n_units=n_units, context_length=context_length)
     device = torch.device(device)
     state.fire_count = torch.zeros(n_units, dtype=torch.int64, device=device)

@@ -26,7 +26,7 @@ from harness.progress import Progress, progress_bar
 from harness.run.directory import cpu_threads, timed_stage, update_manifest
 from harness.storage import atomic_write_json, read_json
 from harness.subject.activations import ForwardSource, stream_activations
-from harness.subject.corpus import chunk_documents, corpus_documents, fingerprint, load_chunks, save_chunks
+from harness.subject.corpus import check_corpus_reuse, chunk_documents, corpus_documents, fingerprint, load_chunks, save_chunks
 from harness.subject.model import SubjectModel, load_subject_model, parse_hook
 from harness.subject.residual_store import ResidualStore, StoreSource, open_residual_store
 
@@ -38,9 +38,24 @@ def dictionary_label(size: int) -> str:
     return f"sae-{size // 1024}k" if size % 1024 == 0 else f"sae-{size}"
 
 
+def corpus_settings(config: FoundationConfig) -> dict[str, Any]:
+    """Return the settings a run's corpus depends on, as its description records them."""
+    return {
+        "corpus": config.corpus,
+        "text_field": config.text_field,
+        "model": config.model,
+        "context_length": config.context_length,
+        "requested_tokens": config.tokens,
+    }
+
+
 def prepare_corpus(run_dir: Path, subject: SubjectModel, config: FoundationConfig, log: Progress) -> np.ndarray:
-    """Return the run's token chunks, tokenizing the corpus on first use."""
+    """Return the run's token chunks, tokenizing the corpus on first use.
+
+    A stored corpus is reused only when it was made with the same settings (``corpus_settings``); else MonoscopeError.
+    """
     path = run_dir / "corpus"
+    check_corpus_reuse(path, corpus_settings(config))
     if path.with_suffix(".npy").exists():
         chunks = load_chunks(path)
         log(f"corpus: reusing {chunks.shape[0]} chunks × {chunks.shape[1]} tokens")
@@ -49,9 +64,7 @@ def prepare_corpus(run_dir: Path, subject: SubjectModel, config: FoundationConfi
         chunks = chunk_documents(
             corpus_documents(config.corpus, config.text_field), subject.tokenizer, config.context_length, config.tokens
         )
-        description = {
-            "corpus": config.corpus,
-            "context_length": config.context_length,
+        description = corpus_settings(config) | {
             "n_chunks": int(chunks.shape[0]),
             "n_tokens": int(chunks.size),
             "tokenizer": subject.name,

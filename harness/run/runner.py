@@ -33,14 +33,14 @@ from harness.run.comparisons import correlation_stage, neighbors_stage
 from harness.run.directory import prepare_run_directory, read_manifest, software_versions, update_manifest
 from harness.run.estimates import estimate_resources, log_estimates
 from harness.run.evaluate import UnitsFailed, explain_stage, failed_units, make_client, score_stage
-from harness.run.foundation import build_foundation, dictionary_label, foundation_done
+from harness.run.foundation import build_foundation, corpus_settings, dictionary_label, foundation_done
 from harness.run.planning import log_plan, placeholder_plan, plan_calls
 from harness.run.reporting import results_stage
 from harness.run.shards import file_lock, merge_shards, record_dirs, shard_directory, wait_for_explanations
 from harness.run.units import choose_units, sample_contexts
 from harness.storage import atomic_write_json
-from harness.subject.corpus import check_corpus_spec
-from harness.subject.model import check_device, model_shape, resolve_dtype
+from harness.subject.corpus import check_corpus_reuse, check_corpus_spec
+from harness.subject.model import check_context_fits, check_device, model_shape, resolve_dtype
 from harness.subject.shape import read_model_shape
 
 
@@ -67,6 +67,7 @@ def run_evaluation(
     run_dir = run_dir or Path("runs") / config.name
     started = time.perf_counter()
     notes = preflight(config, max_cost, dry_run)
+    check_corpus_reuse(run_dir / "corpus", corpus_settings(config.foundation))
     prepare_run_directory(run_dir)
     check_same_foundation(run_dir, config)
     if dry_run and not foundation_done(run_dir, config):
@@ -199,6 +200,7 @@ def preflight(config: RunConfig, max_cost: float | None, dry_run: bool = False) 
                 "add it under llm.prices in the config: MODEL: [USD per 1M input tokens, USD per 1M output tokens]",
             )
     n_layers, d_model = _layer_shape(config, dry_run)
+    check_context_fits(config.foundation.model, config.foundation.context_length)
     layer = config.foundation.layer if config.foundation.layer is not None else n_layers // 2
     if not 0 <= layer < n_layers:
         raise MonoscopeError(f"model.layer {layer} is out of range", f"the model has blocks 0..{n_layers - 1}")

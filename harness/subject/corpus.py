@@ -177,6 +177,34 @@ def check_corpus_spec(corpus: str) -> None:
             raise MonoscopeError(f"corpus file {corpus!r} cannot be read ({exc.strerror})", "check its permissions") from exc
 
 
+def check_corpus_reuse(path: Path, settings: dict[str, Any]) -> None:
+    """Refuse, before any model loads, a stored corpus (``path`` + .json) made with other ``settings``.
+
+    ``settings`` are the values the corpus depends on (source, text field, model, context length,
+    tokens asked for); a corpus described by an older version without a key is checked on what it has:
+    its chunk length and, for the tokens asked for, its token count.
+    """
+    description_path = path.with_suffix(".json")
+    if not description_path.exists():
+        return
+    try:
+        description = json.loads(description_path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as exc:
+        raise MonoscopeError(
+            f"{str(description_path)!r} is corrupt ({exc})", "delete the run directory's corpus.* files to re-tokenize"
+        ) from exc
+    for key, wanted in settings.items():
+        stored = description.get(key)
+        if key == "requested_tokens" and stored is None and "n_tokens" in description:  # described before the key existed
+            whole_chunks = wanted // settings["context_length"] * settings["context_length"]
+            stored = wanted if description["n_tokens"] == whole_chunks else f"{description['n_tokens']} tokens"
+        if stored is not None and stored != wanted:
+            raise MonoscopeError(
+                f"{str(path.parent)!r} holds a corpus made with {key} {stored!r}, not {wanted!r}",
+                "use a new run directory, or the settings that run was built with",
+            )
+
+
 def fingerprint(chunks: np.ndarray) -> str:
     """Return a short content hash of a chunk array (ties indexes to the corpus they came from)."""
     import hashlib

@@ -243,3 +243,32 @@ def model_shape(name: str) -> tuple[int, int, int]:
             f"cannot load model {name!r}: {str(exc).splitlines()[0]}", "give a local path, a reachable hub id, or 'embedded'"
         ) from exc
     return config_shape(config)
+
+
+def max_positions(name: str) -> int | None:
+    """Return the most positions model ``name`` accepts (``max_position_embeddings``), from its config alone; None when unknown.
+
+    Reads only a config already on this machine ("embedded", a local directory or the hub cache); never downloads.
+    """
+    from transformers import AutoConfig
+
+    from harness.subject.embedded import EMBEDDED_NAME, embedded_checkpoint_dir
+
+    source = str(embedded_checkpoint_dir()) if name == EMBEDDED_NAME else name
+    try:
+        config = AutoConfig.from_pretrained(source, local_files_only=True)
+    except (OSError, ValueError):
+        return None
+    config = config.get_text_config() if hasattr(config, "get_text_config") else config
+    value = getattr(config, "max_position_embeddings", None)
+    return int(value) if value else None
+
+
+def check_context_fits(name: str, context_length: int) -> None:
+    """Raise MonoscopeError when chunks of ``context_length`` tokens plus BOS exceed what model ``name`` accepts."""
+    limit = max_positions(name)
+    if limit is not None and context_length + 1 > limit:
+        raise MonoscopeError(
+            f"context length {context_length} (+1 for BOS) exceeds model {name!r}'s {limit} positions",
+            f"use chunks of at most {limit - 1} tokens",
+        )
