@@ -5,8 +5,8 @@ import re
 from harness.llm.client import LLMClient, UnparseableReply
 from harness.llm.interface import Message
 from harness.llm.render import with_activations
-from harness.llm.templates import load_template
-from harness.records import Explanation, UnitContexts
+from harness.llm.templates import Template, load_template
+from harness.records import Explanation, TokenContext, UnitContexts, contexts_digest
 
 EXPLAINER_NAME = "llm"
 
@@ -30,15 +30,24 @@ def parse_explanation(reply: str) -> str:
     raise ValueError("empty reply")
 
 
+def explainer_template(chat: bool) -> Template:
+    """Return the explainer's prompt template: the chat or the base-model one."""
+    return load_template("explainer_chat" if chat else "explainer_base")
+
+
+def shown_contexts(contexts: UnitContexts, chat: bool, max_contexts: int | None = None) -> list[TokenContext]:
+    """Return the firing explanation contexts the explainer is shown: up to 24 for a chat model, 10 for a base model."""
+    return [c for c in contexts.explain if max(c.activations) > 0][: max_contexts or (24 if chat else 10)]
+
+
 def explain_unit(contexts: UnitContexts, client: LLMClient, chat: bool, max_contexts: int | None = None) -> Explanation:
     """Return the LLM's explanation of a unit from its explanation set (a failure record if unparseable).
 
     Chat models see up to 24 firing contexts; base models 10, since a small base model
     given a long list tends to continue the list instead of summarising it.
     """
-    max_contexts = max_contexts or (24 if chat else 10)
-    template = load_template("explainer_chat" if chat else "explainer_base")
-    shown = [c for c in contexts.explain if max(c.activations) > 0][:max_contexts]
+    template = explainer_template(chat)
+    shown = shown_contexts(contexts, chat, max_contexts)
     lines = "\n".join(f"Excerpt {number}: {with_activations(c, contexts.max_activation)}" for number, c in enumerate(shown, 1))
     prompt = template.render(contexts=lines)
     params = {"max_new_tokens": 24, "stop": ["\n"]} if not chat else {"max_tokens": 40}
@@ -49,6 +58,7 @@ def explain_unit(contexts: UnitContexts, client: LLMClient, chat: bool, max_cont
         model=client.backend.model,
         prompt_hash=template.sha256,
         n_contexts=len(shown),
+        contexts_sha256=contexts_digest(shown),
     )
     try:
         text = client.generate([Message("user", prompt)], stage="explain", parse=parse_explanation, **params)

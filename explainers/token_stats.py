@@ -4,7 +4,7 @@ import math
 from collections import Counter
 
 from harness.llm.render import clean
-from harness.records import Explanation, UnitContexts
+from harness.records import Explanation, UnitContexts, contexts_digest
 
 EXPLAINER_NAME = "token_stats"
 
@@ -35,6 +35,7 @@ def token_statistics_explanation(contexts: UnitContexts, top: int = 3) -> Explan
             "",
             len(contexts.explain),
             failure="unit never fires in its explanation contexts",
+            contexts_sha256=contexts_digest(contexts.explain),
         )
 
     def log_odds(token: str) -> float:
@@ -42,4 +43,5 @@ def token_statistics_explanation(contexts: UnitContexts, top: int = 3) -> Explan
 
     ranked = sorted(firing, key=lambda token: (-(log_odds(token) * math.sqrt(firing[token])), token))[:top]
     text = "the tokens " + ", ".join(f'"{token}"' for token in ranked)
-    return Explanation(contexts.unit, EXPLAINER_NAME, text, "none", "none", "", len(contexts.explain))
+    digest = contexts_digest(contexts.explain)
+    return Explanation(contexts.unit, EXPLAINER_NAME, text, "none", "none", "", len(contexts.explain), contexts_sha256=digest)

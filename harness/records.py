@@ -1,5 +1,6 @@
 """Small records passed between stages (corpus → activations → index → samples → …)."""
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 
@@ -98,6 +99,7 @@ class Explanation:
     n_contexts: int
     failure: str | None = None
     raw: str | None = None
+    contexts_sha256: str | None = None  # of the ids of the contexts the explainer saw (None: recorded before this field)
 
     @property
     def key(self) -> tuple[str, str]:
@@ -211,3 +213,10 @@ class NearestFeatures:
     def key(self) -> tuple[str, str]:
         """Return what identifies the record in its file: a later record with the same key replaces it."""
         return (self.unit, self.other_dictionary)
+
+
+def contexts_digest(contexts: "Iterable[TokenContext]") -> str:
+    """Return a sha256 of the context ids of ``contexts``, in order: what an explanation was made from."""
+    import hashlib
+
+    return hashlib.sha256("\n".join(c.context_id for c in contexts).encode()).hexdigest()

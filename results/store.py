@@ -78,13 +78,14 @@ def records_text(records: Iterable[Any]) -> str:
     return "".join(json.dumps(_plain(record), ensure_ascii=False) + "\n" for record in records)
 
 
-def compact(path: Path, record_type: type[T], order: Callable[[T], Any] | None = None) -> list[T]:
+def compact(path: Path, record_type: type[T], order: Callable[[T], Any] | None = None, keep: Callable[[T], bool] | None = None) -> list[T]:
     """Rewrite a record file atomically with only the last record per key; return those records.
 
     With ``order`` (a sort key) the records are written sorted by it (stable), so that a file
     whose records were appended by concurrent workers has one layout whatever their timing.
+    With ``keep`` only the records it accepts are written.
     """
-    records = list(latest_by_key(read_records(path, record_type)).values())
+    records = [r for r in latest_by_key(read_records(path, record_type)).values() if keep is None or keep(r)]
     if order is not None:
         records.sort(key=order)
     atomic_write_bytes(path, records_text(records).encode())

@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from explainers.llm_explainer import explain_unit
+from explainers.llm_explainer import explain_unit, explainer_template, shown_contexts
 from explainers.token_stats import token_statistics_explanation
 from harness.config import EvaluationConfig, Role
 from harness.errors import MonoscopeError
@@ -30,8 +30,8 @@ from harness.index.sampling import unit_contexts
 from harness.index.store import load_index, unit_samples
 from harness.llm.budget import Budget
 from harness.llm.client import BACKEND_FAILURE, BackendError, LLMClient, failure_reason, make_backend
-from harness.llm.templates import load_template
-from harness.records import Explanation, Judgment, Simulation, UnitContexts
+from harness.llm.templates import load_rubric, load_template
+from harness.records import Explanation, Judgment, Simulation, UnitContexts, contexts_digest
 from harness.run.directory import read_manifest, update_manifest
 from harness.subject.corpus import load_chunks
 from results.store import append_records, compact, latest_by_key, read_records
@@ -85,9 +85,20 @@ def explain_stage(
     """Return {unit: LLM explanation}, explaining only units without a parsed one on disk."""
     path = run_dir / EXPLANATIONS
     done = latest_by_key(read_records(path, Explanation))
-    todo = [c for c in units if not (done.get((c.unit, "llm")) and done[(c.unit, "llm")].text)]
-    todo_stats = [c for c in units if (c.unit, "token_stats") not in done]
-    append_records(path, [token_statistics_explanation(c) for c in todo_stats])
+    template = explainer_template(config.explainer_chat)
+
+    def current(contexts: UnitContexts) -> bool:  # a parsed explanation made with today's explainer, prompt and contexts
+        record = done.get((contexts.unit, "llm"))
+        return bool(
+            record is not None
+            and record.text
+            and (record.backend, record.model, record.prompt_hash) == (client.backend.name, client.backend.model, template.sha256)
+            and record.contexts_sha256 == contexts_digest(shown_contexts(contexts, config.explainer_chat))
+        )
+
+    todo = [c for c in units if not current(c)]
+    statistics = [token_statistics_explanation(c) for c in units]  # cheap and deterministic: recomputed, kept when unchanged
+    append_records(path, [r for r in statistics if done.get(r.key) != r])
 
     def explain(contexts: UnitContexts) -> Explanation:
         try:
@@ -99,7 +110,7 @@ def explain_stage(
                 text=None,
                 backend=client.backend.name,
                 model=client.backend.model,
-                prompt_hash=load_template("explainer_chat" if config.explainer_chat else "explainer_base").sha256,
+                prompt_hash=template.sha256,
                 n_contexts=0,
                 failure=failure_reason(error),
             )
@@ -141,10 +152,14 @@ def score_stage(
         names = {c.unit for c in units}
         all_explanations = [r for r in read_records(run_dir / EXPLANATIONS, Explanation) if r.unit in names]
     explanations = latest_by_key(all_explanations)
-    llm_units = sorted({unit for unit, explainer in explanations if explainer == "llm" and explanations[(unit, explainer)].text})
+    # The derangement runs over every unit with an LLM explanation record, parsed or not, so that a failed
+    # explanation redone later changes only the control whose source it is (that control is skipped meanwhile).
+    llm_units = sorted({unit for unit, explainer in explanations if explainer == "llm"})
     shuffle = shuffled_sources(llm_units, config.seed)
     judged = latest_by_key(read_records(run_dir / JUDGMENTS, Judgment))
     simulated = latest_by_key(read_records(run_dir / SIMULATIONS, Simulation))
+    judge_settings = _judge_settings(judge, config)
+    simulator_settings = _simulator_settings(simulator, config)
     for contexts in units:
         texts = {
             "real": _text(explanations.get((contexts.unit, "llm"))),
@@ -155,15 +170,23 @@ def score_stage(
             if text is None:
                 continue
             ids = [c.context_id for c in contexts.score]
-            if not all(_parsed(judged.get((contexts.unit, source, i))) for i in ids):
+            if not all(_current(judged.get((contexts.unit, source, i)), text, judge_settings) for i in ids):
                 append_records(run_dir / JUDGMENTS, judge_unit(contexts, text, source, judge, config.judge_format))
             subset = simulation_subset(contexts, config.simulation_contexts)
-            if not all(_parsed(simulated.get((contexts.unit, source, c.context_id))) for c in subset.score):
+            if not all(_current(simulated.get((contexts.unit, source, c.context_id)), text, simulator_settings) for c in subset.score):
                 append_records(run_dir / SIMULATIONS, simulate_unit(subset, text, source, simulator, config.simulator_format))
         if on_unit_done is not None:
             on_unit_done()
-    for name in (JUDGMENTS, SIMULATIONS):
-        compact(run_dir / name, RECORD_TYPES[name])
+    # Records of this run's units for contexts no longer scored (a smaller scoring set or simulation subset) are dropped.
+    scored = {(c.unit, context.context_id) for c in units for context in c.score}
+    simulated_ids = {(c.unit, context.context_id) for c in units for context in simulation_subset(c, config.simulation_contexts).score}
+    names = {c.unit for c in units}
+    for name, kept in ((JUDGMENTS, scored), (SIMULATIONS, simulated_ids)):
+        compact(
+            run_dir / name,
+            RECORD_TYPES[name],
+            keep=lambda record, kept=kept: record.unit not in names or (record.unit, record.context_id) in kept,
+        )
 
 
 def simulation_subset(contexts: UnitContexts, count: int) -> UnitContexts:
@@ -188,6 +211,38 @@ def _parsed(record: Judgment | Simulation | None) -> bool:
     if record is None or record.failure is not None:
         return False
     return (record.score if isinstance(record, Judgment) else record.predicted) is not None
+
+
+def _judge_settings(client: LLMClient, config: EvaluationConfig) -> dict[str, str]:
+    """Return the settings a judgment depends on beside its explanation: format, backend, model, prompt and rubric."""
+    from scorers.rubric import RUBRIC_FORMATS
+
+    template = load_template(RUBRIC_FORMATS[config.judge_format][1])
+    return {
+        "judge_format": config.judge_format,
+        "backend": client.backend.name,
+        "model": client.backend.model,
+        "prompt_hash": template.sha256,
+        "rubric_hash": load_rubric().sha256,
+    }
+
+
+def _simulator_settings(client: LLMClient, config: EvaluationConfig) -> dict[str, str]:
+    """Return the settings a simulation depends on beside its explanation: format, backend, model and prompt."""
+    from scorers.simulation import SIMULATION_FORMATS
+
+    template = load_template(SIMULATION_FORMATS[config.simulator_format][1])
+    return {
+        "simulator_format": config.simulator_format,
+        "backend": client.backend.name,
+        "model": client.backend.model,
+        "prompt_hash": template.sha256,
+    }
+
+
+def _current(record: Judgment | Simulation | None, explanation: str, settings: dict[str, str]) -> bool:
+    """Return True for a parsed record of ``explanation`` made with ``settings``: anything else is redone."""
+    return _parsed(record) and record.explanation == explanation and all(getattr(record, k) == v for k, v in settings.items())
 
 
 def failed_units(run_dir: Path, units: list[str]) -> dict[str, str]:
