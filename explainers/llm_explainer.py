@@ -9,6 +9,7 @@ from harness.llm.templates import Template, load_template
 from harness.records import Explanation, TokenContext, UnitContexts, contexts_digest
 
 EXPLAINER_NAME = "llm"
+TOO_FEW_CONTEXTS = "too few firing explanation contexts"  # a unit with less evidence is not explained, nor scored
 
 
 def parse_explanation(reply: str) -> str:
@@ -40,7 +41,9 @@ def shown_contexts(contexts: UnitContexts, chat: bool, max_contexts: int | None 
     return [c for c in contexts.explain if max(c.activations) > 0][: max_contexts or (24 if chat else 10)]
 
 
-def explain_unit(contexts: UnitContexts, client: LLMClient, chat: bool, max_contexts: int | None = None) -> Explanation:
+def explain_unit(
+    contexts: UnitContexts, client: LLMClient, chat: bool, max_contexts: int | None = None, min_contexts: int = 1
+) -> Explanation:
     """Return the LLM's explanation of a unit from its explanation set (a failure record if unparseable).
 
     Chat models see up to 24 firing contexts; base models 10, since a small base model
@@ -60,6 +63,8 @@ def explain_unit(contexts: UnitContexts, client: LLMClient, chat: bool, max_cont
         n_contexts=len(shown),
         contexts_sha256=contexts_digest(shown),
     )
+    if len(shown) < min_contexts:  # too little evidence to explain: a failure, and no LLM call
+        return Explanation(**base, text=None, failure=f"{TOO_FEW_CONTEXTS}: {len(shown)} firing, at least {min_contexts} needed")
     try:
         text = client.generate([Message("user", prompt)], stage="explain", parse=parse_explanation, **params)
     except UnparseableReply as error:

@@ -12,7 +12,7 @@ Sections and their keys (every key is optional; see ``harness/configs/default.ya
     index:       {batch_tokens, top_k, interval_samples, bins_per_octave, min_exponent, max_exponent, random_nonzero, random_zero,
                   window_before, window_after}
     neurons:     {enabled, pool_size, match_density}   (pool_size: neurons of blocks 0..L indexed; see harness.dictionaries.neurons)
-    evaluation:  {units_per_dictionary, simulation_contexts, judge_format, simulator_format, explainer_chat,
+    evaluation:  {units_per_dictionary, simulation_contexts, min_explain_contexts, judge_format, simulator_format, explainer_chat,
                   sampling: {score_fraction, explain_top, explain_per_level, explain_random, score_top,
                              score_per_level, score_random, score_zero, levels}}
     correlation: {enabled, features, tokens}
@@ -106,6 +106,7 @@ class EvaluationConfig:
     judge_format: str = "rating"  # chosen by benchmarks/judge_formats.py (README)
     simulator_format: str = "likelihood"
     simulation_contexts: int = 6  # per unit: the simulator predicts every token of this many scoring contexts
+    min_explain_contexts: int = 3  # firing explanation contexts a unit needs for an LLM explanation; fewer: failed, no call
     seed: int = 0
 
 
@@ -269,6 +270,7 @@ def check_config(config: RunConfig) -> None:
         "dictionaries.epochs": foundation.epochs,
         "evaluation.units_per_dictionary": evaluation.units_per_dictionary,
         "evaluation.simulation_contexts": evaluation.simulation_contexts,
+        "evaluation.min_explain_contexts": evaluation.min_explain_contexts,
         "neurons.pool_size": foundation.neuron_pool_size,
         "llm.max_concurrency": config.max_concurrency,
     }

@@ -108,3 +108,26 @@ def test_logprob_formats_map_by_the_stated_rules(tmp_path: Path):
     assert by_id["d/1@8:0"].score == pytest.approx(3 / (1 + math.exp(2.9)))
     expected = {j.context_id: j.score for j in judge_unit(contexts(), "cats", "real", client, "expected_value")}
     assert expected["d/1@3:2"] > 2.9 and expected["d/1@8:0"] < 1.6
+
+
+def unit_with_firing(count: int, quiet: int = 3) -> UnitContexts:
+    """A unit whose explanation set holds ``count`` firing and ``quiet`` non-firing contexts."""
+    firing = tuple(
+        TokenContext("d/2", f"d/2@{i}:1", "top", i, ("a", " cat", " b"), (0.0, 2.0 + i, 0.0), 1, split="explain") for i in range(count)
+    )
+    silent = tuple(
+        TokenContext("d/2", f"d/2@{50 + i}:0", "zero", 50 + i, ("x", " y", " z"), (0.0,) * 3, 0, split="explain") for i in range(quiet)
+    )
+    return UnitContexts("d/2", 10.0, firing + silent, firing[:1] + silent[:1])
+
+
+@pytest.mark.parametrize(("firing", "minimum", "asked"), [(0, 3, False), (2, 3, False), (3, 3, True), (1, 1, True), (0, 1, False)])
+def test_a_unit_with_too_few_firing_explanation_contexts_fails_without_a_call(tmp_path: Path, firing: int, minimum: int, asked: bool):
+    backend = ScriptedBackend("cats")
+    explanation = explain_unit(unit_with_firing(firing), LLMClient(backend, cache_dir=tmp_path), chat=True, min_contexts=minimum)
+    assert bool(backend.prompts) == asked
+    if asked:
+        assert explanation.text == "cats" and explanation.n_contexts == firing
+    else:
+        assert explanation.text is None and explanation.failure.startswith("too few firing explanation contexts")
+        assert f"{firing} firing, at least {minimum} needed" in explanation.failure

@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from explainers.llm_explainer import explain_unit, explainer_template, shown_contexts
+from explainers.llm_explainer import TOO_FEW_CONTEXTS, explain_unit, explainer_template, shown_contexts
 from explainers.token_stats import token_statistics_explanation
 from harness.config import EvaluationConfig, Role
 from harness.errors import MonoscopeError
@@ -102,7 +102,7 @@ def explain_stage(
 
     def explain(contexts: UnitContexts) -> Explanation:
         try:
-            explanation = explain_unit(contexts, client, chat=config.explainer_chat)
+            explanation = explain_unit(contexts, client, chat=config.explainer_chat, min_contexts=config.min_explain_contexts)
         except BackendError as error:
             explanation = Explanation(
                 unit=contexts.unit,
@@ -161,6 +161,9 @@ def score_stage(
     judge_settings = _judge_settings(judge, config)
     simulator_settings = _simulator_settings(simulator, config)
     for contexts in units:
+        own = explanations.get((contexts.unit, "llm"))
+        if own is not None and own.failure is not None and own.failure.startswith(TOO_FEW_CONTEXTS):
+            continue  # too little evidence to explain the unit: none of its sources is scored
         texts = {
             "real": _text(explanations.get((contexts.unit, "llm"))),
             "shuffled": _text(explanations.get((shuffle.get(contexts.unit), "llm"))),
