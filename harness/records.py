@@ -84,6 +84,7 @@ class UnitContexts:
     max_activation: float
     explain: tuple[TokenContext, ...]
     score: tuple[TokenContext, ...]
+    duplicates_dropped: int = 0  # held-out windows dropped because their tokens equal an explanation window's
 
 
 @dataclass(frozen=True)

@@ -224,6 +224,9 @@ def _header_section(run_dir: Path, manifest: dict[str, Any]) -> str:
     for key in ("seed", "versions", "timings", "wall_seconds", "date", "created", "started", "finished"):
         if key in manifest:
             rows.append((key, manifest[key]))
+    contexts = manifest.get("contexts")
+    if isinstance(contexts, dict) and "held_out_duplicates_dropped" in contexts:
+        rows.append(("held-out windows dropped as repeats of explanation windows", contexts["held_out_duplicates_dropped"]))
     rows.append(("report written", datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")))
     body = "".join(f"<tr><th>{_e(key)}</th><td>{_value_html(value)}</td></tr>" for key, value in rows)
     full = _e(json.dumps(manifest, indent=2, sort_keys=True, ensure_ascii=False))

@@ -11,6 +11,7 @@ target activation.
 """
 
 import hashlib
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -77,16 +78,29 @@ def _draw(
 
 
 def split_samples(
-    unit: str, samples: list[ContextSample], max_activation: float, config: SamplingConfig
-) -> tuple[list[ContextSample], list[ContextSample]]:
-    """Return (explanation samples, scoring samples) of one unit, disjoint by chunk."""
+    unit: str,
+    samples: list[ContextSample],
+    max_activation: float,
+    config: SamplingConfig,
+    same_text: Callable[[ContextSample, ContextSample], bool] | None = None,
+) -> tuple[list[ContextSample], list[ContextSample], int]:
+    """Return (explanation samples, scoring samples, held-out samples dropped) of one unit, disjoint by chunk.
+
+    With ``same_text``, a held-out sample whose window reads the same as a drawn explanation window
+    (repeated text such as licence headers, in another chunk) is dropped from the scoring pool before the
+    scoring set is drawn, so the scoring set never repeats what the explainer saw.
+    """
     explain_pool = [s for s in samples if not held_out(config.seed, unit, s.chunk, config.score_fraction)]
     score_pool = [s for s in samples if held_out(config.seed, unit, s.chunk, config.score_fraction)]
     explain = _draw(explain_pool, max_activation, config.explain_top, config.explain_per_level, config.explain_random, 0, config.levels)
+    dropped = 0
+    if same_text is not None:
+        kept = [s for s in score_pool if not any(same_text(s, e) for e in explain)]
+        dropped, score_pool = len(score_pool) - len(kept), kept
     score = _draw(
         score_pool, max_activation, config.score_top, config.score_per_level, config.score_random, config.score_zero, config.levels
     )
-    return explain, score
+    return explain, score, dropped
 
 
 def render(sample: ContextSample, chunks: np.ndarray, tokenizer: Any, split: str = "score") -> TokenContext:
@@ -109,11 +123,20 @@ def render(sample: ContextSample, chunks: np.ndarray, tokenizer: Any, split: str
 def unit_contexts(
     unit: str, samples: list[ContextSample], max_activation: float, chunks: np.ndarray, tokenizer: Any, config: SamplingConfig
 ) -> UnitContexts:
-    """Return the rendered explanation and scoring sets of one unit."""
-    explain, score = split_samples(unit, samples, max_activation, config)
+    """Return the rendered explanation and scoring sets of one unit; held-out windows whose tokens equal an explanation
+    window's are dropped (``UnitContexts.duplicates_dropped`` counts them)."""
+
+    def window(sample: ContextSample) -> np.ndarray:
+        return chunks[sample.chunk, sample.window_start : sample.window_start + len(sample.activations)]
+
+    def same_text(first: ContextSample, second: ContextSample) -> bool:
+        return np.array_equal(window(first), window(second))
+
+    explain, score, dropped = split_samples(unit, samples, max_activation, config, same_text)
     return UnitContexts(
         unit=unit,
         max_activation=max_activation,
         explain=tuple(render(s, chunks, tokenizer, "explain") for s in explain),
         score=tuple(render(s, chunks, tokenizer, "score") for s in score),
+        duplicates_dropped=dropped,
     )

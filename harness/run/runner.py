@@ -92,6 +92,9 @@ def run_evaluation(
     contexts = sample_contexts(run_dir, units, chunks, subject.tokenizer, config.evaluation.sampling)
     per_set = ", ".join(f"{name} {count}" for name, count in Counter(u.unit_set for u in units).items())
     log(f"units: {len(units)} ({per_set}); contexts → {run_dir / 'contexts.jsonl'}")
+    repeats = sum(c.duplicates_dropped for c in contexts)
+    if repeats:
+        log(f"contexts: {repeats} held-out windows dropped: their text repeats one of the same unit's explanation windows")
     roles = {"explainer": config.explainer, "judge": config.judge, "simulator": config.simulator}
     if dry_run:
         plan = log_plan(plan_calls(record_dirs(run_dir), contexts, config.evaluation, roles, config.prices), log, upper_bound=False)

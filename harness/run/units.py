@@ -16,6 +16,7 @@ from harness.dictionaries.neurons import POOL_NAME
 from harness.index.sampling import SamplingConfig, unit_contexts
 from harness.index.store import load_index, unit_samples
 from harness.records import EvaluatedUnit, UnitContexts
+from harness.run.directory import update_manifest
 from harness.run.evaluate import select_units
 from harness.storage import atomic_write_bytes
 from results.store import records_text
@@ -87,6 +88,8 @@ def sample_contexts(
             drawn[unit.unit] = unit_contexts(unit.unit, samples, float(state.maximum[position]), chunks, tokenizer, sampling)
     result = [drawn[unit.unit] for unit in units]
     _write_if_changed(run_dir / CONTEXTS, records_text([c for unit in result for c in (*unit.explain, *unit.score)]))
+    duplicates = {c.unit: c.duplicates_dropped for c in result if c.duplicates_dropped}
+    update_manifest(run_dir, contexts={"held_out_duplicates_dropped": sum(duplicates.values()), "by_unit": duplicates})
     return result
 
 
