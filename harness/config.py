@@ -185,6 +185,9 @@ _DICTIONARY_KEYS = {
 }
 
 
+_FOUNDATION_SECTIONS = (("model", _MODEL_KEYS), ("corpus", _CORPUS_KEYS), ("dictionaries", _DICTIONARY_KEYS))
+
+
 def read_config_file(path: Path) -> dict[str, Any]:
     """Return the mapping in a YAML (.yaml/.yml) or TOML (.toml) file; MonoscopeError if unreadable."""
     if not path.is_file():
@@ -212,7 +215,7 @@ def config_from_mapping(data: dict[str, Any], default_name: str = "run") -> RunC
     _check_keys(data, _SECTIONS, "the config")
     seed = _typed(data.get("seed", 0), int, "seed")
     foundation: dict[str, Any] = {"seed": seed}
-    for section, mapping in (("model", _MODEL_KEYS), ("corpus", _CORPUS_KEYS), ("dictionaries", _DICTIONARY_KEYS)):
+    for section, mapping in _FOUNDATION_SECTIONS:
         values = _section(data, section)
         _check_keys(values, tuple(mapping) + (("load",) if section == "dictionaries" else ()), f"section {section!r}")
         foundation |= {mapping[key]: value for key, value in values.items() if key in mapping}
@@ -234,7 +237,9 @@ def config_from_mapping(data: dict[str, Any], default_name: str = "run") -> RunC
     neurons = dict(_section(data, "neurons"))
     if "pool_size" in neurons:
         foundation["neuron_pool_size"] = neurons.pop("pool_size")
-    foundation_config = _build(FoundationConfig, foundation | {"index": index}, "model/corpus/dictionaries")
+    labels = {field: f"{section}.{key}" for section, mapping in _FOUNDATION_SECTIONS for key, field in mapping.items()}
+    labels |= {"neuron_pool_size": "neurons.pool_size", "index_batch_tokens": "index.batch_tokens"}
+    foundation_config = _build(FoundationConfig, foundation | {"index": index}, "model/corpus/dictionaries", labels)
     evaluation_data = dict(_section(data, "evaluation"))
     sampling = _build(SamplingConfig, dict(evaluation_data.pop("sampling", None) or {}) | {"seed": seed}, "evaluation.sampling")
     evaluation = _build(EvaluationConfig, evaluation_data | {"sampling": sampling, "seed": seed}, "evaluation")
@@ -353,15 +358,16 @@ def _typed(value: Any, kind: Any, key: str) -> Any:
     raise MonoscopeError(f"{key} has the wrong type ({value!r})", f"expected {getattr(kind, '__name__', kind)}")
 
 
-def _build(cls: type, values: dict[str, Any], where: str) -> Any:
-    """Return ``cls(**values)`` with every value checked against the field's annotation."""
+def _build(cls: type, values: dict[str, Any], where: str, labels: dict[str, str] | None = None) -> Any:
+    """Return ``cls(**values)`` with every value checked against the field's annotation (errors name ``labels[field]``)."""
     hints = typing.get_type_hints(cls)
     names = tuple(f.name for f in fields(cls))
     _check_keys(values, names, f"section {where!r}")
     checked = {}
     for key, value in values.items():
         kind = hints[key]
-        checked[key] = value if isinstance(value, IndexConfig | SamplingConfig | ModelShape) else _typed(value, kind, f"{where}.{key}")
+        label = (labels or {}).get(key, f"{where}.{key}")
+        checked[key] = value if isinstance(value, IndexConfig | SamplingConfig | ModelShape) else _typed(value, kind, label)
     return cls(**checked)
 
 

@@ -101,15 +101,18 @@ def test_the_store_is_kept_in_the_models_dtype_and_refilled_without_reindexing(t
     assert neurons_after.n_tokens == neurons_before.n_tokens == chunks.size
 
 
-def test_a_run_resumes_with_other_batch_sizes_but_not_with_another_corpus(tmp_path: Path) -> None:
+def test_a_run_resumes_with_other_batch_sizes_or_store_but_not_with_another_corpus(tmp_path: Path) -> None:
     from harness.run.directory import update_manifest
     from harness.run.runner import _jsonable, check_same_foundation
 
     config = config_from_mapping(CONFIG)
     prepare_run_directory(tmp_path)
     update_manifest(tmp_path, config=_jsonable(config))
-    faster = replace(config, foundation=replace(config.foundation, batch_size=64, index_batch_tokens=65536, checkpoint_seconds=5.0))
-    check_same_foundation(tmp_path, faster)
-    for changed in (replace(config.foundation, tokens=8192), replace(config.foundation, store_residuals=False)):
-        with pytest.raises(MonoscopeError, match="another foundation config"):
+    faster = replace(config.foundation, batch_size=64, index_batch_tokens=65536, checkpoint_seconds=5.0, store_residuals=False)
+    check_same_foundation(tmp_path, replace(config, foundation=faster))
+    for changed, names in (
+        (replace(config.foundation, tokens=8192), "tokens"),
+        (replace(config.foundation, seed=2, layer=1), "layer, seed"),
+    ):
+        with pytest.raises(MonoscopeError, match=f"another foundation config \\({names} differ\\)"):
             check_same_foundation(tmp_path, replace(config, foundation=changed))

@@ -70,12 +70,12 @@ REFERENCES = (
     Reference(
         "forward", "cuda", 886_004.0, EMBEDDED_SHAPE.forward_flops(10, 128),
         "blocks 0..9 of a Gemma-3-270M-shaped model in bfloat16, batch 256 × 128 tokens, one H200",
-        f"{RESULTS}, GPU reference figures (../shared/research/gpu-throughput.md), 2026-11-30",
+        f"{RESULTS}, GPU reference figures, 2026-11-30",
     ),
     Reference(
         "training", "cuda", 380_968.0, _training_flops(640, 16384),
         "the training recipe's arithmetic on CUDA tensors, 16,384 features, batch 4,096, one H200",
-        f"{RESULTS}, GPU reference figures (../shared/research/gpu-throughput.md), 2026-11-30",
+        f"{RESULTS}, GPU reference figures, 2026-11-30",
     ),
 )  # fmt: skip
 # Peak GPU memory of the measured forward pass (17.8 GiB at 32,768 tokens, blocks 0..9, bfloat16) less its
@@ -216,7 +216,10 @@ def _memory(config: RunConfig, shape: ModelShape, layer: int, train_tokens: int,
 
 def log_estimates(estimate: dict[str, Any], log: Progress) -> None:
     """Print the estimate: one line per stage, the measurements it scales, then memory and disk."""
-    log("dry run: foundation estimates (tokens/s scales a measured figure by FLOPs per token; the figures follow)")
+    log(
+        "dry run: foundation estimates (tokens/s scales a measured figure by FLOPs per token; the figures follow). "
+        "They hold for a machine like the measured one: a slower or busier one takes longer"
+    )
     log(f"{'stage':<40} {'device':<7} {'tokens':>13} {'MFLOP/tok':>10} {'tokens/s':>11} {'est. time':>10}  measured")
     references: list[dict[str, Any]] = []
     for row in estimate["stages"]:

@@ -40,7 +40,7 @@ from harness.run.shards import file_lock, merge_shards, record_dirs, shard_direc
 from harness.run.units import choose_units, sample_contexts
 from harness.storage import atomic_write_json
 from harness.subject.corpus import check_corpus_reuse, check_corpus_spec
-from harness.subject.model import check_context_fits, check_device, model_shape, resolve_dtype
+from harness.subject.model import check_context_fits, check_device, model_shape, parse_device, resolve_dtype
 from harness.subject.shape import read_model_shape
 
 
@@ -172,6 +172,7 @@ def preflight(config: RunConfig, max_cost: float | None, dry_run: bool = False) 
     notes: list[str] = []
 
     def device_here(device: str, what: str) -> None:
+        parse_device(device)  # a malformed device is bad input, dry run or not
         try:
             check_device(device)
         except MonoscopeError as exc:
@@ -250,8 +251,9 @@ def _dry_run_estimates(config: RunConfig, log: Progress) -> dict[str, Any] | Non
     return estimate
 
 
-# Foundation settings that change speed or memory, not results: a run may resume with other values.
-THROUGHPUT_KEYS = ("batch_size", "index_batch_tokens", "checkpoint_seconds")
+# Foundation settings that change speed, memory or disk, not results: a run may resume with other values
+# (with or without the residual store, stages read the same residuals: from disk or from the model again).
+THROUGHPUT_KEYS = ("batch_size", "index_batch_tokens", "checkpoint_seconds", "store_residuals")
 
 
 def check_same_foundation(run_dir: Path, config: RunConfig) -> None:
@@ -269,8 +271,12 @@ def check_same_foundation(run_dir: Path, config: RunConfig) -> None:
             mine = {name: value for name, value in mine.items() if name not in THROUGHPUT_KEYS}
             theirs = {name: value for name, value in theirs.items() if name not in THROUGHPUT_KEYS}
         if mine != theirs:
+            changed = (
+                sorted(name for name in set(mine) | set(theirs) if mine.get(name) != theirs.get(name)) if isinstance(theirs, dict) else []
+            )
+            which = f" ({', '.join(changed)} differ)" if changed else ""
             raise MonoscopeError(
-                f"{str(run_dir)!r} was built with another {key.replace('_', ' ')} config",
+                f"{str(run_dir)!r} was built with another {key.replace('_', ' ')} config{which}",
                 "use a new run directory (or the config it was built with); evaluation settings may change between runs",
             )
 

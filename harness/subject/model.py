@@ -84,14 +84,24 @@ def resolve_dtype(name: str) -> torch.dtype:
     return table[name]
 
 
-def check_device(device: str) -> torch.device:
-    """Return ``device`` as a torch.device; MonoscopeError when it is malformed or not present on this machine."""
+def parse_device(device: str) -> torch.device:
+    """Return ``device`` as a torch.device of a kind monoscope runs on (cpu, cuda, mps); MonoscopeError when it is malformed."""
     try:
         parsed = torch.device(device)
     except (RuntimeError, TypeError) as exc:
         raise MonoscopeError(f"device {device!r} is not a torch device", "use cpu, cuda or cuda:N") from exc
+    if parsed.type not in ("cpu", "cuda", "mps"):
+        raise MonoscopeError(f"device {device!r} is not a device monoscope runs on", "use cpu, cuda, cuda:N or mps")
+    return parsed
+
+
+def check_device(device: str) -> torch.device:
+    """Return ``device`` as a torch.device; MonoscopeError when it is malformed or not present on this machine."""
+    parsed = parse_device(device)
     if parsed.type == "cuda" and not torch.cuda.is_available():
-        raise MonoscopeError(f"device {device!r} requested but CUDA is not available", "use --device cpu (model.device: cpu)")
+        raise MonoscopeError(
+            f"device {device!r} requested but CUDA is not available", "set model.device: cpu (or --device cpu where the command has it)"
+        )
     if parsed.type == "cuda" and parsed.index is not None and parsed.index >= torch.cuda.device_count():
         raise MonoscopeError(f"device {device!r} does not exist", f"this machine has cuda:0..cuda:{torch.cuda.device_count() - 1}")
     return parsed
