@@ -35,8 +35,8 @@ from harness.records import Explanation, Judgment, Simulation, UnitContexts, con
 from harness.run.directory import read_manifest, update_manifest
 from harness.subject.corpus import load_chunks
 from results.store import append_records, compact, latest_by_key, read_records
-from scorers.rubric import judge_unit
-from scorers.simulation import simulate_unit
+from scorers.rubric import RUBRIC_FORMATS, judge_unit
+from scorers.simulation import SIMULATION_FORMATS, simulate_unit
 
 EXPLANATIONS, JUDGMENTS, SIMULATIONS = "explanations.jsonl", "judgments.jsonl", "simulations.jsonl"
 SOURCES = ("real", "shuffled", "token_stats")
@@ -158,8 +158,8 @@ def score_stage(
     shuffle = shuffled_sources(llm_units, config.seed)
     judged = latest_by_key(read_records(run_dir / JUDGMENTS, Judgment))
     simulated = latest_by_key(read_records(run_dir / SIMULATIONS, Simulation))
-    judge_settings = _judge_settings(judge, config)
-    simulator_settings = _simulator_settings(simulator, config)
+    judge_settings = _scorer_settings(judge, "judge_format", config.judge_format, RUBRIC_FORMATS) | {"rubric_hash": load_rubric().sha256}
+    simulator_settings = _scorer_settings(simulator, "simulator_format", config.simulator_format, SIMULATION_FORMATS)
     for contexts in units:
         own = explanations.get((contexts.unit, "llm"))
         if own is not None and own.failure is not None and own.failure.startswith(TOO_FEW_CONTEXTS):
@@ -216,30 +216,13 @@ def _parsed(record: Judgment | Simulation | None) -> bool:
     return (record.score if isinstance(record, Judgment) else record.predicted) is not None
 
 
-def _judge_settings(client: LLMClient, config: EvaluationConfig) -> dict[str, str]:
-    """Return the settings a judgment depends on beside its explanation: format, backend, model, prompt and rubric."""
-    from scorers.rubric import RUBRIC_FORMATS
-
-    template = load_template(RUBRIC_FORMATS[config.judge_format][1])
+def _scorer_settings(client: LLMClient, format_field: str, format_name: str, formats: dict[str, tuple[str, str]]) -> dict[str, str]:
+    """Return the settings a judgment or simulation depends on beside its explanation: format, backend, model and prompt."""
     return {
-        "judge_format": config.judge_format,
+        format_field: format_name,
         "backend": client.backend.name,
         "model": client.backend.model,
-        "prompt_hash": template.sha256,
-        "rubric_hash": load_rubric().sha256,
-    }
-
-
-def _simulator_settings(client: LLMClient, config: EvaluationConfig) -> dict[str, str]:
-    """Return the settings a simulation depends on beside its explanation: format, backend, model and prompt."""
-    from scorers.simulation import SIMULATION_FORMATS
-
-    template = load_template(SIMULATION_FORMATS[config.simulator_format][1])
-    return {
-        "simulator_format": config.simulator_format,
-        "backend": client.backend.name,
-        "model": client.backend.model,
-        "prompt_hash": template.sha256,
+        "prompt_hash": load_template(formats[format_name][1]).sha256,
     }
 
 
