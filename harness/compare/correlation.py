@@ -191,20 +191,20 @@ def _check_inputs(
 def _selected_encoder(dictionary: Dictionary, indices: list[int]) -> tuple[Dictionary, list[int] | None]:
     """Return (dictionary to encode with, columns of its output to keep; None: all of them).
 
-    ReLU and JumpReLU features depend only on their own encoder column, so the
+    ReLU, JumpReLU and gated features depend only on their own encoder column, so the
     encoder is cut down to the selected features; TopK (whose features compete)
     and identity dictionaries encode in full.
     """
-    if dictionary.architecture not in ("relu", "jumprelu"):
+    if dictionary.architecture not in ("relu", "jumprelu", "gated"):
         return dictionary, indices
     select = torch.tensor(indices, dtype=torch.long, device=dictionary.W_enc.device)
+    per_unit = {name: getattr(dictionary, name) for name in ("b_enc", "threshold", "b_gate", "b_mag", "r_mag")}
     reduced = replace(
         dictionary,
         d_sae=len(indices),
         W_enc=dictionary.W_enc[:, select],
-        b_enc=dictionary.b_enc[select],
         W_dec=dictionary.W_dec[select],
-        threshold=None if dictionary.threshold is None else dictionary.threshold[select],
+        **{name: None if value is None else value[select] for name, value in per_unit.items()},
     )
     return reduced, None
 

@@ -5,7 +5,7 @@ from typing import Any
 
 import torch
 
-from harness.dictionaries.dictionary import Dictionary, dictionary_to, encode
+from harness.dictionaries.dictionary import Dictionary, dictionary_to, encode, encoding_record
 from harness.errors import MonoscopeError
 from harness.index.state import IndexConfig, index_to, new_index, update_index
 from harness.index.store import load_index, save_index
@@ -29,13 +29,22 @@ class IndexBuilder:
         self.path = path
         self.device = torch.device(device)
         self.dictionary = dictionary_to(dictionary, self.device)
-        self.about = about | {"dictionary": dictionary.name, "hook_name": dictionary.hook_name}
+        self.about = about | {"dictionary": dictionary.name, "hook_name": dictionary.hook_name, "encoding": encoding_record(dictionary)}
+        if "saelens_config" in dictionary.metadata:  # the SAELens version followed and every cfg.json field read
+            self.about["saelens_config"] = dictionary.metadata["saelens_config"]
         if path.exists():
             state, stored_about = load_index(path)
             if stored_about.get("corpus_fingerprint") != about.get("corpus_fingerprint") or state.config != config:
                 raise MonoscopeError(
                     f"index {str(path)!r} was built from another corpus or with other settings",
                     "use a new run directory or delete that index",
+                )
+            stored = stored_about.get("encoding") or {}
+            changed = sorted(key for key, value in self.about["encoding"].items() if stored.get(key, "unrecorded") != value)
+            if changed:
+                raise MonoscopeError(
+                    f"index {str(path)!r} was built from dictionary {dictionary.name!r} read with other settings ({', '.join(changed)})",
+                    "delete that index to rebuild it with the dictionary as read now, or use a new run directory",
                 )
             self.state = index_to(state, self.device)
         else:

@@ -311,5 +311,6 @@ def _loaded_dictionary(run_dir: Path, spec: str, held_out: ActivationSource, con
     stats_path = run_dir / "dictionaries" / dictionary.name / STATS_FILE
     if not stats_path.exists():
         stats = asdict(dictionary_stats(dictionary, held_out, index_batch_tokens(config), config.device))
-        atomic_write_json(stats_path, stats | {"d_sae": dictionary.d_sae, "evaluated_on": "held-out chunks", "source": spec})
+        read = {"saelens_config": dictionary.metadata.get("saelens_config")}  # the SAELens version followed and every cfg field read
+        atomic_write_json(stats_path, stats | {"d_sae": dictionary.d_sae, "evaluated_on": "held-out chunks", "source": spec} | read)
     return dictionary
