@@ -18,6 +18,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from harness.llm.render import display_units, shown, unit_text
 from harness.records import EvaluatedUnit, Explanation, Judgment, Simulation, TokenContext
 from harness.storage import atomic_write_bytes
 from results.store import latest_by_key, read_records
@@ -31,6 +32,14 @@ REPORT = Path("results") / "report.html"
 SOURCES = ("real", "shuffled", "token_stats")
 TABLE_ORDER = ("sets", "compare", "controls", "correlation_summary")
 LONG_TABLES = ("units", "specificity_units", "correlations")
+TABLE_NOTES = {
+    "controls": (
+        "Real versus control explanations, paired over units. In the simulation metrics a constant prediction "
+        "(the same value on every token: it predicts nothing) scores 0 on either side; n_constant_real and "
+        "n_constant_control count those units. Parse failures are not scored: a unit without a parsed simulation "
+        "on both sides is left out of n_units."
+    ),
+}
 LONG_TABLE_ROWS = 30
 GLOBAL_PLOTS = {
     "features_vs_neurons": "Features versus neurons: distributions of per-unit rubric and simulation scores.",
@@ -158,6 +167,8 @@ def _tables_section(tables: list[Path]) -> str:
             parts.append(f"<details id='{anchor}'><summary>{title}</summary>{table}</details>")
         else:
             parts.append(f"<h3 id='{anchor}'>{title}</h3>{table}")
+        if path.stem in TABLE_NOTES:
+            parts.append(f"<p class='note'>{_e(TABLE_NOTES[path.stem])}</p>")
     parts.append("</section>")
     return "".join(parts)
 
@@ -237,14 +248,22 @@ def _header_section(run_dir: Path, manifest: dict[str, Any]) -> str:
 
 
 def _tokens_html(context: TokenContext, scale: float) -> str:
-    """Return the tokens as spans: class p<k> / n<k> shades a positive / negative activation by tenths of ``scale``."""
+    """Return the context as spans, one per display unit, its text as the prompts show it (``harness.llm.render``).
+
+    A character the tokenizer split into byte tokens is one span (``display_units``); the span's
+    class p<k> / n<k> shades its activation of largest magnitude, positive / negative, by tenths
+    of ``scale``; the span holding the target token has class ``tg``; the title lists the
+    activations of its tokens.
+    """
     spans = []
-    for position, (token, activation) in enumerate(zip(context.tokens, context.activations, strict=False)):
+    for unit in display_units(context.tokens):
+        values = [context.activations[index] for index in unit if index < len(context.activations)] or [0.0]
+        activation = max(values, key=lambda value: abs(value) if math.isfinite(value) else -1.0)
         level = round(10 * min(1.0, abs(activation) / scale)) if scale > 0 and math.isfinite(activation) else 0
         shade = f"{'p' if activation >= 0 else 'n'}{level}"
-        classes = f"{shade} tg" if position == context.target else shade
-        shown = _e(token.replace("\n", "↵"))
-        spans.append(f"<span class='{classes}' title='{activation:.3f}'>{shown}</span>")
+        classes = f"{shade} tg" if context.target in unit else shade
+        title = " / ".join(f"{value:.3f}" for value in values)
+        spans.append(f"<span class='{classes}' title='{title}'>{_e(shown(unit_text(context.tokens, unit)))}</span>")
     return "".join(spans)
 
 

@@ -41,6 +41,7 @@ UNIT_COLUMNS = [
     "token_stats_explanation",
     *(f"rubric_{source}" for source in SOURCES),
     *(f"pearson_{source}" for source in SOURCES),
+    *(f"constant_prediction_{source}" for source in SOURCES),
     "n_judgments",
     "n_failures",
     "max_neuron_correlation",
@@ -76,7 +77,19 @@ COMPARE_COLUMNS = [
     "mannwhitney_u",
     "p_value",
 ]
-CONTROL_COLUMNS = ["unit_set", "metric", "control", "real", "control_mean", "difference", "ci_low", "ci_high", "n_units"]
+CONTROL_COLUMNS = [
+    "unit_set",
+    "metric",
+    "control",
+    "real",
+    "control_mean",
+    "difference",
+    "ci_low",
+    "ci_high",
+    "n_units",
+    "n_constant_real",
+    "n_constant_control",
+]
 CORRELATION_COLUMNS = [
     "unit",
     "dictionary",
@@ -266,6 +279,8 @@ def unit_table(
         for metric in METRICS:
             for source in SOURCES:
                 row[f"{metric}_{source}"] = scores.get((unit.unit, source), {}).get(metric)
+        for source in SOURCES:
+            row[f"constant_prediction_{source}"] = bool(scores.get((unit.unit, source), {}).get("constant_prediction", False))
         row["n_judgments"] = n_judgments[unit.unit]
         row["n_failures"] = n_failures[unit.unit]
         row["max_neuron_correlation"] = correlation.max_neuron_correlation if correlation is not None else None
@@ -393,8 +408,10 @@ def compare_table(unit_table_df: pd.DataFrame, neuron_set: str = "neurons", seed
 def control_table(unit_table_df: pd.DataFrame, seed: int = 0) -> pd.DataFrame:
     """Return real versus each control (shuffled, token_stats) per unit set and metric, paired over units.
 
-    Only units with both scores enter (``n_units``); the interval is the 95%
-    bootstrap interval of the mean paired difference (None below 2 units).
+    Only units with both scores enter (``n_units``); a constant simulation prediction scores
+    0 on either side (``results.summary.paired_value``), counted in ``n_constant_real`` and
+    ``n_constant_control``. The interval is the 95% bootstrap interval of the mean paired
+    difference (None below 2 units).
     """
     rows = []
     for name in set_order(unit_table_df):
@@ -402,7 +419,10 @@ def control_table(unit_table_df: pd.DataFrame, seed: int = 0) -> pd.DataFrame:
         scores: dict[tuple[str, str], dict[str, float | None]] = {}
         for record in members.to_dict("records"):
             for source in SOURCES:
-                scores[(record["unit"], source)] = {metric: _value(record[f"{metric}_{source}"]) for metric in METRICS}
+                constant = _value(record.get(f"constant_prediction_{source}"))
+                scores[(record["unit"], source)] = {metric: _value(record[f"{metric}_{source}"]) for metric in METRICS} | {
+                    "constant_prediction": bool(constant) and str(constant).lower() != "false"
+                }
         for metric in METRICS:
             for control in CONTROLS:
                 summary = control_summary(scores, metric, control, seed)
@@ -418,6 +438,8 @@ def control_table(unit_table_df: pd.DataFrame, seed: int = 0) -> pd.DataFrame:
                         "ci_low": interval[0],
                         "ci_high": interval[1],
                         "n_units": summary["n_units"],
+                        "n_constant_real": summary["n_constant_real"],
+                        "n_constant_control": summary["n_constant_control"],
                     }
                 )
     return _frame(rows, CONTROL_COLUMNS)
