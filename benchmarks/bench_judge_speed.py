@@ -29,14 +29,17 @@ def _rating_prompts(material: JudgeMaterial) -> list[tuple[Any, str]]:
     ]
 
 
-def _naive_judge(subject: Any, backend: Any, mode: str, max_tokens: int = 4) -> Callable[[str], float | None]:
+def _naive_judge(subject: Any, backend: Any, mode: str, max_tokens: int | None = None) -> Callable[[str], float | None]:
     """Return a function judging one rating prompt with plain transformers calls, as a user would write them.
 
     Modes: "full_forward" (one forward with the LM head over all prompt positions, then greedy steps
     with the KV cache), "uncached" (a full forward over the growing text for every new token) and
-    "hf_generate" (``model.generate``, greedy).
+    "hf_generate" (``model.generate``, greedy). ``max_tokens`` defaults to the rubric's (``RATING_MAX_TOKENS``).
     """
     from scorers.parsing import parse_rating
+    from scorers.rubric import RATING_MAX_TOKENS
+
+    max_tokens = max_tokens or RATING_MAX_TOKENS
 
     model, eos = subject.model, backend._eos
 
@@ -67,9 +70,14 @@ def _naive_judge(subject: Any, backend: Any, mode: str, max_tokens: int = 4) -> 
     return judge
 
 
-def _naive_batched_judge(subject: Any, backend: Any, batch_size: int, max_tokens: int = 4) -> Callable[[list[str]], list[float | None]]:
+def _naive_batched_judge(
+    subject: Any, backend: Any, batch_size: int, max_tokens: int | None = None
+) -> Callable[[list[str]], list[float | None]]:
     """Return a function judging rating prompts ``batch_size`` at a time with ``model.generate`` on a left-padded batch."""
     from scorers.parsing import parse_rating
+    from scorers.rubric import RATING_MAX_TOKENS
+
+    max_tokens = max_tokens or RATING_MAX_TOKENS
 
     model, eos = subject.model, backend._eos
     pad = subject.tokenizer.pad_token_id if subject.tokenizer.pad_token_id is not None else 0
@@ -102,6 +110,7 @@ def local_judge_speed(args: argparse.Namespace) -> dict:
     from harness.llm.backends.local import make_local_backend
     from harness.llm.interface import Message
     from harness.subject.model import load_subject_model
+    from scorers.rubric import RATING_MAX_TOKENS
 
     judge_format = EvaluationConfig().judge_format
     subject = load_subject_model("embedded")
@@ -113,7 +122,7 @@ def local_judge_speed(args: argparse.Namespace) -> dict:
     prompts = _rating_prompts(material)
 
     def local(backend: Any, unit: Any, concurrency: int) -> list[float | None]:
-        client = judge_client(backend, 3, concurrency)
+        client = judge_client(backend, 1, concurrency)  # one ask per judgment, as on the plain transformers paths
         return [j.score for j in judge_all(_one(material, unit), client, judge_format, RATING_SOURCE)]
 
     methods: dict[str, Callable[[Any], list[float | None]]] = {
@@ -130,8 +139,8 @@ def local_judge_speed(args: argparse.Namespace) -> dict:
     with judge_threads(args) as threads_why:
         threads = torch.get_num_threads()
         warm = prompts[0][1]  # one untimed judgment per path first (one-time start-up costs)
-        reusing.generate([Message("user", warm)], max_tokens=4)
-        plain.generate([Message("user", warm)], max_tokens=4)
+        reusing.generate([Message("user", warm)], max_tokens=RATING_MAX_TOKENS)
+        plain.generate([Message("user", warm)], max_tokens=RATING_MAX_TOKENS)
         for mode in ("full_forward", "hf_generate", "uncached"):
             _naive_judge(subject, plain, mode)(warm)
         batched([warm] * concurrency)

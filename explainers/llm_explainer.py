@@ -4,31 +4,41 @@ import re
 
 from harness.llm.client import LLMClient, UnparseableReply
 from harness.llm.interface import Message
-from harness.llm.render import with_activations
+from harness.llm.render import RENDERING, with_activations
+from harness.llm.replies import unwrap_reply
 from harness.llm.templates import Template, load_template
 from harness.records import Explanation, TokenContext, UnitContexts, contexts_digest
 
 EXPLAINER_NAME = "llm"
 TOO_FEW_CONTEXTS = "too few firing explanation contexts"  # a unit with less evidence is not explained, nor scored
+EXPLANATION_LABELS = ("explanation", "answer")
+EXPLANATION_FORMAT = "one short phrase on one line"
+_MARK = re.compile(r"\u27e6([^\u27e6\u27e7\n]*)\u27e7(?:\{\d*\})?")  # a copied context mark ⟦token⟧{n} (never ASCII brackets)
 
 
 def parse_explanation(reply: str) -> str:
-    """Return the first line of a reply as an explanation; raise ValueError when there is none.
+    """Return the explanation in a reply: its first line after unwrapping; raise ValueError when there is none.
 
-    The prompt's token marks are unwrapped (a reply "[[ root]]{3}" names the token
-    " root"); a line that continues the list of excerpts instead of explaining
-    them counts as unparseable.
+    The reply is unwrapped (``harness.llm.replies.unwrap_reply``: closed reasoning blocks, a
+    fence, quotes, bold, an "Explanation:" or "Answer:" label, trailing periods); a reply that
+    opens a reasoning block and never closes it is rejected, never explained as "<think>".
+    Only the first non-empty line counts: a base model, or a chat model that goes on, may
+    continue after its phrase. A copied context mark ``⟦ root⟧{3}`` is unwrapped to its
+    token ("root"); brackets of any other kind are kept as written. The result is
+    non-empty, at most 200 characters, and does not start with "Excerpt" (a reply that
+    continues the list of excerpts instead of explaining them).
     """
-    for line in reply.strip().splitlines():
-        text = re.sub(r"\[\[(.*?)\]\](\{\d*\}?)?", r"\1", line).replace("[[", "").replace("]]", "")
-        text = " ".join(text.split()).strip('"').strip().rstrip(".").strip()
-        if text:
-            if len(text) > 200:
-                raise ValueError("explanation longer than 200 characters")
-            if text.startswith("Excerpt"):
-                raise ValueError("the reply continues the excerpts instead of explaining them")
-            return text
-    raise ValueError("empty reply")
+    text = unwrap_reply(reply, EXPLANATION_LABELS, trailing_period=True)
+    line = next((line for line in text.splitlines() if line.strip()), "")
+    text = unwrap_reply(line, EXPLANATION_LABELS, trailing_period=True)
+    text = " ".join(_MARK.sub(r"\1", text).split()).rstrip(".").strip()
+    if not text:
+        raise ValueError("empty reply")
+    if len(text) > 200:
+        raise ValueError("explanation longer than 200 characters")
+    if text.startswith("Excerpt"):
+        raise ValueError("the reply continues the excerpts instead of explaining them")
+    return text
 
 
 def explainer_template(chat: bool) -> Template:
@@ -61,12 +71,14 @@ def explain_unit(
         model=client.backend.model,
         prompt_hash=template.sha256,
         n_contexts=len(shown),
-        contexts_sha256=contexts_digest(shown),
+        contexts_sha256=contexts_digest(shown, RENDERING),
     )
     if len(shown) < min_contexts:  # too little evidence to explain: a failure, and no LLM call
         return Explanation(**base, text=None, failure=f"{TOO_FEW_CONTEXTS}: {len(shown)} firing, at least {min_contexts} needed")
     try:
-        text = client.generate([Message("user", prompt)], stage="explain", parse=parse_explanation, **params)
+        text = client.generate(
+            [Message("user", prompt)], stage="explain", parse=parse_explanation, format_hint=EXPLANATION_FORMAT, **params
+        )
     except UnparseableReply as error:
         return Explanation(**base, text=None, failure=f"unparseable reply after {error.attempts} attempts", raw=error.raw)
     return Explanation(**base, text=text)

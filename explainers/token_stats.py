@@ -3,7 +3,7 @@
 import math
 from collections import Counter
 
-from harness.llm.render import clean
+from harness.llm.render import RENDERING, display_units, shown, unit_text
 from harness.records import Explanation, UnitContexts, contexts_digest
 
 EXPLAINER_NAME = "token_stats"
@@ -13,13 +13,16 @@ def token_statistics_explanation(contexts: UnitContexts, top: int = 3) -> Explan
     """Return an explanation listing the tokens with the highest smoothed log-odds of firing.
 
     Counts come from the explanation set only: tokens where the unit fires
-    against all tokens of those windows.
+    against all tokens of those windows. A "token" is a display unit (``harness.llm.render``):
+    byte tokens of one character count as that character, with the largest activation among them.
     """
     firing: Counter[str] = Counter()
     everywhere: Counter[str] = Counter()
     for context in contexts.explain:
-        for token, value in zip(context.tokens, context.activations, strict=True):
-            word = clean(token).strip() or clean(token)  # " pos" and "pos" count as one token
+        for unit in display_units(context.tokens):
+            text = shown(unit_text(context.tokens, unit))
+            word = text.strip() or text  # " pos" and "pos" count as one token
+            value = max(context.activations[index] for index in unit)
             everywhere[word] += 1
             if value > 0:
                 firing[word] += value / max(contexts.max_activation, 1e-9)
@@ -35,7 +38,7 @@ def token_statistics_explanation(contexts: UnitContexts, top: int = 3) -> Explan
             "",
             len(contexts.explain),
             failure="unit never fires in its explanation contexts",
-            contexts_sha256=contexts_digest(contexts.explain),
+            contexts_sha256=contexts_digest(contexts.explain, RENDERING),
         )
 
     def log_odds(token: str) -> float:
@@ -43,5 +46,5 @@ def token_statistics_explanation(contexts: UnitContexts, top: int = 3) -> Explan
 
     ranked = sorted(firing, key=lambda token: (-(log_odds(token) * math.sqrt(firing[token])), token))[:top]
     text = "the tokens " + ", ".join(f'"{token}"' for token in ranked)
-    digest = contexts_digest(contexts.explain)
+    digest = contexts_digest(contexts.explain, RENDERING)
     return Explanation(contexts.unit, EXPLAINER_NAME, text, "none", "none", "", len(contexts.explain), contexts_sha256=digest)

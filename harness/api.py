@@ -24,6 +24,7 @@ from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from harness.config import (
@@ -41,10 +42,12 @@ from harness.dictionaries.training import TrainingConfig, dictionary_stats, trai
 from harness.errors import MonoscopeError
 from harness.index.builder import IndexBuilder
 from harness.index.sampling import SamplingConfig
+from harness.index.sampling import render as render_context
 from harness.index.state import IndexConfig, check_context_length, merge_indexes
 from harness.index.store import load_index, save_index, unit_samples, unit_stats
+from harness.llm.render import with_marked_target
 from harness.progress import Progress
-from harness.records import EvaluatedUnit, FeatureCorrelation, Judgment, Simulation
+from harness.records import ContextSample, EvaluatedUnit, FeatureCorrelation, Judgment, Simulation, UnitStats
 from harness.run.comparisons import correlation_stage
 from harness.run.directory import prepare_run_directory, update_manifest
 from harness.run.evaluate import (
@@ -376,25 +379,30 @@ def merge_command(out: Path, shards: list[Path], log: Progress = print) -> None:
 
 
 def show_unit_command(index_path: Path, unit: int, corpus_file: Path | None, model: str, limit: int) -> str:
-    """Return a text view of one unit: statistics and top contexts with the target token in [[ ]]."""
+    """Return a text view of one unit: statistics and top contexts with the target marked ⟦ ⟧.
+
+    Each context is rendered as the judge's prompts render it (``harness.llm.render.with_marked_target``).
+    """
     state, about = load_index(index_path)
     if not 0 <= unit < state.n_units:
         raise MonoscopeError(f"unit {unit} is out of range", f"the index has units 0..{state.n_units - 1}")
     chunks = load_chunks((corpus_file or index_path.parent.parent / "corpus.npy").with_suffix(""))
     from transformers import AutoTokenizer
 
-    from harness.subject.embedded import EMBEDDED_NAME, embedded_checkpoint_dir
+    from harness.subject.embedded import EMBEDDED_NAME, embedded_tokenizer
 
-    tokenizer = AutoTokenizer.from_pretrained(str(embedded_checkpoint_dir()) if model == EMBEDDED_NAME else model)
+    tokenizer = embedded_tokenizer() if model == EMBEDDED_NAME else AutoTokenizer.from_pretrained(model)
     name = f"{about.get('dictionary', 'unit')}/{unit}"
     stats = unit_stats(state, unit, name)
+    return show_unit_text(stats, [s for s in unit_samples(state, unit, name) if s.kind == "top"][:limit], chunks, tokenizer)
+
+
+def show_unit_text(stats: UnitStats, samples: list[ContextSample], chunks: np.ndarray, tokenizer: Any) -> str:
+    """Return show-unit's text: a line of ``stats``, then per sample its activation and its context with the target marked."""
     lines = [
-        f"{name}: fires on {stats.fire_count} of {stats.n_tokens} tokens (density {stats.density:.2e}), max {stats.max_activation:.3f}"
+        f"{stats.unit}: fires on {stats.fire_count} of {stats.n_tokens} tokens (density {stats.density:.2e}),"
+        f" max {stats.max_activation:.3f}"
     ]
-    for sample in [s for s in unit_samples(state, unit, name) if s.kind == "top"][:limit]:
-        tokens = chunks[sample.chunk, sample.window_start : sample.window_start + len(sample.activations)].tolist()
-        pieces = [tokenizer.decode([token]) for token in tokens]
-        target = sample.position - sample.window_start
-        pieces[target] = f"[[{pieces[target]}]]"
-        lines.append(f"  {sample.value:7.3f}  " + "".join(pieces).replace("\n", "⏎"))
+    for sample in samples:
+        lines.append(f"  {sample.value:7.3f}  " + with_marked_target(render_context(sample, chunks, tokenizer)))
     return "\n".join(lines)

@@ -50,6 +50,9 @@ class UnitStats:
 class TokenContext:
     """A sampled context ready for prompts: decoded tokens with the unit's activation on each.
 
+    ``tokens`` holds one string per window token, joining to the window's decoded text: a
+    token inside a character that a later token completes holds "" (see
+    ``harness.subject.decoding.token_pieces`` and ``harness.llm.render.display_units``).
     ``target`` indexes the token the sample was drawn for (the one a rubric
     judge sees marked); ``context_id`` is stable across runs
     ("<unit>@<chunk>:<position>").
@@ -100,7 +103,7 @@ class Explanation:
     n_contexts: int
     failure: str | None = None
     raw: str | None = None
-    contexts_sha256: str | None = None  # of the ids of the contexts the explainer saw (None: recorded before this field)
+    contexts_sha256: str | None = None  # of the contexts the explainer saw, see contexts_digest (None: recorded before this field)
 
     @property
     def key(self) -> tuple[str, str]:
@@ -127,6 +130,7 @@ class Judgment:
     rubric_hash: str
     failure: str | None = None
     raw: str | None = None
+    rendering: str | None = None  # version of the context rendering the judge saw (harness.llm.render.RENDERING)
 
     @property
     def key(self) -> tuple[str, str, str]:
@@ -150,6 +154,7 @@ class Simulation:
     prompt_hash: str
     failure: str | None = None
     raw: str | None = None
+    rendering: str | None = None  # version of the context rendering the simulator saw (harness.llm.render.RENDERING)
 
     @property
     def key(self) -> tuple[str, str, str]:
@@ -216,8 +221,14 @@ class NearestFeatures:
         return (self.unit, self.other_dictionary)
 
 
-def contexts_digest(contexts: "Iterable[TokenContext]") -> str:
-    """Return a sha256 of the context ids of ``contexts``, in order: what an explanation was made from."""
-    import hashlib
+def contexts_digest(contexts: "Iterable[TokenContext]", rendering: str) -> str:
+    """Return a sha256 of what an explanation was made from: the rendering version, then each context's id and tokens.
 
-    return hashlib.sha256("\n".join(c.context_id for c in contexts).encode()).hexdigest()
+    ``rendering`` is the version of how contexts are shown (``harness.llm.render.RENDERING``): a
+    change of it, or of the decoded token text, changes the digest, so the explanation is redone.
+    """
+    import hashlib
+    import json
+
+    lines = [f"rendering {rendering}"] + [json.dumps([c.context_id, list(c.tokens)], ensure_ascii=False) for c in contexts]
+    return hashlib.sha256("\n".join(lines).encode()).hexdigest()

@@ -41,7 +41,7 @@ def unit_scores(judgments: list[Judgment], simulations: list[Simulation]) -> dic
 def paired_value(score: dict[str, float | bool | None], metric: str) -> float | None:
     """Return a source's ``metric`` for a paired comparison: the score, or 0 for a constant simulation prediction.
 
-    The rule (issue 12): an explanation whose simulation predicts the same value everywhere
+    The rule: an explanation whose simulation predicts the same value everywhere
     predicts nothing, so in paired real-versus-control comparisons it scores 0, whether it is
     the real explanation or a control. Parse failures and constant true activations stay None.
     """

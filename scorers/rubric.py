@@ -1,7 +1,7 @@
 """The specificity rubric: a judge rates (explanation, context with the target token marked) on 0–3.
 
 Formats (the run records which one produced each judgment):
-- ``rating``: one call per judgment, the reply's digit is parsed (any backend);
+- ``rating``: one call per judgment asking for one output token, the digit (any backend);
 - ``rating_batch``: several contexts per call, one numbered line per context;
 - ``expected_value``: expected value of the answer over "0".."3" from the
   backend's log-probabilities (one forward pass, no sampling);
@@ -20,10 +20,16 @@ from harness.errors import MonoscopeError
 from harness.index.sampling import activation_level
 from harness.llm.client import BackendError, LLMClient, UnparseableReply, failure_reason
 from harness.llm.interface import CHOICE_LOGPROBS, CONTINUATION_LOGPROB, GENERATE, Message
-from harness.llm.render import with_marked_target
+from harness.llm.render import RENDERING, with_marked_target
 from harness.llm.templates import Rubric, load_rubric, load_template
 from harness.records import Judgment, TokenContext, UnitContexts
-from scorers.parsing import parse_numbered_ratings, parse_rating
+from scorers.parsing import numbered_ratings_format, parse_numbered_ratings, parse_rating, rating_format
+
+# The ``rating`` format asks for one output token: the reply must be the digit alone (parse_rating accepts
+# nothing else), and a base model continues the prompt's "Rating:" line past the digit ("1 — The
+# explanation", as the rubric's lines read) when allowed more. Digits are single tokens in the
+# tokenizers of the embedded Gemma, GPT and Claude; a reasoning model cannot answer in one token.
+RATING_MAX_TOKENS = 1
 
 RUBRIC_FORMATS = {
     "rating": (GENERATE, "rubric_rating"),
@@ -82,6 +88,7 @@ def judge_unit(
             rubric_hash=rubric.sha256,
             failure=failure,
             raw=raw,
+            rendering=RENDERING,
         )
 
     def prompt_for(context: TokenContext) -> str:
@@ -99,7 +106,13 @@ def judge_unit(
 
         def single(context: TokenContext) -> Judgment:
             try:
-                score = client.generate([Message("user", prompt_for(context))], stage="judge", parse=parse_rating, max_tokens=4)
+                score = client.generate(
+                    [Message("user", prompt_for(context))],
+                    stage="judge",
+                    parse=parse_rating,
+                    format_hint=rating_format(),
+                    max_tokens=RATING_MAX_TOKENS,
+                )
             except UnparseableReply as error:
                 return record(context, None, f"unparseable reply after {error.attempts} attempts", error.raw)
             except BackendError as error:
@@ -168,6 +181,7 @@ def _judge_batch(group, explanation, client, template, rubric):
             [Message("user", prompt)],
             stage="judge",
             parse=lambda reply: parse_numbered_ratings(reply, len(group)),
+            format_hint=numbered_ratings_format(len(group)),
             max_tokens=8 * len(group),
         )
     except UnparseableReply as error:

@@ -10,6 +10,12 @@ Formats:
   " 0".." 9" (Gemma splits "10", so the scale is 0–9), times 10/9;
 - ``likelihood``: per token, the likelihood judge's per-token log-likelihood
   ratio r with that token marked, mapped by the stated rule 10 / (1 + exp(−2 r)).
+
+The simulator sees a context's display units (``harness.llm.render.display_units``), not its
+raw tokens: the byte tokens of one character are one unit, shown as that character. It
+predicts once per unit (one numbered line, or one marked prompt, per unit), and the unit's
+prediction is given to each of its tokens, so a Simulation keeps one predicted and one true
+activation per token (the true ones as recorded) and the correlation runs over tokens.
 """
 
 import math
@@ -20,10 +26,10 @@ from scipy import stats as scipy_stats
 from harness.errors import MonoscopeError
 from harness.llm.client import BackendError, LLMClient, UnparseableReply, failure_reason
 from harness.llm.interface import CHOICE_LOGPROBS, CONTINUATION_LOGPROB, GENERATE, Message
-from harness.llm.render import clean, with_marked_target
+from harness.llm.render import RENDERING, display_units, shown, unit_text, with_marked_target
 from harness.llm.templates import load_template
 from harness.records import Simulation, TokenContext, UnitContexts
-from scorers.parsing import parse_activation_list
+from scorers.parsing import activation_list_format, parse_activation_list
 from scorers.rubric import expected_value, explanation_token_count
 
 SIMULATION_FORMATS = {
@@ -61,33 +67,37 @@ def simulate_unit(
             prompt_hash=template.sha256,
             failure=failure,
             raw=raw,
+            rendering=RENDERING,
         )
 
     if simulator_format == "structured":
 
         def simulate(context: TokenContext) -> Simulation:
-            numbered = "\n".join(f"{index}: {clean(token)!r}" for index, token in enumerate(context.tokens, 1))
-            prompt = template.render(explanation=explanation, tokens=numbered, n_tokens=len(context.tokens))
+            units = display_units(context.tokens)
+            numbered = "\n".join(f"{index}: {shown(unit_text(context.tokens, unit))!r}" for index, unit in enumerate(units, 1))
+            prompt = template.render(explanation=explanation, tokens=numbered, n_tokens=len(units))
             try:
                 values = client.generate(
                     [Message("user", prompt)],
                     stage="simulate",
-                    parse=lambda reply: parse_activation_list(reply, len(context.tokens)),
-                    max_tokens=4 * len(context.tokens) + 8,
+                    parse=lambda reply: parse_activation_list(reply, len(units)),
+                    format_hint=activation_list_format(len(units)),
+                    max_tokens=4 * len(units) + 8,
                 )
             except UnparseableReply as error:
                 return record(context, None, f"unparseable reply after {error.attempts} attempts", error.raw)
             except BackendError as error:
                 return record(context, None, failure_reason(error))
-            return record(context, values)
+            return record(context, per_token(units, values))
 
     elif simulator_format == "expected_value":
         choices = [f" {digit}" for digit in range(10)]
 
         def simulate(context: TokenContext) -> Simulation:
+            units = display_units(context.tokens)
             values = []
-            for position in range(len(context.tokens)):
-                prompt = template.render(explanation=explanation, context=with_marked_target(context, position))
+            for unit in units:
+                prompt = template.render(explanation=explanation, context=with_marked_target(context, unit.start))
                 try:
                     logprobs = client.choice_logprobs([Message("user", prompt)], choices, stage="simulate")
                 except BackendError as error:
@@ -96,7 +106,7 @@ def simulate_unit(
                 if value is None:
                     return record(context, None, "no answer option had a finite log-probability", str(logprobs))
                 values.append(value * 10 / 9)
-            return record(context, values)
+            return record(context, per_token(units, values))
 
     else:
         try:
@@ -106,17 +116,23 @@ def simulate_unit(
         n_tokens = explanation_token_count(explanation)
 
         def simulate(context: TokenContext) -> Simulation:
+            units = display_units(context.tokens)
             values = []
-            for position in range(len(context.tokens)):
-                prompt = template.render(context=with_marked_target(context, position))
+            for unit in units:
+                prompt = template.render(context=with_marked_target(context, unit.start))
                 try:
                     ratio = (client.continuation_logprob(prompt, f" {explanation}", stage="simulate") - baseline) / n_tokens
                 except BackendError as error:
                     return record(context, None, failure_reason(error))
                 values.append(10.0 / (1.0 + math.exp(-2.0 * ratio)))
-            return record(context, values)
+            return record(context, per_token(units, values))
 
     return client.map(simulate, list(contexts.score))
+
+
+def per_token(units: list[range], values: list[float]) -> list[float]:
+    """Return one prediction per token from one per display unit: each token of a unit gets the unit's value."""
+    return [value for unit, value in zip(units, values, strict=True) for _ in unit]
 
 
 def correlation_scores(simulations: list[Simulation]) -> dict[str, float | int | str | None]:

@@ -9,6 +9,7 @@ a run against a healthy one:
 - rating prompts get a digit 0..3 from the digest; structured-simulation prompts a JSON list of 0..10 per token;
 - requests asking for ``logprobs`` get top log-probabilities of " 0".." 9", " Yes" and " No" from the digest.
 
+A re-ask of a rejected reply is answered as the request it re-asks (its messages before the first assistant turn).
 Faults are drawn per attempt from a seeded hash of (seed, request digest, attempt number), so which attempts
 fail does not depend on thread timing. Kinds (``FAULT_KINDS``): ``429`` (no Retry-After), ``429_retry_after``,
 ``500``, ``503``, ``stall`` (no answer for ``stall_seconds``: longer than the client's timeout), ``cutoff`` (the
@@ -40,7 +41,7 @@ STAGE_MARKERS = (
     ("In short, the marked tokens are", "explain"),
     ("Rate how specifically", "judge"),
     ("Predict the feature's activation", "simulate"),
-    ("the feature's activation on the token in [[ ]]", "simulate"),
+    ("the feature's activation on the token in ⟦ ⟧", "simulate"),
 )
 
 
@@ -213,7 +214,10 @@ class FaultServer:
 
     def _respond(self, handler: BaseHTTPRequestHandler, api: str, body: dict[str, Any]) -> None:
         messages = body.get("messages", [])
-        prompt = str(body.get("system", "")) + "".join(str(m.get("content", "")) for m in messages)
+        # A re-ask (the original messages, the rejected reply, a note naming the format) is the original request:
+        # same digest, same answer, same fault budget.
+        reask = next((i for i, m in enumerate(messages) if m.get("role") == "assistant"), len(messages))
+        prompt = str(body.get("system", "")) + "".join(str(m.get("content", "")) for m in messages[:reask])
         digest = hashlib.sha256(prompt.encode()).hexdigest()
         stage = stage_of(prompt)
         logprobs = bool(body.get("logprobs"))

@@ -30,6 +30,7 @@ from typing import Any
 
 import pytest
 
+from scorers.rubric import RATING_MAX_TOKENS
 from tests.loopback import reply_body, start_server
 
 pytestmark = pytest.mark.slow
@@ -116,12 +117,12 @@ def reply_text(body: dict[str, Any], digest: str) -> str:
     """Return the reply to a request, a function of the request only.
 
     Simulator prompts ("Answer with a JSON list of N integers") get N numbers, judge prompts
-    (max_tokens 4) a rating digit, explainer prompts a one-line explanation.
+    (max_tokens ``RATING_MAX_TOKENS``) a rating digit, explainer prompts a one-line explanation.
     """
     simulation = re.search(r"JSON list of (\d+) integers", body["messages"][-1]["content"])
     if simulation:
         return json.dumps([int(digest[i : i + 2], 16) % 11 for i in range(0, 2 * int(simulation.group(1)), 2)])
-    if body.get("max_tokens") == 4:
+    if body.get("max_tokens") == RATING_MAX_TOKENS:
         return str(int(digest[:8], 16) % 4)
     return f"{EXPLANATION} {digest[:6]}"
 

@@ -34,15 +34,15 @@ class OracleBackend:
     def generate(self, messages: list[Message], **params: object) -> Completion:
         prompt = messages[-1].content
         if "the marked tokens are" in prompt or "What does this feature detect" in prompt:
-            marked = re.findall(r"\[\[(.*?)\]\]\{\d+\}", prompt)
+            marked = [token.strip() for token in re.findall(r"⟦(.*?)⟧\{\d+\}", prompt)]  # " word3": decoded in context
             word = max(set(marked), key=marked.count)
             return Completion(f"the word {word}", Usage(len(prompt.split()), 3))
         match = re.search(r'explanation: "the word (\w+)"', prompt)
         explained = match.group(1) if match else None  # e.g. a token-statistics explanation
         if "JSON list" in prompt:
             tokens = re.findall(r"^\d+: '(.*)'$", prompt, flags=re.MULTILINE)
-            return Completion(str([10 if token == explained else 0 for token in tokens]), Usage(len(prompt.split()), len(tokens)))
-        marked = re.search(r"\[\[(.*?)\]\]", prompt.split("one token marked as [[token]]:")[1]).group(1)
+            return Completion(str([10 if token.strip() == explained else 0 for token in tokens]), Usage(len(prompt.split()), len(tokens)))
+        marked = re.search(r"⟦(.*?)⟧", prompt.split("one token marked as ⟦token⟧:")[1]).group(1).strip()
         return Completion("3" if marked == explained else "0", Usage(len(prompt.split()), 1))
 
 

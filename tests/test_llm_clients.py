@@ -240,13 +240,18 @@ def test_unparseable_replies_are_reasked_never_cached_then_raised(serve, tmp_pat
     server.default = Plan(text="no number here")
     client = client_for(server, tmp_path / "cache")
     with pytest.raises(UnparseableReply) as caught:
-        ask(client, parse=int)
-    assert caught.value.raw == "no number here" and caught.value.attempts == 3 and len(server.requests) == 3
+        ask(client, parse=int, format_hint="one integer")
+    assert caught.value.raw == "no number here" and caught.value.attempts == 2 and len(server.requests) == 2
     assert not list((tmp_path / "cache").rglob("*.json")), "an unparseable reply is never cached"
+    reask = server.requests[1]["json"]["messages"]
+    assert reask[:2] == [{"role": "user", "content": "hello"}, {"role": "assistant", "content": "no number here"}]
+    assert reask[2]["role"] == "user" and "Reply with only one integer." in reask[2]["content"]
     server.default = Plan(text="7")
     server.plans.append(Plan(text="seven"))
-    assert ask(client, parse=int) == 7 and len(server.requests) == 5
-    assert ask(client, parse=int) == 7 and len(server.requests) == 5, "the parseable reply was cached"
+    assert ask(client, parse=int, format_hint="one integer") == 7 and len(server.requests) == 4
+    assert ask(client, parse=int, format_hint="one integer") == 7 and len(server.requests) == 4, "the parseable reply was cached"
+    with pytest.raises(TypeError, match="format_hint"):
+        ask(client, parse=int)
 
 
 def test_choice_logprobs_read_the_first_tokens_top_logprobs(serve, tmp_path: Path):

@@ -1,4 +1,4 @@
-"""Paired control comparisons: a constant simulation prediction scores 0 on either side, counted per side (issue 12, class 4).
+"""Paired control comparisons: a constant simulation prediction scores 0 on either side, counted per side.
 
 An explanation whose simulation predicts one value everywhere predicts nothing. Before the rule,
 such a shuffled control dropped its unit from the paired comparison, so a planted check kept 1

@@ -40,7 +40,7 @@ def test_encode_and_decode_equal_saelens(case: str) -> None:
 
 
 def test_topk_rescaled_by_decoder_norm_is_the_issue_example() -> None:
-    """Issue 12's example: rescale_acts_by_decoder_norm changes which features are active; ignoring it is wrong."""
+    """The reported fault: rescale_acts_by_decoder_norm changes which features are active; ignoring it is wrong."""
     dictionary = load_saelens_directory(FIXTURES / "topk_rescale_by_decoder_norm")
     assert dictionary.rescale_acts_by_decoder_norm and dictionary.k == 4
     norms = dictionary.W_dec.norm(dim=-1)

@@ -57,7 +57,7 @@ def test_a_held_out_window_that_repeats_an_explanation_window_is_dropped_and_cou
 
     class Tokens:
         def decode(self, ids: list[int]) -> str:
-            return f" t{ids[0]}"
+            return "".join(f" t{token}" for token in ids)
 
     samples = unit_samples(state, 0, "d/0")
     drawn = unit_contexts("d/0", samples, float(state.maximum[0]), chunks, Tokens(), SamplingConfig(seed=1))

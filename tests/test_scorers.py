@@ -60,7 +60,7 @@ def test_explainer_failure_record_and_prompt(tmp_path: Path):
     backend = ScriptedBackend("   \n  ")
     explanation = explain_unit(contexts(), LLMClient(backend, cache_dir=tmp_path, max_parse_attempts=1), chat=True)
     assert explanation.text is None and explanation.failure and explanation.prompt_hash
-    assert "[[ cat]]{10}" in backend.prompts[0] and "[[<b>]]{2}" in backend.prompts[0]
+    assert "⟦ cat⟧{10}" in backend.prompts[0] and "⟦<b>⟧{2}" in backend.prompts[0]
 
 
 def test_format_needs_capability(tmp_path: Path):
@@ -81,8 +81,8 @@ def test_parsers():
     assert parse_numbered_ratings("1: 0\n2: 3", 2) == [0, 3]
     with pytest.raises(ValueError):
         parse_numbered_ratings("1: 0", 2)
-    assert parse_activation_list("sure: [0, 10, 2.5]", 3) == [0.0, 10.0, 2.5]
-    for bad in ("[0, 11, 1]", "[true, 1, 1]", "[1, 2]", "none", "[NaN, 1, 2]"):
+    assert parse_activation_list("[0, 10, 2.5]", 3) == [0.0, 10.0, 2.5]
+    for bad in ("[0, 11, 1]", "[true, 1, 1]", "[1, 2]", "none", "[NaN, 1, 2]", "sure: [0, 10, 2.5]"):  # the whole reply is the list
         with pytest.raises(ValueError):
             parse_activation_list(bad, 3)
 
@@ -93,7 +93,7 @@ class LogprobBackend:
     capabilities = frozenset({GENERATE, "choice_logprobs"})
 
     def choice_logprobs(self, messages: list[Message], choices: list[str]) -> dict[str, float]:
-        marked_cat = "[[ cat]]" in messages[-1].content
+        marked_cat = "⟦ cat⟧" in messages[-1].content
         table = {" Yes": -0.1 if marked_cat else -3.0, " No": -3.0 if marked_cat else -0.1}
         table |= {f" {d}": (-0.1 if (d == 3) == marked_cat else -5.0) for d in range(10)}
         return {choice: table[choice] for choice in choices}

@@ -26,7 +26,7 @@ def test_a_fake_key_appears_in_no_file_and_no_log(
     monkeypatch.setenv("NO_PROXY", "127.0.0.1,localhost")
     server = ScriptedServer("openai")
     server.default = Plan(text="2")
-    server.plans.extend([Plan(text=f"Excerpt 9: my key is {FAKE_KEY}")] * 3)  # unparseable, re-asked, recorded as raw
+    server.plans.extend([Plan(text=f"Excerpt 9: my key is {FAKE_KEY}")] * 2)  # unparseable, re-asked once, recorded as raw
     try:
         openai_role = {"backend": "openai", "model": "test-model", "base_url": server.base_url}
         config = tiny_config(explainer=openai_role, judge=openai_role, llm={"max_concurrency": 1})

@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 
 from harness.records import ContextSample, TokenContext, UnitContexts
+from harness.subject.decoding import token_pieces
 
 
 @dataclass(frozen=True)
@@ -104,9 +105,13 @@ def split_samples(
 
 
 def render(sample: ContextSample, chunks: np.ndarray, tokenizer: Any, split: str = "score") -> TokenContext:
-    """Return the TokenContext of a sample: its window's tokens decoded one by one."""
+    """Return the TokenContext of a sample: one piece of text per window token, decoded from the whole window.
+
+    The pieces join to the window's decoded text (``harness.subject.decoding.token_pieces``: a
+    character split into byte tokens is carried whole by the token completing it, "" by the others).
+    """
     ids = chunks[sample.chunk, sample.window_start : sample.window_start + len(sample.activations)].tolist()
-    tokens = tuple(tokenizer.decode([token]) for token in ids)
+    tokens = token_pieces(tokenizer, ids)
     return TokenContext(
         unit=sample.unit,
         context_id=f"{sample.unit}@{sample.chunk}:{sample.position}",

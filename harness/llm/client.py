@@ -10,6 +10,7 @@ every key read is scrubbed ("***") from error messages and cache files.
 """
 
 import email.utils
+import functools
 import hashlib
 import importlib
 import json
@@ -81,6 +82,19 @@ class UnparseableReply(Exception):  # noqa: N818 (the name callers use)
         self.raw = scrub(raw)
         self.attempts = attempts
         super().__init__(f"unparseable reply after {attempts} attempts: {self.raw[:200]!r}")
+
+
+EMPTY_REPLY = "(empty reply)"  # the assistant turn of a re-ask whose rejected reply was empty (APIs refuse empty turns)
+
+
+def reask_message(error: str, format_hint: str) -> str:
+    """Return the user turn that re-asks after a rejected reply: the parse error and the expected format."""
+    return f"Your reply was not in the expected format ({error}). Reply with only {format_hint}."
+
+
+def reask_turns(rejected: str, error: str, format_hint: str) -> list[Message]:
+    """Return the turns appended to the original messages to re-ask: the rejected reply, then ``reask_message``."""
+    return [Message("assistant", rejected if rejected.strip() else EMPTY_REPLY), Message("user", reask_message(error, format_hint))]
 
 
 def missing_capability(backend: Backend, capability: str) -> MonoscopeError:
@@ -226,7 +240,7 @@ class LLMClient:
         cache_dir: str | Path | None = None,
         *,
         max_concurrency: int = 4,
-        max_parse_attempts: int = 3,
+        max_parse_attempts: int = 2,
         retry_attempts: int = 6,
         retry_initial_wait: float = 1.0,
         retry_max_wait: float = 60.0,
@@ -266,28 +280,45 @@ class LLMClient:
         if capability not in self.backend.capabilities:
             raise missing_capability(self.backend, capability)
 
-    def generate(self, messages: list[Message], stage: str, parse: Callable[[str], Any] | None = None, **params: Any) -> Any:
+    def generate(
+        self,
+        messages: list[Message],
+        stage: str,
+        parse: Callable[[str], Any] | None = None,
+        format_hint: str | None = None,
+        **params: Any,
+    ) -> Any:
         """Return the reply as a Completion, or ``parse(reply text)`` when ``parse`` is given.
 
-        Temperature defaults to 0. A reply that ``parse`` rejects (ValueError) is never cached and the
-        same request is asked again, ``max_parse_attempts`` times in all; then UnparseableReply is raised.
+        Temperature defaults to 0. ``format_hint`` (required with ``parse``) names the expected
+        reply in a few words ("one integer from 0 to 3"). A reply that ``parse`` rejects
+        (ValueError) is never cached; the model is asked again with the original messages, its
+        rejected reply (an assistant turn) and a user turn naming the format and the parse error
+        (``reask_message``), ``max_parse_attempts`` asks in all (default 2: one re-ask; a later
+        re-ask replaces the earlier rejected reply and note). Then UnparseableReply is raised
+        with the last rejected text. An accepted reply, first or re-asked, is cached under the
+        ORIGINAL request's key, so a rerun reads it without a call.
         """
         self.require(GENERATE)
+        if parse is not None and not format_hint:
+            raise TypeError("LLMClient.generate: parse needs format_hint, the words naming the expected reply")
         params = {"temperature": 0, **params}
         request = {"messages": [[m.role, m.content] for m in messages], "params": params}
         key = self._key(GENERATE, request)
 
         def ask() -> Any:
             raw = ""
-            prompt_text = "".join(m.content for m in messages)
+            conversation = list(messages)
             for _ in range(self.max_parse_attempts):
+                prompt_text = "".join(m.content for m in conversation)
                 self._reserve(stage, prompt_text, int(params.get("max_tokens") or params.get("max_new_tokens") or 256))
-                completion = self._call(stage, lambda: self.backend.generate(list(messages), **params))
+                completion = self._call(stage, functools.partial(self.backend.generate, list(conversation), **params))
                 completion = Completion(scrub(completion.text), completion.usage, completion.cached)  # a reply may echo a key
                 try:
                     value = completion if parse is None else parse(completion.text)
-                except ValueError:
+                except ValueError as error:
                     raw = completion.text
+                    conversation = [*messages, *reask_turns(raw, str(error), str(format_hint))]
                     continue
                 usage = {"prompt_tokens": completion.usage.prompt_tokens, "completion_tokens": completion.usage.completion_tokens}
                 self._cache_write(key, GENERATE, request, {"text": completion.text, "usage": usage})

@@ -1,13 +1,71 @@
-"""How contexts are written into prompts: marked tokens, normalised activations, one line each."""
+"""How contexts are written into prompts, the report and ``show-unit``: text as decoded, marks that cannot collide.
+
+A context's tokens (``TokenContext.tokens``, from ``harness.subject.decoding.token_pieces``)
+join to the decoded text of its window; a token that is part of a character completed by a
+later token has the piece "". ``display_units`` groups such tokens with the token that
+completes the character: a display unit is the smallest span of tokens shown as one piece
+of text, and marks and activation levels apply to whole units.
+
+Marks: a marked unit is written ``⟦text⟧`` (U+27E6, U+27E7), and in the explainer's listing
+``⟦text⟧{n}`` with the activation level n = 0..10. ``shown`` makes the text unambiguous:
+a line break is written ⏎, and the characters the marks use are replaced in the corpus
+text (⟦ → [, ⟧ → ], a literal ⏎ → ↵), so in rendered text ⟦ ⟧ are only ever marks and ⏎
+only ever a line break.
+"""
+
+from collections.abc import Iterable, Sequence
 
 from harness.records import TokenContext
 
+# The version of what an LLM is shown of a context (decoding of the tokens, grouping, marks, escapes): it is part of the
+# digest of the contexts an explanation was made from and of the settings of a judgment or simulation, so records made
+# with another rendering are redone rather than mixed. "1": tokens decoded one by one, [[token]] marks.
+RENDERING = "2"
+
 NEWLINE = "⏎"
+OPEN, CLOSE = "⟦", "⟧"
+ESCAPES = {OPEN: "[", CLOSE: "]", NEWLINE: "↵", "\r": ""}
 
 
-def clean(token: str) -> str:
-    """Return a token with line breaks made visible, so a context stays on one line."""
-    return token.replace("\r", "").replace("\n", NEWLINE)
+def shown(text: str) -> str:
+    """Return corpus text as it is shown: line breaks as ⏎, and ⟦ ⟧ ⏎ of the text as [ ] ↵ (so marks cannot collide)."""
+    for character, replacement in ESCAPES.items():
+        text = text.replace(character, replacement)
+    return text.replace("\n", NEWLINE)
+
+
+def display_units(tokens: Sequence[str]) -> list[range]:
+    """Return the display units of a context's tokens: consecutive token index ranges covering all tokens in order.
+
+    A token whose piece is "" belongs to the unit of the next token with a non-empty piece (the
+    one that completes its character); "" tokens at the end belong to the last unit. Every other
+    token is a unit of its own. In: one string per token; out: ranges of token indices.
+    """
+    units: list[range] = []
+    start = 0
+    for index, token in enumerate(tokens):
+        if token:
+            units.append(range(start, index + 1))
+            start = index + 1
+    if start < len(tokens):
+        if units:
+            units[-1] = range(units[-1].start, len(tokens))
+        else:
+            units.append(range(0, len(tokens)))
+    return units
+
+
+def unit_of(units: Iterable[range], position: int) -> range:
+    """Return the display unit holding token ``position``; ValueError when none does."""
+    for unit in units:
+        if position in unit:
+            return unit
+    raise ValueError(f"token {position} is in no display unit")
+
+
+def unit_text(tokens: Sequence[str], unit: range) -> str:
+    """Return the decoded text of a display unit (not yet ``shown``)."""
+    return "".join(tokens[index] for index in unit)
 
 
 def normalised(activations: tuple[float, ...], max_activation: float) -> list[int]:
@@ -18,14 +76,25 @@ def normalised(activations: tuple[float, ...], max_activation: float) -> list[in
 
 
 def with_activations(context: TokenContext, max_activation: float) -> str:
-    """Return the context with every firing token written as [[token]]{n} (n = activation 0..10)."""
+    """Return the context as one line, every display unit where the unit fires written ⟦text⟧{n}.
+
+    n = 0..10 is the largest activation over the display unit's tokens, scaled by ``max_activation``.
+    """
+    levels = normalised(context.activations, max_activation)
     pieces = []
-    for token, level in zip(context.tokens, normalised(context.activations, max_activation), strict=True):
-        pieces.append(f"[[{clean(token)}]]{{{level}}}" if level > 0 else clean(token))
+    for unit in display_units(context.tokens):
+        text, level = shown(unit_text(context.tokens, unit)), max(levels[index] for index in unit)
+        pieces.append(f"{OPEN}{text}{CLOSE}{{{level}}}" if level > 0 else text)
     return "".join(pieces)
 
 
 def with_marked_target(context: TokenContext, position: int | None = None) -> str:
-    """Return the context with one token (the target unless ``position`` is given) written as [[token]]."""
-    marked = context.target if position is None else position
-    return "".join(f"[[{clean(token)}]]" if index == marked else clean(token) for index, token in enumerate(context.tokens))
+    """Return the context as one line with one display unit written ⟦text⟧: the one holding token ``position``.
+
+    ``position`` defaults to the context's target token; the mark covers the whole character (or
+    characters) the token is part of.
+    """
+    units = display_units(context.tokens)
+    marked = unit_of(units, context.target if position is None else position)
+    texts = [shown(unit_text(context.tokens, unit)) for unit in units]
+    return "".join(f"{OPEN}{text}{CLOSE}" if unit == marked else text for unit, text in zip(units, texts, strict=True))

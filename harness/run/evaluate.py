@@ -30,6 +30,7 @@ from harness.index.sampling import unit_contexts
 from harness.index.store import load_index, unit_samples
 from harness.llm.budget import Budget
 from harness.llm.client import BACKEND_FAILURE, BackendError, LLMClient, failure_reason, make_backend
+from harness.llm.render import RENDERING
 from harness.llm.templates import load_rubric, load_template
 from harness.records import Explanation, Judgment, Simulation, UnitContexts, contexts_digest
 from harness.run.directory import read_manifest, update_manifest
@@ -93,7 +94,7 @@ def explain_stage(
             record is not None
             and record.text
             and (record.backend, record.model, record.prompt_hash) == (client.backend.name, client.backend.model, template.sha256)
-            and record.contexts_sha256 == contexts_digest(shown_contexts(contexts, config.explainer_chat))
+            and record.contexts_sha256 == contexts_digest(shown_contexts(contexts, config.explainer_chat), RENDERING)
         )
 
     todo = [c for c in units if not current(c)]
@@ -217,12 +218,14 @@ def _parsed(record: Judgment | Simulation | None) -> bool:
 
 
 def _scorer_settings(client: LLMClient, format_field: str, format_name: str, formats: dict[str, tuple[str, str]]) -> dict[str, str]:
-    """Return the settings a judgment or simulation depends on beside its explanation: format, backend, model and prompt."""
+    """Return the settings a judgment or simulation depends on beside its explanation: format, backend, model, prompt
+    and the version of the context rendering (a record made with another rendering is redone)."""
     return {
         format_field: format_name,
         "backend": client.backend.name,
         "model": client.backend.model,
         "prompt_hash": load_template(formats[format_name][1]).sha256,
+        "rendering": RENDERING,
     }
 
 
@@ -290,7 +293,7 @@ def run_tokenizer(run_dir: Path, shared_subject: Any = None) -> Any:
         return shared_subject.tokenizer
     from transformers import AutoTokenizer
 
-    from harness.subject.embedded import EMBEDDED_NAME, embedded_checkpoint_dir
+    from harness.subject.embedded import EMBEDDED_NAME, embedded_tokenizer
 
     name = read_manifest(run_dir).get("model", {}).get("name", EMBEDDED_NAME)
-    return AutoTokenizer.from_pretrained(str(embedded_checkpoint_dir()) if name == EMBEDDED_NAME else name)
+    return embedded_tokenizer() if name == EMBEDDED_NAME else AutoTokenizer.from_pretrained(name)

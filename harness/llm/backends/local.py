@@ -17,8 +17,8 @@ previous prompt (a judge's prompts for one unit and explanation share their
 opening) keeps its KV cache, and the previous reply with the same length limit
 and stop strings is a draft of up to 8 tokens, fed after the prompt in the same
 forward pass and kept as far as it matches the greedy choices (the head then
-runs at those few positions). A rubric judge's replies repeat ("1 — The
-explanation"), so its decoding steps mostly vanish. Greedy requests that the
+runs at those few positions), so replies that repeat cost almost no decoding
+steps (a rubric rating asks for one token and needs no draft). Greedy requests that the
 client's threads ask at the same time run as one right-padded batch after their
 common prefix (harness/llm/batching.py): the LM head's 262k x 640 weights are then
 read once per pass for all of them. Which requests share a pass depends on
@@ -31,7 +31,12 @@ Text to tokens:
   (not again if the text, e.g. a chat template, already starts with it);
 - messages become the prompt as plain text (every content in order, joined by
   blank lines, so the prompt ends with the last message); with option
-  ``chat=True`` the tokenizer's chat template renders them instead;
+  ``chat=True`` the tokenizer's chat template renders them instead. A base
+  model has no turns, so a re-ask (``LLMClient.generate``: the original
+  messages, the rejected reply as an assistant turn, then a note naming the
+  expected format) is rendered as the note, a blank line and the original
+  messages: the rejected reply is left out and the prompt still ends with its
+  answer cue ("Rating:", "In short, the marked tokens are");
 - a continuation's tokens are the tokens of prompt + continuation beyond
   those of the prompt when the prompt's tokens are a prefix of them (so a
   continuation scores the tokens the model would see in the joined text);
@@ -118,7 +123,11 @@ class LocalBackend:
 
     # ------------------------------------------------------------------ text
     def render(self, messages: list[Message]) -> str:
-        """Return the prompt text for ``messages`` (plain text, or the chat template with ``chat=True``)."""
+        """Return the prompt text for ``messages`` (plain text, or the chat template with ``chat=True``).
+
+        In plain text, messages whose assistant turn is followed by a user turn (a re-ask) render as
+        that last user turn, then the messages before the first assistant turn (module docstring).
+        """
         if not messages:
             raise MonoscopeError("no messages to send", "give at least one message")
         if self.chat:
@@ -127,6 +136,11 @@ class LocalBackend:
             return self.subject.tokenizer.apply_chat_template(
                 turns, tokenize=False, add_generation_prompt=not prefill, continue_final_message=prefill
             )
+        answered = [i for i, m in enumerate(messages[:-1]) if m.role == "assistant"]
+        if answered and messages[-1].role != "assistant":
+            # A re-ask (original messages, the rejected reply, a note naming the format): a base model has no
+            # turns, so the note goes first and the original prompt, which ends with the answer's cue, last.
+            messages = [messages[-1], *messages[: answered[0]]]
         return "\n\n".join(m.content for m in messages)
 
     def encode(self, text: str) -> list[int]:
