@@ -17,7 +17,6 @@ from explainers.token_stats import token_statistics_explanation
 from harness.api import show_unit_text
 from harness.index.sampling import render
 from harness.llm.client import LLMClient
-from harness.llm.interface import GENERATE, Completion, Message, Usage
 from harness.llm.render import RENDERING, display_units, shown, with_activations, with_marked_target
 from harness.records import ContextSample, Judgment, TokenContext, UnitContexts, UnitStats, contexts_digest
 from harness.run.evaluate import _current, _scorer_settings
@@ -25,6 +24,7 @@ from harness.subject.decoding import REPLACEMENT, token_pieces
 from results.report import _tokens_html
 from scorers.rubric import RUBRIC_FORMATS, judge_unit
 from scorers.simulation import simulate_unit
+from tests.test_scorers import ScriptedBackend
 
 ISSUE_TEXT = "naïve café 𓂀 𝔘𝔫𝔦𝔠𝔬𝔡𝔢 ꙮ 🦜 Ǆ"
 GRID = "grid = [[1, 2], [3, 4]]"
@@ -211,18 +211,7 @@ def test_display_units_group_empty_pieces_with_the_next_token():
 # One rendering for prompts, show-unit and the report.
 
 
-class Recorder:
-    name = "recorder"
-    model = "rec"
-    capabilities = frozenset({GENERATE})
-
-    def __init__(self, reply: str) -> None:
-        self.reply = reply
-        self.prompts: list[str] = []
-
-    def generate(self, messages: list[Message], **params: object) -> Completion:
-        self.prompts.append(messages[-1].content)
-        return Completion(self.reply, Usage(10, 2))
+Recorder = ScriptedBackend  # records every prompt it is sent
 
 
 def test_show_unit_the_judge_and_the_report_show_the_same_context(gemma_tokenizer, tmp_path: Path):

