@@ -28,12 +28,12 @@ def parse_explanation(reply: str) -> str:
     non-empty, at most 200 characters, and does not start with "Excerpt" (a reply that
     continues the list of excerpts instead of explaining them).
     """
-    text = unwrap_reply(reply, EXPLANATION_LABELS, trailing_period=True)
+    text = unwrap_reply(reply, EXPLANATION_LABELS, trailing_period=False)
     line = next((line for line in text.splitlines() if line.strip()), "")
-    text = unwrap_reply(line, EXPLANATION_LABELS, trailing_period=True)
-    text = " ".join(_MARK.sub(r"\1", text).split()).rstrip(".").strip()
-    if not text:
-        raise ValueError("empty reply")
+    text = unwrap_reply(line, EXPLANATION_LABELS, trailing_period=True)  # one trailing period: "U.S." keeps "U.S"
+    text = " ".join(_MARK.sub(r"\1", text).split()).strip()
+    if not any(character.isalnum() for character in text):
+        raise ValueError("empty reply" if not text else "no words in the reply")
     if len(text) > 200:
         raise ValueError("explanation longer than 200 characters")
     if text.startswith("Excerpt"):

@@ -155,11 +155,11 @@ def correlation_scores(simulations: list[Simulation]) -> dict[str, float | int |
     predicted = np.concatenate([np.asarray(s.predicted, dtype=float) for s in parsed])
     actual = np.concatenate([np.asarray(s.actual, dtype=float) for s in parsed])
     result["n_tokens"] = int(predicted.size)
+    if np.ptp(actual) == 0:  # first: no explanation can correlate with a constant truth
+        result["reason"] = "constant true activations"
+        return result
     if np.ptp(predicted) == 0:
         result["reason"] = "constant prediction"
-        return result
-    if np.ptp(actual) == 0:
-        result["reason"] = "constant true activations"
         return result
     result["pearson"] = float(np.corrcoef(predicted, actual)[0, 1])
     result["spearman"] = float(scipy_stats.spearmanr(predicted, actual).statistic)

@@ -51,6 +51,7 @@ def test_the_rule_applies_alike_to_real_explanations() -> None:
         ((0.0,) * 6, ACTUAL, 0.0),  # constant zero, same rule
         (None, ACTUAL, None),  # a parse failure stays a failure: the unit is not paired
         (GOOD, (2.0,) * 6, None),  # constant truth: no correlation exists for any explanation
+        (CONSTANT, (2.0,) * 6, None),  # constant truth with a constant prediction: still no pair, not (0, 0)
     ],
 )
 def test_paired_value_per_kind_of_missing_score(predicted, actual, expected) -> None:

@@ -115,7 +115,7 @@ def test_further_scripts_and_emoji_render_as_decoded_with_one_mark(gemma_tokeniz
     assert "".join(pieces) == gemma_tokenizer.decode(ids) == text
     quiet = with_activations(context_of(pieces), 1.0)
     assert REPLACEMENT not in quiet
-    assert quiet == shown(text) == text.replace("⟦", "[").replace("⟧", "]").replace("⏎", "↵").replace("\r", "").replace("\n", "⏎")
+    assert quiet == shown(text) == text.replace("⟦", "[").replace("⟧", "]").replace("⏎", "↵").replace("\r", "␍").replace("\n", "⏎")
     assert "\n" not in quiet
     units = display_units(pieces)
     for position in range(len(pieces)):
@@ -272,3 +272,21 @@ def test_a_rendering_change_redoes_explanations_judgments_and_simulations():
     fields |= dict(judge_format="rating", backend="b", model="m", prompt_hash=settings["prompt_hash"], rubric_hash="r")
     assert _current(Judgment(**fields, rendering=RENDERING), "e", settings)
     assert not _current(Judgment(**fields), "e", settings), "a judgment of the old rendering (no field) is redone"
+
+
+@pytest.mark.parametrize(
+    ("tokens", "expected"),
+    [
+        (("line", "\r", "\n", "next"), "line⟦␍⟧⏎next"),  # a token that is only \r is a visible mark, never ⟦⟧
+        (("a", "\r", "b"), "a⟦␍⟧b"),
+        (("a", "\u2028", "b"), "a⟦⏎⟧b"),  # every break str.splitlines knows is a line break
+        (("a", "\x0c", "b"), "a⟦⏎⟧b"),
+        (("a", "\x85", "b"), "a⟦⏎⟧b"),
+        (("a", "␍", "b"), "a⟦↵⟧b"),  # a literal ␍ of the text is escaped like a literal ⏎
+    ],
+)
+def test_every_line_break_and_carriage_return_is_visible_on_one_line(tokens: tuple[str, ...], expected: str) -> None:
+    context = TokenContext("u/0", "u/0@0:1", "top", 0, tokens, (0.0, 1.0, 0.0, 0.0)[: len(tokens)], 1)
+    rendered = with_marked_target(context)
+    assert rendered == expected
+    assert len(rendered.splitlines()) == 1

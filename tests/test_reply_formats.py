@@ -398,3 +398,15 @@ def test_a_base_model_reads_a_reask_as_the_note_then_the_original_prompt() -> No
     with pytest.raises(UnparseableReply) as caught:  # the tiny random model answers no digit: asked twice, then a failure
         client.generate([prompt], "judge", parse=lambda reply: parse_rating("no"), format_hint=rating_format(), max_tokens=1)
     assert caught.value.attempts == 2 and client.backend_calls == 2
+
+
+@pytest.mark.parametrize(
+    ("reply", "expected"),
+    [
+        ("the abbreviation U.S.", "the abbreviation U.S"),
+        ("abbreviations like e.g..", "abbreviations like e.g.."),
+        ("ellipses...", "ellipses..."),
+    ],
+)
+def test_an_explanation_loses_one_trailing_period_only(reply: str, expected: str) -> None:
+    assert parse_explanation(reply) == expected

@@ -65,6 +65,14 @@ def _read_weights(path: Path) -> dict[str, torch.Tensor]:
     return tensors
 
 
+def _width(cfg: dict[str, Any], field: str, default: int, label: str) -> int:
+    """Return the whole number ``cfg[field]`` (``default``, the weights' size, when absent); refuse anything else naming the field."""
+    value = cfg.get(field, default)
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise MonoscopeError(f"{label}: {field}={value!r} is not a positive whole number", f"set {field} to the weights' size")
+    return value
+
+
 def dictionary_from_config(cfg: dict[str, Any], tensors: dict[str, torch.Tensor], name: str, source: str, label: str) -> Dictionary:
     """Return the dictionary that ``cfg`` (a parsed cfg.json) and ``tensors`` make, as SAELens 6.54.12 would apply it.
 
@@ -79,7 +87,7 @@ def dictionary_from_config(cfg: dict[str, Any], tensors: dict[str, torch.Tensor]
     if not settings.hook_name:
         raise MonoscopeError(f"{label} names no hook_name", "add hook_name (or metadata.hook_name), e.g. blocks.9.hook_resid_post")
     W_enc = weights["W_enc"]
-    d_in, d_sae = int(cfg.get("d_in", W_enc.shape[0])), int(cfg.get("d_sae", W_enc.shape[1]))
+    d_in, d_sae = _width(cfg, "d_in", W_enc.shape[0], label), _width(cfg, "d_sae", W_enc.shape[1], label)
     dictionary = Dictionary(
         name=name,
         hook_name=settings.hook_name,

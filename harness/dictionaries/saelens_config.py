@@ -137,6 +137,9 @@ def read_config(cfg: dict[str, Any], source: str) -> EncodingSettings:
     Raises MonoscopeError naming the field when a field that changes encode or decode
     cannot be applied as SAELens applies it (or SAELens itself could not load the config).
     """
+    for name in ("metadata", "activation_fn_kwargs"):
+        if cfg.get(name) is not None and not isinstance(cfg[name], dict):
+            raise _refuse(name, cfg[name], "it must be a JSON object", source)
     pre_6 = is_pre_6(cfg, source)
     converted = convert_pre_6(cfg) if pre_6 else dict(cfg)
     declared = converted.get("architecture")
@@ -180,7 +183,7 @@ def read_config(cfg: dict[str, Any], source: str) -> EncodingSettings:
     scale = None
     if normalize == "expected_average_only_in":
         scale = converted.get("norm_scaling_factor")
-        if not isinstance(scale, int | float) or isinstance(scale, bool) or not scale > 0:
+        if not isinstance(scale, int | float) or isinstance(scale, bool) or not 0 < scale < float("inf"):
             raise _refuse(
                 "normalize_activations",
                 normalize,
@@ -208,9 +211,13 @@ def read_config(cfg: dict[str, Any], source: str) -> EncodingSettings:
         fields["k"] = k
     if not isinstance(fields["apply_b_dec_to_input"], bool):
         raise _refuse("apply_b_dec_to_input", fields["apply_b_dec_to_input"], "it must be true or false", source)
-    rescale = bool(fields.get("rescale_acts_by_decoder_norm", False))
+    rescale = fields.get("rescale_acts_by_decoder_norm", False)
+    if not isinstance(rescale, bool):
+        raise _refuse("rescale_acts_by_decoder_norm", rescale, "it must be true or false", source)
     hook_name = converted.get("hook_name") or (converted.get("metadata") or {}).get("hook_name")
-    used = set(defaults) | {"architecture", "d_in", "d_sae", "hook_name", "metadata", "norm_scaling_factor", "device"}
+    if hook_name is not None and not isinstance(hook_name, str):
+        raise _refuse("hook_name", hook_name, "it must be a hook name such as blocks.9.hook_resid_post", source)
+    used = set(defaults) | {"architecture", "d_in", "d_sae", "hook_name", "metadata", "norm_scaling_factor", "device", "sae_lens_version"}
     ignored = tuple(sorted(key for key in cfg if key not in used and PRE_6_RENAMES.get(key) not in used))
     return EncodingSettings(
         architecture=architecture,

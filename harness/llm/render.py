@@ -20,18 +20,26 @@ from harness.records import TokenContext
 # The version of what an LLM is shown of a context (decoding of the tokens, grouping, marks, escapes): it is part of the
 # digest of the contexts an explanation was made from and of the settings of a judgment or simulation, so records made
 # with another rendering are redone rather than mixed. "1": tokens decoded one by one, [[token]] marks.
-RENDERING = "2"
+RENDERING = "3"  # "2": whole-window decoding, ⟦ ⟧ marks; "3": \r shown as ␍, every line break as ⏎
 
 NEWLINE = "⏎"
 OPEN, CLOSE = "⟦", "⟧"
-ESCAPES = {OPEN: "[", CLOSE: "]", NEWLINE: "↵", "\r": ""}
+CARRIAGE_RETURN = "␍"  # a \r is shown, so a token that is only \r is never an empty mark
+LINE_BREAKS = ("\n", "\x0b", "\x0c", "\x1c", "\x1d", "\x1e", "\x85", "\u2028", "\u2029")  # str.splitlines' breaks, less \r
+ESCAPES = {OPEN: "[", CLOSE: "]", NEWLINE: "↵", CARRIAGE_RETURN: "↵", "\r": CARRIAGE_RETURN}
 
 
 def shown(text: str) -> str:
-    """Return corpus text as it is shown: line breaks as ⏎, and ⟦ ⟧ ⏎ of the text as [ ] ↵ (so marks cannot collide)."""
+    """Return corpus text as it is shown, on one line: line breaks as ⏎, a carriage return as ␍, and ⟦ ⟧ ⏎ ␍ of the text as [ ] ↵ ↵.
+
+    Every break ``str.splitlines`` knows (\\n, \\x0b, \\x0c, \\x1c–\\x1e, \\x85, U+2028, U+2029) shows as ⏎, so
+    marks cannot collide with the text and a context never spans two lines of a prompt.
+    """
     for character, replacement in ESCAPES.items():
         text = text.replace(character, replacement)
-    return text.replace("\n", NEWLINE)
+    for character in LINE_BREAKS:
+        text = text.replace(character, NEWLINE)
+    return text
 
 
 def display_units(tokens: Sequence[str]) -> list[range]:
