@@ -74,6 +74,7 @@ from harness.run.runner import check_same_foundation, preflight, run_evaluation
 from harness.storage import atomic_write_json
 from harness.subject.activations import stream_activations
 from harness.subject.corpus import check_corpus_reuse, check_corpus_spec, fingerprint, load_chunks
+from harness.subject.embedded import check_embedded_installed
 from harness.subject.model import check_context_fits, check_device, load_subject_model, model_shape
 from results.store import read_records
 from results.summary import control_summary, unit_scores
@@ -186,7 +187,7 @@ def report(run_dir: Path, log: Progress = print) -> dict[str, Any]:
 
 def explain_command(run_dir: Path, config: EvaluationConfig, explainer: Role, log: Progress = print, shared_subject: Any = None) -> dict:
     """Explain the selected units of a run; return usage by stage."""
-    check_run(run_dir, config)
+    check_run(run_dir, config, [explainer])
     client = make_client(explainer, run_dir, shared_subject)
     units = load_unit_contexts(run_dir, config, run_tokenizer(run_dir, shared_subject))
     explanations = explain_stage(run_dir, units, client, config)
@@ -201,11 +202,12 @@ def score_command(
     run_dir: Path, config: EvaluationConfig, judge: Role, simulator: Role, log: Progress = print, shared_subject: Any = None
 ) -> dict:
     """Score the explained units of a run with the rubric and the simulator; return the control summary."""
-    check_run(run_dir, config)
+    check_run(run_dir, config, [judge, simulator])
     judge_client = make_client(judge, run_dir, shared_subject)
     simulator_client = judge_client if simulator == judge else make_client(simulator, run_dir, shared_subject)
     units = load_unit_contexts(run_dir, config, run_tokenizer(run_dir, shared_subject))
-    score_stage(run_dir, units, judge_client, simulator_client, config)
+    spellings = score_stage(run_dir, units, judge_client, simulator_client, config)
+    update_manifest(run_dir, answer_spelling={role: spelling.record() for role, spelling in spellings.items()})
     scores = unit_scores(read_records(run_dir / JUDGMENTS, Judgment), read_records(run_dir / SIMULATIONS, Simulation))
     summary = {
         "rubric": {control: control_summary(scores, "rubric", control) for control in ("shuffled", "token_stats")},
@@ -236,9 +238,10 @@ def score_command(
     return summary
 
 
-def check_run(run_dir: Path, config: EvaluationConfig | None = None) -> None:
-    """Fail early (before any model is loaded) when ``run_dir`` holds no corpus or index, or ``config`` asks for
-    an index the run lacks, an unknown judge or simulator format, or no units."""
+def check_run(run_dir: Path, config: EvaluationConfig | None = None, roles: list[Role] | None = None) -> None:
+    """Fail early (before any model is loaded) when ``run_dir`` holds no corpus or index, ``config`` asks for
+    an index the run lacks, an unknown judge or simulator format, or no units, or a local role's embedded
+    model lacks a weights part."""
     if not (run_dir / "corpus.npy").exists() or not list((run_dir / "index").glob("*.safetensors")):
         raise MonoscopeError(f"{str(run_dir)!r} has no corpus and index", "run 'monoscope demo' or 'monoscope index' first")
     if config is None:
@@ -253,6 +256,9 @@ def check_run(run_dir: Path, config: EvaluationConfig | None = None) -> None:
         raise MonoscopeError(f"unknown judge format {config.judge_format!r}", f"choose one of {', '.join(RUBRIC_FORMATS)}")
     if config.simulator_format not in SIMULATION_FORMATS:
         raise MonoscopeError(f"unknown simulator format {config.simulator_format!r}", f"choose one of {', '.join(SIMULATION_FORMATS)}")
+    for role in roles or []:
+        if role.backend == "local":
+            check_embedded_installed(role.model)
 
 
 def train_command(run_dir: Path, out: Path, log: Progress = print, **options: Any) -> None:

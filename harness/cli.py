@@ -9,6 +9,7 @@ from typing import Any
 import click
 
 from harness.errors import MonoscopeError
+from harness.subject.embedded import EMBEDDED_JUDGE_NAME
 
 
 def _log(message: str) -> None:
@@ -216,9 +217,9 @@ def _evaluation_options(command: Callable[..., Any]) -> Callable[..., Any]:
 @click.argument("run_dir", type=click.Path(path_type=Path))
 @_evaluation_options
 @click.option("--explainer-backend", default="local", show_default=True, help="local, openai or anthropic.")
-@click.option("--explainer-model", default="embedded", show_default=True)
+@click.option("--explainer-model", default=EMBEDDED_JUDGE_NAME, show_default=True)
 @click.option(
-    "--chat/--completion", default=False, show_default=True, help="Chat prompt (instruction models) or completion prompt (base models)."
+    "--chat/--completion", default=True, show_default=True, help="Chat prompt (instruction models) or completion prompt (base models)."
 )
 @user_errors
 def explain(
@@ -248,11 +249,13 @@ def explain(
 @click.argument("run_dir", type=click.Path(path_type=Path))
 @_evaluation_options
 @click.option("--judge-backend", default="local", show_default=True)
-@click.option("--judge-model", default="embedded", show_default=True)
-@click.option("--judge-format", default="rating", show_default=True, help="rating, rating_batch, expected_value, yes_no or likelihood.")
+@click.option("--judge-model", default=EMBEDDED_JUDGE_NAME, show_default=True)
+@click.option(
+    "--judge-format", default="expected_value", show_default=True, help="rating, rating_batch, expected_value, yes_no or likelihood."
+)
 @click.option("--simulator-backend", default="local", show_default=True)
-@click.option("--simulator-model", default="embedded", show_default=True)
-@click.option("--simulator-format", default="likelihood", show_default=True, help="structured, expected_value or likelihood.")
+@click.option("--simulator-model", default=EMBEDDED_JUDGE_NAME, show_default=True)
+@click.option("--simulator-format", default="expected_value", show_default=True, help="structured, expected_value or likelihood.")
 @click.option(
     "--per-level", type=int, default=2, show_default=True, help="Held-out contexts per activation level (index capacity permitting)."
 )

@@ -16,7 +16,7 @@ Sections and their keys (every key is optional; see ``harness/configs/default.ya
                   sampling: {score_fraction, explain_top, explain_per_level, explain_random, score_top,
                              score_per_level, score_random, score_zero, levels}}
     correlation: {enabled, features, tokens}
-    explainer / judge / simulator: {backend, model, base_url, device, dtype}   (device/dtype: local backend only)
+    explainer / judge / simulator: {backend, model, base_url, device, dtype, chat}   (device/dtype/chat: local backend only)
     llm:         {max_concurrency, prices: {MODEL: [USD per 1M input tokens, USD per 1M output tokens]}}
 
 Unknown keys, wrong types and impossible values are reported with the section
@@ -36,6 +36,7 @@ from harness.errors import MonoscopeError
 from harness.index.sampling import SamplingConfig
 from harness.index.state import POSITION_BITS, IndexConfig
 from harness.llm.client import backend_names
+from harness.subject.embedded import EMBEDDED_JUDGE_NAME
 from harness.subject.shape import ModelShape
 from scorers.rubric import RUBRIC_FORMATS
 from scorers.simulation import SIMULATION_FORMATS
@@ -102,9 +103,9 @@ class EvaluationConfig:
     dictionaries: tuple[str, ...] = ()  # index names in <run>/index; empty = all
     units_per_dictionary: int = 4
     sampling: SamplingConfig = field(default_factory=SamplingConfig)
-    explainer_chat: bool = False
-    judge_format: str = "rating"  # chosen by benchmarks/judge_formats.py (README)
-    simulator_format: str = "likelihood"
+    explainer_chat: bool = True  # the chat prompt, for the default instruction-tuned explainer
+    judge_format: str = "expected_value"  # read from log-probabilities: the small default judge ranks, its greedy digit does not
+    simulator_format: str = "expected_value"
     simulation_contexts: int = 6  # per unit: the simulator predicts every token of this many scoring contexts
     min_explain_contexts: int = 3  # firing explanation contexts a unit needs for an LLM explanation; fewer: failed, no call
     seed: int = 0
@@ -115,10 +116,11 @@ class Role:
     """Backend and model of one LLM role (explainer, judge or simulator)."""
 
     backend: str = "local"
-    model: str = "embedded"
+    model: str = EMBEDDED_JUDGE_NAME  # the embedded Qwen2.5-Coder-1.5B-Instruct (harness.subject.embedded)
     base_url: str | None = None  # an OpenAI-compatible server (vLLM, Ollama, llama.cpp) or an API proxy
     device: str | None = None  # local backend: None = the subject model's device
     dtype: str | None = None  # local backend: None = float32 on a CPU (bf16 measured 2-4x slower there), else the subject's dtype
+    chat: bool | None = None  # local backend: render messages with the model's chat template; None = when it has one
 
 
 @dataclass(frozen=True)

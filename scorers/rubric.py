@@ -4,9 +4,13 @@ Formats (the run records which one produced each judgment):
 - ``rating``: one call per judgment asking for one output token, the digit (any backend);
 - ``rating_batch``: several contexts per call, one numbered line per context;
 - ``expected_value``: expected value of the answer over "0".."3" from the
-  backend's log-probabilities (one forward pass, no sampling);
-- ``yes_no``: the log-odds d = log P(" Yes") − log P(" No") of "does the explanation
+  backend's log-probabilities (one forward pass, no sampling), the probabilities
+  normalised over the four options;
+- ``yes_no``: the log-odds d = log P("Yes") − log P("No") of "does the explanation
   describe the marked token?", mapped by the stated rule score = 3 / (1 + exp(−d));
+
+The two log-probability formats read the options in the spelling the model emits
+(with or without a leading space), chosen once per model by ``scorers.answers``.
 - ``likelihood``: for small base models, which carry signal in likelihoods and
   not in ratings: r = [log P(explanation | marked context + cue) −
   log P(explanation | cue alone)] / explanation tokens, mapped onto the rubric
@@ -30,6 +34,9 @@ from scorers.parsing import numbered_ratings_format, parse_numbered_ratings, par
 # explanation", as the rubric's lines read) when allowed more. Digits are single tokens in the
 # tokenizers of the embedded Gemma, GPT and Claude; a reasoning model cannot answer in one token.
 RATING_MAX_TOKENS = 1
+
+# The answer options of the formats read from log-probabilities; ``scorers.answers`` chooses their spelling per model.
+ANSWER_OPTIONS = {"expected_value": ["0", "1", "2", "3"], "yes_no": ["Yes", "No"]}
 
 RUBRIC_FORMATS = {
     "rating": (GENERATE, "rubric_rating"),
@@ -58,8 +65,12 @@ def judge_unit(
     judge_format: str = "rating",
     rubric: Rubric | None = None,
     batch_size: int = 8,
+    answer_prefix: str = " ",
 ) -> list[Judgment]:
     """Return one Judgment per scoring context of a unit (failures recorded, never scored as 0).
+
+    ``answer_prefix`` ("" or " ") is written before each answer option of the log-probability
+    formats (``scorers.answers.answer_spelling`` chooses it per model).
 
     A context whose backend call fails (BackendError: permanent, or retries exhausted) gets a
     failure record naming the error; the other contexts are still judged.
@@ -120,14 +131,14 @@ def judge_unit(
             return record(context, float(score))
 
     elif judge_format == "expected_value":
-        choices = ["0", "1", "2", "3"]
+        choices = [answer_prefix + option for option in ANSWER_OPTIONS["expected_value"]]
 
         def single(context: TokenContext) -> Judgment:
             try:
-                logprobs = client.choice_logprobs([Message("user", prompt_for(context))], [f" {c}" for c in choices], stage="judge")
+                logprobs = client.choice_logprobs([Message("user", prompt_for(context))], choices, stage="judge")
             except BackendError as error:
                 return record(context, None, failure_reason(error))
-            value = expected_value([logprobs[f" {c}"] for c in choices])
+            value = expected_value([logprobs[c] for c in choices])
             if value is None:
                 return record(context, None, "no answer option had a finite log-probability", str(logprobs))
             return record(context, value)
@@ -135,11 +146,12 @@ def judge_unit(
     elif judge_format == "yes_no":
 
         def single(context: TokenContext) -> Judgment:
+            yes, no = (answer_prefix + option for option in ANSWER_OPTIONS["yes_no"])
             try:
-                logprobs = client.choice_logprobs([Message("user", prompt_for(context))], [" Yes", " No"], stage="judge")
+                logprobs = client.choice_logprobs([Message("user", prompt_for(context))], [yes, no], stage="judge")
             except BackendError as error:
                 return record(context, None, failure_reason(error))
-            odds = logprobs[" Yes"] - logprobs[" No"]
+            odds = logprobs[yes] - logprobs[no]
             if not math.isfinite(odds):
                 return record(context, None, "yes/no log-probabilities are not finite", str(logprobs))
             return record(context, 3.0 / (1.0 + math.exp(-odds)))

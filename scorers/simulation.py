@@ -6,8 +6,9 @@ no correlation; it is reported as such (None with a reason), never as 0.
 
 Formats:
 - ``structured``: one call per context; the reply is a JSON list of 0–10 per token;
-- ``expected_value``: per token, the expected value over single-token answers
-  " 0".." 9" (Gemma splits "10", so the scale is 0–9), times 10/9;
+- ``expected_value``: per token, the expected value over the answers "0".."9"
+  (Gemma and Qwen split "10", so the scale is 0–9; with or without a leading space,
+  as the model writes them: ``scorers.answers``), times 10/9;
 - ``likelihood``: per token, the likelihood judge's per-token log-likelihood
   ratio r with that token marked, mapped by the stated rule 10 / (1 + exp(−2 r)).
 
@@ -39,10 +40,15 @@ SIMULATION_FORMATS = {
 }
 
 
+SIMULATION_OPTIONS = {"expected_value": [str(digit) for digit in range(10)]}  # spelling chosen per model by scorers.answers
+
+
 def simulate_unit(
-    contexts: UnitContexts, explanation: str, source: str, client: LLMClient, simulator_format: str = "structured"
+    contexts: UnitContexts, explanation: str, source: str, client: LLMClient, simulator_format: str = "structured", answer_prefix: str = " "
 ) -> list[Simulation]:
     """Return one Simulation per scoring context of a unit (failures recorded with the raw reply).
+
+    ``answer_prefix`` ("" or " ") is written before each digit of the ``expected_value`` format.
 
     A context whose backend calls fail (BackendError: permanent, or retries exhausted) gets a
     failure record naming the error and no prediction; the other contexts are still simulated.
@@ -91,7 +97,7 @@ def simulate_unit(
             return record(context, per_token(units, values))
 
     elif simulator_format == "expected_value":
-        choices = [f" {digit}" for digit in range(10)]
+        choices = [answer_prefix + digit for digit in SIMULATION_OPTIONS["expected_value"]]
 
         def simulate(context: TokenContext) -> Simulation:
             units = display_units(context.tokens)

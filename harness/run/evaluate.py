@@ -36,6 +36,7 @@ from harness.records import Explanation, Judgment, Simulation, UnitContexts, con
 from harness.run.directory import read_manifest, update_manifest
 from harness.subject.corpus import load_chunks
 from results.store import append_records, compact, latest_by_key, read_records
+from scorers.answers import AnswerSpelling, answer_spellings
 from scorers.rubric import RUBRIC_FORMATS, judge_unit
 from scorers.simulation import SIMULATION_FORMATS, simulate_unit
 
@@ -143,12 +144,18 @@ def score_stage(
     config: EvaluationConfig,
     all_explanations: list[Explanation] | None = None,
     on_unit_done: Callable[[], None] | None = None,
-) -> None:
+) -> dict[str, AnswerSpelling]:
     """Write judgments and simulations of every unit for real, shuffled and token-statistics explanations.
 
     ``all_explanations`` (default: those in ``run_dir``) are the explanations of every unit of the
     run, the shuffled control's source; a shard scores its own ``units`` against all of them.
+    Before any context is scored, the spelling of the answer options of a log-probability format
+    is checked (``scorers.answers``: refused when the model puts under half its probability on
+    them); returns {role: that spelling}, for the caller to record in the manifest.
     """
+    spellings = answer_spellings(judge, config.judge_format, simulator, config.simulator_format)
+    judge_prefix = spellings["judge"].prefix if "judge" in spellings else " "
+    simulator_prefix = spellings["simulator"].prefix if "simulator" in spellings else " "
     if all_explanations is None:
         names = {c.unit for c in units}
         all_explanations = [r for r in read_records(run_dir / EXPLANATIONS, Explanation) if r.unit in names]
@@ -175,10 +182,12 @@ def score_stage(
                 continue
             ids = [c.context_id for c in contexts.score]
             if not all(_current(judged.get((contexts.unit, source, i)), text, judge_settings) for i in ids):
-                append_records(run_dir / JUDGMENTS, judge_unit(contexts, text, source, judge, config.judge_format))
+                judgments = judge_unit(contexts, text, source, judge, config.judge_format, answer_prefix=judge_prefix)
+                append_records(run_dir / JUDGMENTS, judgments)
             subset = simulation_subset(contexts, config.simulation_contexts)
             if not all(_current(simulated.get((contexts.unit, source, c.context_id)), text, simulator_settings) for c in subset.score):
-                append_records(run_dir / SIMULATIONS, simulate_unit(subset, text, source, simulator, config.simulator_format))
+                simulations = simulate_unit(subset, text, source, simulator, config.simulator_format, simulator_prefix)
+                append_records(run_dir / SIMULATIONS, simulations)
         if on_unit_done is not None:
             on_unit_done()
     # Records of this run's units for contexts no longer scored (a smaller scoring set or simulation subset) are dropped.
@@ -191,6 +200,7 @@ def score_stage(
             RECORD_TYPES[name],
             keep=lambda record, kept=kept: record.unit not in names or (record.unit, record.context_id) in kept,
         )
+    return spellings
 
 
 def simulation_subset(contexts: UnitContexts, count: int) -> UnitContexts:
@@ -257,13 +267,16 @@ def make_client(
 
     A local role runs on ``role.device`` (default: ``shared_subject``'s device, else the CPU) in
     ``role.dtype`` (default: float32 on a CPU, else the subject model's dtype); it reuses
-    ``shared_subject`` when it names the same model on the same device in the same dtype.
+    ``shared_subject`` when it names the same model on the same device in the same dtype, and
+    roles that name one model share it (``harness.llm.backends.local.shared_model``). ``role.chat``
+    chooses how messages are rendered (None: the model's chat template when it has one).
     """
     options: dict[str, Any] = {}
     if role.backend == "local":
         options |= local_placement(role, shared_subject)
         if shared_subject is not None and role.model == shared_subject.name and _same_placement(options, shared_subject):
             options = {"subject": shared_subject}
+        options["chat"] = role.chat
     if role.base_url is not None:
         options["base_url"] = role.base_url
     backend = make_backend(role.backend, role.model, **options)

@@ -40,6 +40,7 @@ from harness.run.shards import file_lock, merge_shards, record_dirs, shard_direc
 from harness.run.units import choose_units, sample_contexts
 from harness.storage import atomic_write_json
 from harness.subject.corpus import check_corpus_reuse, check_corpus_spec
+from harness.subject.embedded import check_embedded_installed
 from harness.subject.model import check_context_fits, check_device, model_shape, parse_device, resolve_dtype
 from harness.subject.shape import read_model_shape
 
@@ -112,9 +113,10 @@ def run_evaluation(
             explain_stage(records_dir, mine, clients["explainer"], config.evaluation, on_unit_done=lambda: bar.update(1))
         all_explanations = wait_for_explanations(run_dir, units, shard, wait_seconds, log)
         with _timed_if_called(run_dir, "score", clients), progress_bar(len(mine), "score", "unit") as bar:
-            score_stage(
+            spellings = score_stage(
                 records_dir, mine, clients["judge"], clients["simulator"], config.evaluation, all_explanations, lambda: bar.update(1)
             )
+        update_manifest(run_dir, answer_spelling={role: spelling.record() for role, spelling in spellings.items()})
     except BudgetExhausted:
         _record_usage(run_dir, clients, shard)
         raise
@@ -190,6 +192,7 @@ def preflight(config: RunConfig, max_cost: float | None, dry_run: bool = False) 
         if role.backend == "local":
             device_here(role.device or config.foundation.device, f"{name}.device")
             resolve_dtype(role.dtype or "float32")
+            check_embedded_installed(role.model)  # a missing weights part is named before any work
         if role.backend != "local":
             options = {"base_url": role.base_url} if role.base_url else {}
             try:

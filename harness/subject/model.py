@@ -111,11 +111,11 @@ def load_subject_model(name: str = "embedded", device: str = "cpu", dtype: str =
     """Return the causal LM ``name`` (hub id, local path, or "embedded") loaded on ``device``."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from harness.subject.embedded import EMBEDDED_NAME, embedded_checkpoint_dir
+    from harness.subject.embedded import model_source
 
     torch_dtype = resolve_dtype(dtype)
     check_device(device)
-    source = str(embedded_checkpoint_dir()) if name == EMBEDDED_NAME else name
+    source = model_source(name)
     try:
         tokenizer = AutoTokenizer.from_pretrained(source)
         model = AutoModelForCausalLM.from_pretrained(source, dtype=torch_dtype)
@@ -243,9 +243,9 @@ def model_shape(name: str) -> tuple[int, int, int]:
     """Return (n_layers, d_model, d_mlp) of model ``name`` from its config alone (no weights run)."""
     from transformers import AutoConfig
 
-    from harness.subject.embedded import EMBEDDED_NAME, embedded_checkpoint_dir
+    from harness.subject.embedded import model_source
 
-    source = str(embedded_checkpoint_dir()) if name == EMBEDDED_NAME else name
+    source = model_source(name)
     try:
         config = AutoConfig.from_pretrained(source)
     except (OSError, ValueError) as exc:
@@ -262,9 +262,9 @@ def max_positions(name: str) -> int | None:
     """
     from transformers import AutoConfig
 
-    from harness.subject.embedded import EMBEDDED_NAME, embedded_checkpoint_dir
+    from harness.subject.embedded import model_source
 
-    source = str(embedded_checkpoint_dir()) if name == EMBEDDED_NAME else name
+    source = model_source(name)
     try:
         config = AutoConfig.from_pretrained(source, local_files_only=True)
     except (OSError, ValueError):

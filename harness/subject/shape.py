@@ -69,9 +69,9 @@ def read_model_shape(name: str, local_only: bool = False) -> ModelShape:
     """
     from transformers import AutoConfig
 
-    from harness.subject.embedded import EMBEDDED_NAME, embedded_checkpoint_dir
+    from harness.subject.embedded import model_source
 
-    source = str(embedded_checkpoint_dir()) if name == EMBEDDED_NAME else name
+    source = model_source(name)
     try:
         config = AutoConfig.from_pretrained(source, local_files_only=local_only)
     except (OSError, ValueError) as exc:

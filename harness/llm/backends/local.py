@@ -46,6 +46,7 @@ Text to tokens:
 
 import copy
 import threading
+import weakref
 from dataclasses import dataclass
 from typing import Any
 
@@ -62,6 +63,7 @@ _GENERATE_PARAMS = frozenset({"temperature", "max_new_tokens", "max_tokens", "st
 _OPTIONS = frozenset({"chat", "batch_size", "logit_rows", "reuse"})
 _MIN_SHARED_PREFIX = 16  # tokens: a shorter common prefix with the previous prompt is not worth a cache of its own
 _MAX_DRAFT = 8  # tokens of the previous reply verified after a prompt in its forward pass
+_PROMPT_CACHES = 8  # scoring prompts whose KV caches are kept for the prompts after them (see _prompt_pass)
 _MAX_DRAFT_KEYS = 16  # (length limit, stop strings) settings whose last reply is kept as a draft
 
 
@@ -89,20 +91,23 @@ class LocalBackend:
         self,
         subject: SubjectModel,
         model: str | None = None,
-        chat: bool = False,
+        chat: bool | None = None,
         batch_size: int = 16,
         logit_rows: int = 64,
         reuse: bool = True,
     ):
         self.subject = subject
         self.model = model or subject.name
-        self.chat = chat
+        self.chat = bool(getattr(subject.tokenizer, "chat_template", None)) if chat is None else bool(chat)
+        if self.chat:  # the rendering changes every answer: records and the response cache name it with the model
+            self.model = f"{self.model} [chat]"
         self.batch_size = max(1, int(batch_size))  # continuations per forward pass after a shared prompt
         self.logit_rows = max(1, int(logit_rows))  # positions per LM-head matmul (each row is vocab-wide)
-        self.reuse = bool(reuse)  # greedy generation: shared-prefix KV cache and previous reply as a draft
+        self.reuse = bool(reuse)  # shared-prefix KV caches (greedy generation and scoring) and previous reply as a draft
         self._lock = threading.RLock()
         self._previous_prompt: list[int] = []
         self._prefix: tuple[list[int], Any] | None = None  # token ids and KV cache of the last shared prompt prefix
+        self._prompt_caches: list[tuple[list[int], Any]] = []  # scoring: token ids and KV cache of the last prompts
         self._drafts: dict[tuple[int, tuple[str, ...]], list[int]] = {}  # last greedy reply per (limit, stop strings)
         self._batcher = RequestBatcher(self._greedy_batch, max_batch=self.batch_size)  # greedy requests asked together
         lm = subject.model
@@ -189,6 +194,32 @@ class LocalBackend:
             scores.append(self._score(ids, [self.continuation_ids(prefix, ids, continuation)])[0])
         return scores
 
+    def _prompt_pass(self, prompt_ids: list[int]) -> Any:
+        """Return the base model's output over ``prompt_ids`` (``last_hidden_state`` of the positions run, ``cache`` of all).
+
+        Scoring prompts that share an opening (a judge's prompts for one explanation: its text and the
+        rubric, then one context each) reuse it: the KV caches of the last ``_PROMPT_CACHES`` prompts
+        are kept, the one sharing the longest prefix (at least ``_MIN_SHARED_PREFIX`` tokens) is cut to
+        that prefix, and only the rest of the prompt is run. Positions and arithmetic are those of one
+        pass over the whole prompt, cut into two chunks, so log-probabilities agree to float rounding.
+        """
+        best, shared = None, 0
+        for kept_ids, kept_cache in self._prompt_caches:
+            n = _common_prefix(kept_ids, prompt_ids, len(prompt_ids) - 1)
+            if n > shared and (n == len(kept_ids) or all(_croppable(layer) for layer in getattr(kept_cache, "layers", [None]))):
+                best, shared = (kept_ids, kept_cache), n
+        cache = None
+        if best is not None and shared >= _MIN_SHARED_PREFIX:
+            cache = copy.deepcopy(best[1])
+            if shared < len(best[0]):
+                cache.crop(shared - len(best[0]))  # a negative count: the positions dropped from the end
+        else:
+            shared = 0
+        out = self._forward(torch.tensor([prompt_ids[shared:]], device=self.subject.device), cache)
+        if self.reuse:  # callers copy a cache before extending it, so the one kept stays that of this prompt
+            self._prompt_caches = [*self._prompt_caches[-(_PROMPT_CACHES - 1) :], (list(prompt_ids), out.cache)]
+        return out
+
     def _logits(self, hidden: torch.Tensor) -> torch.Tensor:
         """Return float32 logits for hidden states [rows, d] (LM head plus Gemma's soft-capping)."""
         logits = self._head(hidden).float()
@@ -199,11 +230,13 @@ class LocalBackend:
     def _score(self, prompt_ids: list[int], continuations: list[list[int]]) -> list[float]:
         """Return the summed log-probability of each token list after ``prompt_ids`` (which start with BOS)."""
         device = self.subject.device
+        if not any(continuations):
+            return [0.0] * len(continuations)
         rows: list[torch.Tensor] = []  # hidden states that predict scored tokens
         targets: list[tuple[int, int, int]] = []  # (row, token, continuation)
         with self._lock, torch.inference_mode():
-            if len(continuations) == 1:
-                # One continuation: a single pass over prompt + continuation[:-1], no cache.
+            if len(continuations) == 1 and len(continuations[0]) > 1:
+                # One continuation of several tokens: a single pass over prompt + continuation[:-1], no cache.
                 tokens = continuations[0]
                 if tokens:
                     inputs = torch.tensor([prompt_ids + tokens[:-1]], device=device)
@@ -212,8 +245,7 @@ class LocalBackend:
                     targets = [(k, token, 0) for k, token in enumerate(tokens)]
             elif continuations:
                 longer = [i for i, tokens in enumerate(continuations) if len(tokens) > 1]
-                prompt = torch.tensor([prompt_ids], device=device)
-                out = self._forward(prompt) if longer else self._base(input_ids=prompt, use_cache=False)
+                out = self._prompt_pass(prompt_ids)
                 rows.append(out.last_hidden_state[0, -1:])
                 targets = [(0, tokens[0], i) for i, tokens in enumerate(continuations) if tokens]
                 n_rows = 1
@@ -423,12 +455,41 @@ class LocalBackend:
         return self._forward(torch.tensor([ids], device=self.subject.device)).cache
 
 
+def _common_prefix(a: list[int], b: list[int], limit: int) -> int:
+    """Return the length of the common prefix of ``a`` and ``b``, at most ``limit``."""
+    n = 0
+    for x, y in zip(a, b, strict=False):
+        if x != y or n >= limit:
+            break
+        n += 1
+    return n
+
+
 def _croppable(layer: Any) -> bool:
     """Return True when a cache layer still holds every position (it is no sliding-window layer past its window)."""
     if not getattr(layer, "is_sliding", False):
         return hasattr(layer, "crop")
     window = getattr(layer, "sliding_window", None)
     return window is not None and layer.get_seq_length() < window
+
+
+_LOADED: "weakref.WeakValueDictionary[tuple[str, str, str], SubjectModel]" = weakref.WeakValueDictionary()
+_LOADING = threading.Lock()
+
+
+def shared_model(model: str, device: str = "cpu", dtype: str = "float32") -> SubjectModel:
+    """Return model ``model`` loaded on ``device`` in ``dtype``: the same object while any backend still holds it.
+
+    The explainer, judge and simulator usually name one model; it is loaded once (a 1.5B model
+    takes 6 GB in float32) and freed when the last backend using it is gone.
+    """
+    key = (model, device, dtype)
+    with _LOADING:
+        loaded = _LOADED.get(key)
+        if loaded is None:
+            loaded = load_subject_model(model, device=device, dtype=dtype)
+            _LOADED[key] = loaded
+        return loaded
 
 
 @register_backend("local")
@@ -438,8 +499,10 @@ def make_local_backend(
     """Return a LocalBackend for ``model`` ("embedded" or a HF causal LM name/path).
 
     ``subject`` reuses an already loaded SubjectModel (the judge and the subject
-    model are then one object in memory). Options: ``chat`` (render messages with
-    the tokenizer's chat template), ``batch_size`` (continuations per forward pass),
+    model are then one object in memory); otherwise the model is loaded once per
+    (model, device, dtype) and shared by every backend that names it while any holds
+    it (``shared_model``). Options: ``chat`` (render messages with the tokenizer's chat
+    template; None, the default, = when the tokenizer has one), ``batch_size`` (continuations per forward pass),
     ``logit_rows`` (positions per LM-head product), ``reuse`` (greedy generation reuses a
     shared prompt prefix's KV cache and the previous reply as a draft; default on).
     """
@@ -447,7 +510,7 @@ def make_local_backend(
     if unknown:
         raise MonoscopeError(f"local backend: unknown option(s) {sorted(unknown)}", f"use {sorted(_OPTIONS)}")
     if subject is None:
-        subject = load_subject_model(model, device=device, dtype=dtype)
+        subject = shared_model(model, device, dtype)
     elif model not in ("embedded", subject.name):
         raise MonoscopeError(f"model {model!r} does not match the given subject model {subject.name!r}", "drop one of them")
     return LocalBackend(subject, model=subject.name, **options)
