@@ -15,7 +15,8 @@ embedded checkpoint, de-quantised on first use). Checks, each written to DIR/gpu
    training (16,384 features, batch 4,096) tokens/s beside the CPU path and the card's limits; targets:
    index ≥ 1,000,000 tokens/s, training ≥ 300,000, each ≥ 50× the CPU path.
 4. ``run``: ``monoscope run`` with ``model.device`` on the accelerator, end to end, exit 0: its judge and
-   simulator are the random model itself in log-probability formats, its explainer a registered test
+   simulator are the random model itself in the likelihood formats (a random model puts too little
+   probability on the answer digits for ``expected_value``), its explainer a registered test
    backend (a random model's text is no explanation); the script writes its own config.
 
 Exit status 0 when every check holds (in ``--smoke`` mode the speed targets are not checked).
@@ -105,7 +106,8 @@ def run_check(device: str, model_dir: Path, scratch: Path, smoke: bool) -> dict[
         "evaluation": {
             "units_per_dictionary": 1,
             "simulation_contexts": 1,
-            "judge_format": "expected_value",
+            # likelihood formats: a random model puts no mass on the digits, so expected_value is refused by design
+            "judge_format": "likelihood",
             "simulator_format": "likelihood",
         },
         "correlation": {"features": 8, "tokens": 4096},

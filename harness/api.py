@@ -207,7 +207,8 @@ def score_command(
     simulator_client = judge_client if simulator == judge else make_client(simulator, run_dir, shared_subject)
     units = load_unit_contexts(run_dir, config, run_tokenizer(run_dir, shared_subject))
     spellings = score_stage(run_dir, units, judge_client, simulator_client, config)
-    update_manifest(run_dir, answer_spelling={role: spelling.record() for role, spelling in spellings.items()})
+    if spellings:
+        update_manifest(run_dir, answer_spelling={role: spelling.record() for role, spelling in spellings.items()})
     scores = unit_scores(read_records(run_dir / JUDGMENTS, Judgment), read_records(run_dir / SIMULATIONS, Simulation))
     summary = {
         "rubric": {control: control_summary(scores, "rubric", control) for control in ("shuffled", "token_stats")},

@@ -17,14 +17,15 @@ import pandas as pd
 
 from harness.records import EvaluatedUnit, Explanation, FeatureCorrelation, Judgment, NearestFeatures, Simulation
 from harness.storage import read_json
+from results.comparisons import NEURON_SET, compare_table, size_table
+from results.correlation_tables import correlation_summary, correlation_table
 from results.plots import plot_max_correlation, plot_metrics_vs_size, plot_score_distributions, plot_specificity
 from results.store import latest_by_key, read_records
 from results.tables import (
+    SET_METRICS,
     SPECIFICITY_COLUMNS,
-    compare_table,
     control_table,
-    correlation_summary,
-    correlation_table,
+    set_means_table,
     set_order,
     set_table,
     specificity_table,
@@ -32,7 +33,6 @@ from results.tables import (
     write_table,
 )
 
-NEURON_SET = "neurons"
 CORRELATION_THRESHOLD = 0.3
 
 T = TypeVar("T")
@@ -65,6 +65,15 @@ def _interval(row: dict[str, Any], metric: str) -> list[float] | None:
     return None if low is None or high is None else [low, high]
 
 
+def _set_summary(row: dict[str, Any]) -> dict[str, Any]:
+    """Return a set-table row as the summary gives it: name, kind, units, and each metric's mean and [low, high]."""
+    summary = {"unit_set": row["unit_set"], "kind": row["kind"], "n_units": row["n_units"]}
+    for metric in SET_METRICS:
+        summary[f"{metric}_mean"] = row[f"{metric}_mean"]
+        summary[f"{metric}_ci"] = _interval(row, metric)
+    return summary
+
+
 def _short(text: str | float | None, limit: int = 70) -> str:
     """Return an explanation cut to ``limit`` characters for a figure title (a failed explanation is NaN in the table)."""
     if not isinstance(text, str) or not text:
@@ -93,7 +102,9 @@ def write_results(run_dir: Path, levels: int = 10) -> dict[str, Any]:
 
     units_df = unit_table(units, explanations, judgments, simulations, correlations, neighbors)
     sets_df = set_table(units_df, dictionary_rows)
+    set_means_df = set_means_table(units_df)
     compare_df = compare_table(units_df, NEURON_SET)
+    sizes_df = size_table(sets_df, units_df)
     controls_df = control_table(units_df)
     correlations_df = correlation_table(correlations, dictionary_order)
     correlation_summary_df = correlation_summary(correlations, CORRELATION_THRESHOLD, dictionary_order)
@@ -110,7 +121,9 @@ def write_results(run_dir: Path, levels: int = 10) -> dict[str, Any]:
     tables = {
         "units": units_df,
         "sets": sets_df,
+        "set_means": set_means_df,
         "compare": compare_df,
+        "sizes": sizes_df,
         "controls": controls_df,
         "correlations": correlations_df,
         "correlation_summary": correlation_summary_df,
@@ -142,19 +155,9 @@ def write_results(run_dir: Path, levels: int = 10) -> dict[str, Any]:
         "run_dir": str(run_dir),
         "tables": table_paths,
         "plots": plot_paths,
-        "sets": [
-            {
-                "unit_set": row["unit_set"],
-                "kind": row["kind"],
-                "n_units": row["n_units"],
-                "rubric_mean": row["rubric_mean"],
-                "rubric_ci": _interval(row, "rubric"),
-                "pearson_mean": row["pearson_mean"],
-                "pearson_ci": _interval(row, "pearson"),
-            }
-            for row in set_rows
-        ],
+        "sets": [_set_summary(row) for row in set_rows],
         "compare": _rows(compare_df),
+        "sizes": _rows(sizes_df),
         "controls": _rows(controls_df),
         "max_correlation": {
             "threshold": CORRELATION_THRESHOLD,

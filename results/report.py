@@ -1,4 +1,10 @@
-"""One self-contained HTML page per run: manifest, tables, plots and a card per evaluated unit.
+"""One self-contained HTML page per run: the answers, the controls, manifest, tables, plots and a card per evaluated unit.
+
+The page opens with the answers to the three questions a run is made for (``results.answers``),
+each a sentence written from the measured numbers with its 95% interval and its plot; then the
+controls that say how far the judge can be trusted, with how every score is made
+(``results.notes``); then the run's manifest, the tables, the other plots and the unit cards
+(``results.cards``).
 
 The page needs nothing outside itself: CSS is inline, plots are inlined as
 base64 data URIs, and there is no JavaScript. Every string that comes from a
@@ -7,39 +13,32 @@ through ``html.escape`` before it reaches the page, so a context holding
 ``<script>`` shows as text.
 """
 
-import base64
 import csv
-import html
 import json
-import math
 import re
-from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from harness.llm.render import display_units, shown, unit_text
-from harness.records import EvaluatedUnit, Explanation, Judgment, Simulation, TokenContext
 from harness.storage import atomic_write_bytes
-from results.store import latest_by_key, read_records
+from results.answers import answers_section, controls_section, read_answer_tables
+from results.cards import tokens_html as _tokens_html  # noqa: F401  (tests/test_rendering reads it from here)
+from results.cards import unit_groups, units_section
+from results.notes import TABLE_NOTES, scoring_notes
+from results.page import anchor as _anchor
+from results.page import escape as _e
+from results.page import figure as _figure
+from results.page import number as _number
+from results.page import unit_html_id as unit_html_id
+from results.page import unit_plot_name as unit_plot_name
+from results.run_records import RunRecords, load_run, read_manifest_file
 from results.summary import unit_scores
 
-UNITS, CONTEXTS = "units.jsonl", "contexts.jsonl"
-EXPLANATIONS, JUDGMENTS, SIMULATIONS = "explanations.jsonl", "judgments.jsonl", "simulations.jsonl"
 TABLES_DIR, PLOTS_DIR = Path("results") / "tables", Path("results") / "plots"
 REPORT = Path("results") / "report.html"
 
-SOURCES = ("real", "shuffled", "token_stats")
-TABLE_ORDER = ("sets", "compare", "controls", "correlation_summary")
+TABLE_ORDER = ("sets", "compare", "sizes", "controls", "set_means", "correlation_summary")
 LONG_TABLES = ("units", "specificity_units", "correlations")
-TABLE_NOTES = {
-    "controls": (
-        "Real versus control explanations, paired over units. In the simulation metrics a constant prediction "
-        "(the same value on every token: it predicts nothing) scores 0 on either side; n_constant_real and "
-        "n_constant_control count those units. Parse failures are not scored: a unit without a parsed simulation "
-        "on both sides is left out of n_units."
-    ),
-}
 LONG_TABLE_ROWS = 30
 GLOBAL_PLOTS = {
     "features_vs_neurons": "Features versus neurons: distributions of per-unit rubric and simulation scores.",
@@ -48,66 +47,6 @@ GLOBAL_PLOTS = {
 }
 NUMBER = re.compile(r"^[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?$")
 INTEGER = re.compile(r"^[+-]?\d+$")
-
-
-@dataclass
-class RunRecords:
-    """The last record per key of every record file of a run (missing files read as empty)."""
-
-    units: dict[str, EvaluatedUnit] = field(default_factory=dict)
-    contexts: dict[tuple[str, str], TokenContext] = field(default_factory=dict)
-    explanations: dict[tuple[str, str], Explanation] = field(default_factory=dict)
-    judgments: dict[tuple[str, str, str], Judgment] = field(default_factory=dict)
-    simulations: dict[tuple[str, str, str], Simulation] = field(default_factory=dict)
-
-
-def load_run(run_dir: Path) -> RunRecords:
-    """Return the run's records, the last one per key (reruns append)."""
-    return RunRecords(
-        units=latest_by_key(read_records(run_dir / UNITS, EvaluatedUnit)),
-        contexts=latest_by_key(read_records(run_dir / CONTEXTS, TokenContext)),
-        explanations=latest_by_key(read_records(run_dir / EXPLANATIONS, Explanation)),
-        judgments=latest_by_key(read_records(run_dir / JUDGMENTS, Judgment)),
-        simulations=latest_by_key(read_records(run_dir / SIMULATIONS, Simulation)),
-    )
-
-
-def read_manifest_file(run_dir: Path) -> dict[str, Any]:
-    """Return the run's manifest.json, or an empty dict when it is missing or not a JSON object."""
-    path = run_dir / "manifest.json"
-    if not path.exists():
-        return {}
-    try:
-        value = json.loads(path.read_text(encoding="utf-8"))
-    except ValueError:
-        return {}
-    return value if isinstance(value, dict) else {}
-
-
-def _anchor(prefix: str, name: str) -> str:
-    return prefix + re.sub(r"[^A-Za-z0-9-]", lambda match: f"_{ord(match.group()):x}_", name)
-
-
-def unit_html_id(unit: str) -> str:
-    """Return the HTML id of a unit's card: letters, digits and '-' kept, any other character as _<hex>_ (injective)."""
-    return _anchor("unit-", unit)
-
-
-def unit_plot_name(unit: str) -> str:
-    """Return the file name of a unit's specificity plot ('/' and '.' replaced by '_')."""
-    return "specificity_unit_" + unit.replace("/", "_").replace(".", "_") + ".png"
-
-
-def _e(value: Any) -> str:
-    return html.escape(str(value), quote=True)
-
-
-def _number(value: float | int | None, digits: int = 3) -> str:
-    if value is None or (isinstance(value, float) and not math.isfinite(value)):
-        return "—"
-    if isinstance(value, int):
-        return str(value)
-    return f"{value:.{digits}f}"
 
 
 def _format_cell(text: str) -> tuple[str, bool]:
@@ -120,15 +59,6 @@ def _format_cell(text: str) -> tuple[str, bool]:
     if NUMBER.match(stripped):
         return _number(float(stripped)), True
     return _e(text), False
-
-
-def _image(path: Path, alt: str) -> str:
-    data = base64.b64encode(path.read_bytes()).decode("ascii")
-    return f'<img src="data:image/png;base64,{data}" alt="{_e(alt)}">'
-
-
-def _figure(path: Path, caption: str) -> str:
-    return f"<figure>{_image(path, caption)}<figcaption>{_e(caption)} <code>{_e(path.name)}</code></figcaption></figure>"
 
 
 def _csv_table(path: Path) -> tuple[str, int]:
@@ -197,7 +127,7 @@ def _plots_section(plots: list[Path], set_order: list[str]) -> str:
 
     parts = ["<section id='plots'><h2>Plots</h2>"]
     if not plots:
-        parts.append("<p>No plots in <code>results/plots</code>.</p>")
+        parts.append("<p>No other plots in <code>results/plots</code> (the answers above show theirs).</p>")
     for path in sorted(plots, key=rank):
         parts.append(_figure(path, _plot_caption(path.stem)))
     parts.append("</section>")
@@ -247,138 +177,6 @@ def _header_section(run_dir: Path, manifest: dict[str, Any]) -> str:
     )
 
 
-def _tokens_html(context: TokenContext, scale: float) -> str:
-    """Return the context as spans, one per display unit, its text as the prompts show it (``harness.llm.render``).
-
-    A character the tokenizer split into byte tokens is one span (``display_units``); the span's
-    class p<k> / n<k> shades its activation of largest magnitude, positive / negative, by tenths
-    of ``scale``; the span holding the target token has class ``tg``; the title lists the
-    activations of its tokens.
-    """
-    spans = []
-    for unit in display_units(context.tokens):
-        values = [context.activations[index] for index in unit if index < len(context.activations)] or [0.0]
-        activation = max(values, key=lambda value: abs(value) if math.isfinite(value) else -1.0)
-        level = round(10 * min(1.0, abs(activation) / scale)) if scale > 0 and math.isfinite(activation) else 0
-        shade = f"{'p' if activation >= 0 else 'n'}{level}"
-        classes = f"{shade} tg" if context.target in unit else shade
-        title = " / ".join(f"{value:.3f}" for value in values)
-        spans.append(f"<span class='{classes}' title='{title}'>{_e(shown(unit_text(context.tokens, unit)))}</span>")
-    return "".join(spans)
-
-
-def _explanation_html(record: Explanation | None, label: str) -> str:
-    if record is None:
-        return f"<p><b>{_e(label)}:</b> <span class='muted'>none recorded</span></p>"
-    if record.text is not None:
-        source = f"<span class='muted'>({_e(record.backend)} / {_e(record.model)})</span>"
-        return f"<p><b>{_e(label)}:</b> <span class='explanation'>{_e(record.text)}</span> {source}</p>"
-    raw = f"<details><summary>raw reply</summary><pre>{_e(record.raw)}</pre></details>" if record.raw is not None else ""
-    return f"<p><b>{_e(label)}:</b> <span class='failure'>failed: {_e(record.failure or 'no text')}</span></p>{raw}"
-
-
-def _by_unit(records: dict[Any, Any]) -> dict[str, list[Any]]:
-    """Return {unit: records} of a dict keyed by tuples starting with the unit."""
-    grouped: dict[str, list[Any]] = {}
-    for key, record in records.items():
-        grouped.setdefault(key[0], []).append(record)
-    return grouped
-
-
-def _scores_table(
-    unit: str, judgments: list[Judgment], simulations: list[Simulation], scores: dict[tuple[str, str], dict[str, float | None]]
-) -> str:
-    rows = []
-    for source in SOURCES:
-        judged = [j for j in judgments if j.source == source]
-        simulated = [m for m in simulations if m.source == source]
-        if not judged and not simulated:
-            continue
-        score = scores.get((unit, source), {})
-        parsed = sum(1 for j in judged if j.score is not None)
-        parsed_simulations = sum(1 for m in simulated if m.predicted is not None)
-        explanation = judged[0].explanation if judged else simulated[0].explanation
-        rows.append(
-            f"<tr><th>{_e(source)}</th><td class='num'>{_number(score.get('rubric'))}</td><td class='num'>{parsed}/{len(judged)}</td>"
-            f"<td class='num'>{_number(score.get('pearson'))}</td><td class='num'>{_number(score.get('spearman'))}</td>"
-            f"<td class='num'>{parsed_simulations}/{len(simulated)}</td><td>{_e(explanation)}</td></tr>"
-        )
-    if not rows:
-        return "<p class='muted'>Not scored.</p>"
-    header = (
-        "<tr><th>source</th><th>rubric (0–3)</th><th>judged</th><th>sim. Pearson</th><th>sim. Spearman</th>"
-        "<th>simulated</th><th>explanation scored</th></tr>"
-    )
-    return f"<div class='scroll'><table>{header}{''.join(rows)}</table></div>"
-
-
-def _contexts_html(contexts: list[TokenContext], scale: float, judgments: dict[tuple[str, str, str], Judgment] | None) -> str:
-    if not contexts:
-        return "<p class='muted'>none recorded</p>"
-    items = []
-    for context in contexts:
-        meta = f"{_e(context.kind)} · act {_number(context.target_activation)}"
-        if judgments is not None:
-            judgment = judgments.get((context.unit, "real", context.context_id))
-            if judgment is None:
-                verdict = "<span class='score muted'>not judged</span>"
-            elif judgment.score is None:
-                verdict = f"<span class='score failure' title='{_e(judgment.failure or '')}'>judge failed</span>"
-            else:
-                verdict = f"<span class='score'>judge {_number(judgment.score, 2)}</span>"
-            meta = f"{verdict} {meta}"
-        anchor = _anchor("ctx-", context.context_id)
-        items.append(f"<li class='context' id='{_e(anchor)}'><div class='meta'>{meta}</div>{_tokens_html(context, scale)}</li>")
-    return f"<ol class='contexts'>{''.join(items)}</ol>"
-
-
-def _unit_card(
-    unit: str,
-    evaluated: EvaluatedUnit | None,
-    records: RunRecords,
-    grouped: dict[str, dict[str, list[Any]]],
-    scores: dict[tuple[str, str], dict[str, float | None]],
-    plot: Path | None,
-) -> str:
-    contexts: list[TokenContext] = grouped["contexts"].get(unit, [])
-    explain = [c for c in contexts if c.split == "explain"]
-    score = [c for c in contexts if c.split != "explain"]
-    observed = max((abs(a) for c in contexts for a in c.activations), default=0.0)
-    scale = evaluated.max_activation if evaluated is not None and evaluated.max_activation > 0 else observed
-    if evaluated is not None:
-        facts = (
-            f"set <b>{_e(evaluated.unit_set)}</b> · {_e(evaluated.kind)} · layer {evaluated.layer} · index {evaluated.index} · "
-            f"density {_number(evaluated.density, 5)} · max activation {_number(evaluated.max_activation)}"
-        )
-    else:
-        facts = "<span class='muted'>not in units.jsonl</span>"
-    parts = [
-        f"<article class='unit-card' id='{_e(unit_html_id(unit))}'>",
-        f"<h3>{_e(unit)}</h3><p class='facts'>{facts}</p>",
-        _explanation_html(records.explanations.get((unit, "llm")), "LLM explanation"),
-        _explanation_html(records.explanations.get((unit, "token_stats")), "Token statistics"),
-        _scores_table(unit, grouped["judgments"].get(unit, []), grouped["simulations"].get(unit, []), scores),
-    ]
-    if plot is not None:
-        parts.append(_figure(plot, f"Specificity of {unit}: rubric score against activation level."))
-    parts.append(f"<h4>Explanation contexts ({len(explain)})</h4>{_contexts_html(explain, scale, None)}")
-    parts.append(f"<h4>Held-out scoring contexts ({len(score)})</h4>{_contexts_html(score, scale, records.judgments)}")
-    parts.append("<p class='top'><a href='#contents'>↑ contents</a></p></article>")
-    return "".join(parts)
-
-
-def _unit_groups(records: RunRecords) -> dict[str, list[str]]:
-    """Return {unit set: units} in the order of units.jsonl; units only seen in other records come last."""
-    groups: dict[str, list[str]] = {}
-    for unit, evaluated in records.units.items():
-        groups.setdefault(evaluated.unit_set, []).append(unit)
-    seen = set(records.units)
-    others = {key[0] for key in [*records.explanations, *records.contexts, *records.judgments]} - seen
-    if others:
-        groups.setdefault("(not in units.jsonl)", []).extend(sorted(others))
-    return groups
-
-
 def _contents(tables: list[Path], groups: dict[str, list[str]]) -> str:
     table_links = "".join(f"<li><a href='#table-{_e(path.stem)}'>{_e(path.stem)}</a></li>" for path in tables)
     set_items = []
@@ -388,6 +186,8 @@ def _contents(tables: list[Path], groups: dict[str, list[str]]) -> str:
         set_items.append(f"<li><a href='#{_e(anchor)}'>{_e(name)}</a> ({len(units)}): <span class='unit-links'>{links}</span></li>")
     return (
         "<nav id='contents'><h2>Contents</h2><ul>"
+        "<li><a href='#answers'>Answers</a></li>"
+        "<li><a href='#controls'>Controls</a> (<a href='#score-notes'>how the scores are made</a>)</li>"
         "<li><a href='#run'>Run</a></li>"
         f"<li><a href='#tables'>Summary tables</a><ul>{table_links}</ul></li>"
         "<li><a href='#plots'>Plots</a></li>"
@@ -417,6 +217,9 @@ ol.contexts { padding-left: 1.6rem; } li.context { margin: .4rem 0; line-height:
 li.context span[title] { font-family: ui-monospace, monospace; font-size: .85rem; white-space: pre-wrap; border-radius: 2px; }
 li.context span.tg { outline: 2px solid #c0392b; font-weight: bold; }
 .score { font-weight: bold; color: #1a5fb4; } .top { text-align: right; font-size: .8rem; }
+p.answer { font-size: 1.05rem; background: #eef3fb; border-left: 4px solid #1a5fb4; padding: .4rem .7rem; }
+ul.answer-details li { margin: .3rem 0; } .notes { background: white; border: 1px solid #ddd; padding: .2rem 1rem; }
+.used { color: #1a5fb4; font-weight: bold; }
 """
 
 
@@ -429,51 +232,45 @@ def _shade_css() -> str:
     return "\n".join(rules)
 
 
+def _formats(records: RunRecords) -> tuple[set[str], set[str]]:
+    """Return the judge formats and the simulator formats this run's records were scored with."""
+    return {j.judge_format for j in records.judgments.values()}, {m.simulator_format for m in records.simulations.values()}
+
+
 def write_report(run_dir: Path, out: Path | None = None) -> Path:
-    """Write the run's self-contained HTML report (default <run>/results/report.html) and return its path."""
+    """Write the run's self-contained HTML report (default <run>/results/report.html) and return its path.
+
+    Order: the answers, the controls (with how every score is made), contents, the run's
+    manifest, the summary tables, the plots the answers did not show, and the unit cards.
+    """
     run_dir = Path(run_dir)
     out = run_dir / REPORT if out is None else Path(out)
     manifest = read_manifest_file(run_dir)
     records = load_run(run_dir)
     scores = unit_scores(list(records.judgments.values()), list(records.simulations.values()))
-    groups = _unit_groups(records)
-    grouped = {
-        "contexts": _by_unit(records.contexts),
-        "judgments": _by_unit(records.judgments),
-        "simulations": _by_unit(records.simulations),
-    }
+    groups = unit_groups(records)
     tables = _ordered_tables(run_dir / TABLES_DIR)
     plots_dir = run_dir / PLOTS_DIR
     plots = sorted(plots_dir.glob("*.png")) if plots_dir.is_dir() else []
-    unit_plots = {unit_plot_name(unit): unit for units in groups.values() for unit in units}
+    unit_plots = {unit_plot_name(unit) for units in groups.values() for unit in units}
     in_cards = {path.name: path for path in plots if path.name in unit_plots}
+    answer_tables = read_answer_tables(run_dir)
+    answers, in_answers = answers_section(answer_tables, {path.name: path for path in plots if path.name not in in_cards})
 
     run_name = manifest.get("name", run_dir.resolve().name)
-    cards = [
-        "<section id='units'><h2>Units</h2><p class='muted'>Token background: activation / the unit's max activation "
-        "(orange positive, blue negative); hover a token for its activation; the outlined token is the target. "
-        "Judge scores (0–3) are the real explanation's, per held-out context.</p>"
-    ]
-    if not groups:
-        cards.append("<p>No evaluated units (no units.jsonl).</p>")
-    for name, units in groups.items():
-        anchor = _anchor("set-", name)
-        cards.append(f"<h3 id='{_e(anchor)}' class='set'>{_e(name)} ({len(units)} unit{'' if len(units) == 1 else 's'})</h3>")
-        for unit in units:
-            cards.append(_unit_card(unit, records.units.get(unit), records, grouped, scores, in_cards.get(unit_plot_name(unit))))
-    cards.append("</section>")
-
     page = "".join(
         [
             "<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>",
             "<meta name='viewport' content='width=device-width, initial-scale=1'>",
             f"<title>monoscope report: {_e(run_name)}</title><style>{STYLE}{_shade_css()}</style></head><body><main>",
             f"<h1>monoscope report: {_e(run_name)}</h1>",
+            answers,
+            controls_section(answer_tables, scoring_notes(*_formats(records), manifest)),
             _contents(tables, groups),
             _header_section(run_dir, manifest),
             _tables_section(tables),
-            _plots_section([path for path in plots if path.name not in in_cards], list(groups)),
-            "".join(cards),
+            _plots_section([path for path in plots if path.name not in in_cards and path.name not in in_answers], list(groups)),
+            units_section(records, scores, in_cards),
             "</main></body></html>\n",
         ]
     )

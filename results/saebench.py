@@ -36,7 +36,7 @@ import numpy as np
 
 from harness.records import Judgment
 from harness.storage import atomic_write_json
-from results.report import CONTEXTS, EXPLANATIONS, JUDGMENTS, SIMULATIONS, UNITS, RunRecords, load_run, read_manifest_file
+from results.run_records import CONTEXTS, EXPLANATIONS, JUDGMENTS, SIMULATIONS, UNITS, RunRecords, load_run, read_manifest_file
 from results.summary import unit_scores
 
 EVAL_TYPE_ID = "monoscope_autointerp"

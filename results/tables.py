@@ -1,10 +1,11 @@
-"""Result tables as pandas DataFrames: specificity by activation level, per unit, per set, and the comparisons.
+"""Result tables as pandas DataFrames: specificity by activation level, per unit, per set, and real versus controls.
 
 Every function takes records (or a table built from them) and returns a
 DataFrame with fixed columns, also when there is nothing to put in it. Reruns
 append records, so the last record per key wins wherever records are read.
 Missing values are None (NaN in float columns); tables round-trip through CSV
-with ``write_table`` and ``load_table``.
+with ``write_table`` and ``load_table``. The comparisons between groups of units
+are in ``results.comparisons``, the correlation tables in ``results.correlation_tables``.
 """
 
 import math
@@ -12,20 +13,23 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pandas as pd
-from scipy import stats as scipy_stats
 
 from harness.records import EvaluatedUnit, Explanation, FeatureCorrelation, Judgment, NearestFeatures, Simulation
 from harness.storage import atomic_write_bytes
+from results.correlation_tables import correlation_summary as correlation_summary  # harness.api reads it from here
+from results.frames import defined, frame, mean_and_interval, missing_as_none
+from results.ranking import NOT_JUDGED, RankScore, unit_rankings
 from results.store import latest_by_key
-from results.summary import bootstrap_interval, control_summary, unit_scores
+from results.summary import control_summary, unit_scores
 
 SCORES = (0, 1, 2, 3)
 SOURCES = ("real", "shuffled", "token_stats")
-METRICS = ("rubric", "pearson")
+METRICS = ("rubric", "pearson")  # means of the judge's and the simulator's scores
 CONTROLS = ("shuffled", "token_stats")
-ALL_FEATURES = "all features"
+CONTROL_METRICS = (*METRICS, "rubric_auc")  # paired real versus control
+SET_METRICS = (*METRICS, "rubric_auc", "level_spearman")  # real-explanation means per set
+REASONS = {"rubric_auc": SOURCES, "level_spearman": ("real",)}  # rank metrics: per source, a value or why there is none
 
 SPECIFICITY_COLUMNS = ["level", "label", "n", *(f"count_{s}" for s in SCORES), *(f"freq_{s}" for s in SCORES)]
 UNIT_COLUMNS = [
@@ -42,6 +46,10 @@ UNIT_COLUMNS = [
     *(f"rubric_{source}" for source in SOURCES),
     *(f"pearson_{source}" for source in SOURCES),
     *(f"constant_prediction_{source}" for source in SOURCES),
+    *(f"rubric_auc_{source}" for source in SOURCES),
+    *(f"rubric_auc_reason_{source}" for source in SOURCES),
+    "level_spearman_real",
+    "level_spearman_reason_real",
     "n_judgments",
     "n_failures",
     "max_neuron_correlation",
@@ -57,26 +65,9 @@ SET_COLUMNS = [
     "dead_fraction",
     "dead_fraction_all_tokens",
     "n_units",
-    "rubric_mean",
-    "rubric_ci_low",
-    "rubric_ci_high",
-    "pearson_mean",
-    "pearson_ci_low",
-    "pearson_ci_high",
+    *(f"{metric}_{part}" for metric in SET_METRICS for part in ("mean", "ci_low", "ci_high")),
 ]
-COMPARE_COLUMNS = [
-    "feature_set",
-    "metric",
-    "n_features",
-    "n_neurons",
-    "feature_mean",
-    "neuron_mean",
-    "difference",
-    "ci_low",
-    "ci_high",
-    "mannwhitney_u",
-    "p_value",
-]
+SET_MEANS_COLUMNS = ["unit_set", "metric", "source", "n_units", "n_missing", "mean", "ci_low", "ci_high", "missing_reasons"]
 CONTROL_COLUMNS = [
     "unit_set",
     "metric",
@@ -89,27 +80,6 @@ CONTROL_COLUMNS = [
     "n_units",
     "n_constant_real",
     "n_constant_control",
-]
-CORRELATION_COLUMNS = [
-    "unit",
-    "dictionary",
-    "n_tokens",
-    "fire_count",
-    "max_neuron_correlation",
-    "neuron",
-    "max_residual_correlation",
-    "residual_direction",
-]
-CORRELATION_SUMMARY_COLUMNS = [
-    "dictionary",
-    "threshold",
-    "n_features",
-    "n_defined",
-    "fraction_at_most_threshold",
-    "median_max_correlation",
-    "n_residual_defined",
-    "fraction_residual_at_most_threshold",
-    "median_max_residual_correlation",
 ]
 # Columns read back as text whatever they hold (a label "0" stays "0", an explanation "42" stays "42").
 TEXT_COLUMNS = (
@@ -126,34 +96,13 @@ TEXT_COLUMNS = (
     "control",
     "dictionary",
     "residual_direction",
+    *(f"rubric_auc_reason_{source}" for source in SOURCES),
+    "level_spearman_reason_real",
+    "source",
+    "missing_reasons",
+    "smaller_set",
+    "larger_set",
 )
-
-
-def _frame(rows: list[dict[str, Any]], columns: list[str]) -> pd.DataFrame:
-    """Return a DataFrame of ``rows`` with exactly ``columns`` (an empty one keeps the columns)."""
-    return pd.DataFrame(rows, columns=columns)
-
-
-def _value(value: Any) -> Any:
-    """Return ``value`` with NaN (and pandas' missing markers) as None."""
-    if value is None:
-        return None
-    if isinstance(value, float | np.floating) and math.isnan(value):
-        return None
-    if value is pd.NA:
-        return None
-    return value
-
-
-def _defined(values: pd.Series) -> np.ndarray:
-    """Return the non-missing values of a column as a float array."""
-    return pd.to_numeric(values, errors="coerce").dropna().to_numpy(dtype=float)
-
-
-def _unit_order(unit: str) -> tuple[str, int, str]:
-    """Return a sort key for a unit name "prefix/index" that orders indexes numerically."""
-    prefix, _, index = unit.rpartition("/")
-    return (prefix, int(index), unit) if index.isdigit() else (prefix, -1, unit)
 
 
 def _round_score(score: float) -> int:
@@ -207,7 +156,7 @@ def specificity_table(
         row.update({f"count_{s}": counts[level][s] for s in SCORES})
         row.update({f"freq_{s}": counts[level][s] / n for s in SCORES})
         rows.append(row)
-    return _frame(rows, SPECIFICITY_COLUMNS)
+    return frame(rows, SPECIFICITY_COLUMNS)
 
 
 def _nearest_larger(unit: EvaluatedUnit, neighbors: list[NearestFeatures], set_sizes: dict[str, int]) -> str:
@@ -233,9 +182,13 @@ def unit_table(
     correlations: list[FeatureCorrelation],
     neighbors: list[NearestFeatures],
 ) -> pd.DataFrame:
-    """Return one row per evaluated unit: its facts, explanations, mean scores per source, failures and neighbours.
+    """Return one row per evaluated unit: its facts, explanations, scores per source, failures and neighbours.
 
-    Rows are ordered features first (by dictionary size, then set name, layer and
+    Scores per source: the mean rubric score, the simulation Pearson r, and the rank-based
+    ``rubric_auc`` (firing versus non-firing contexts, ``results.ranking``) with
+    ``rubric_auc_reason`` saying why it is missing; for the real explanation also
+    ``level_spearman_real``, the Spearman correlation of rubric score with activation level,
+    with its ``level_spearman_reason_real``. Rows are ordered features first (by dictionary size, then set name, layer and
     index), then neurons. ``n_judgments`` counts the unit's judgment records of
     every source, failures included; ``n_failures`` counts its judgment and
     simulation records with no parsed result.
@@ -250,6 +203,7 @@ def unit_table(
     correlated = latest_by_key(correlations)
     neighbor_records = list(latest_by_key(neighbors).values())
     scores = unit_scores(judged, simulated)
+    rankings = unit_rankings(judged)
     set_sizes = {u.unit_set: u.set_size for u in unit_records if u.kind == "feature"}
     n_judgments: dict[str, int] = defaultdict(int)
     n_failures: dict[str, int] = defaultdict(int)
@@ -281,23 +235,25 @@ def unit_table(
                 row[f"{metric}_{source}"] = scores.get((unit.unit, source), {}).get(metric)
         for source in SOURCES:
             row[f"constant_prediction_{source}"] = bool(scores.get((unit.unit, source), {}).get("constant_prediction", False))
+        row.update(_rank_cells(unit.unit, rankings))
         row["n_judgments"] = n_judgments[unit.unit]
         row["n_failures"] = n_failures[unit.unit]
         row["max_neuron_correlation"] = correlation.max_neuron_correlation if correlation is not None else None
         row["neuron"] = correlation.neuron if correlation is not None else None
         row["nearest_larger"] = _nearest_larger(unit, neighbor_records, set_sizes)
         rows.append(row)
-    return _frame(rows, UNIT_COLUMNS)
+    return frame(rows, UNIT_COLUMNS)
 
 
-def _mean_and_interval(values: np.ndarray, seed: int) -> tuple[float | None, float | None, float | None]:
-    """Return the mean of ``values`` (None when empty) and its 95% bootstrap interval (None below 2 values)."""
-    if values.size == 0:
-        return None, None, None
-    if values.size < 2:
-        return float(values.mean()), None, None
-    low, high = bootstrap_interval(values, seed)
-    return float(values.mean()), low, high
+def _rank_cells(unit: str, rankings: dict[tuple[str, str], dict[str, RankScore]]) -> dict[str, Any]:
+    """Return a unit's rank-metric cells: ``<metric>_<source>`` and ``<metric>_reason_<source>`` (None when the value exists)."""
+    cells: dict[str, Any] = {}
+    for metric, sources in REASONS.items():
+        for source in sources:
+            score = rankings.get((unit, source), {}).get(metric, RankScore(None, NOT_JUDGED))
+            cells[f"{metric}_{source}"] = score.value
+            cells[f"{metric}_reason_{source}"] = score.reason
+    return cells
 
 
 def set_order(unit_table_df: pd.DataFrame, dictionary_rows: list[dict] | None = None, neuron_set: str = "neurons") -> list[str]:
@@ -319,7 +275,8 @@ def set_table(unit_table_df: pd.DataFrame, dictionary_rows: list[dict], seed: in
     """Return the dictionary-size comparison: one row per unit set with its dictionary statistics and mean real scores.
 
     Sets: every dictionary of ``dictionary_rows`` (by d_sae), any other evaluated
-    set, then "neurons". Means are over units with the metric; the 95% bootstrap
+    set, then "neurons". Metrics: ``SET_METRICS`` of the real explanation (rubric, pearson,
+    rubric_auc, level_spearman). Means are over units with the metric; the 95% bootstrap
     interval over units is None when fewer than 2 units have it.
     """
     by_name = {row["dictionary"]: row for row in dictionary_rows}
@@ -339,77 +296,21 @@ def set_table(unit_table_df: pd.DataFrame, dictionary_rows: list[dict], seed: in
             "dead_fraction_all_tokens": dictionary.get("dead_fraction_all_tokens"),
             "n_units": len(members),
         }
-        for metric in METRICS:
-            mean, low, high = _mean_and_interval(_defined(members[f"{metric}_real"]), seed)
+        for metric in SET_METRICS:
+            mean, low, high = mean_and_interval(defined(members[f"{metric}_real"]), seed)
             row.update({f"{metric}_mean": mean, f"{metric}_ci_low": low, f"{metric}_ci_high": high})
         rows.append(row)
-    table = _frame(rows, SET_COLUMNS)
+    table = frame(rows, SET_COLUMNS)
     table["d_sae"] = table["d_sae"].astype("Int64")
     return table
-
-
-def difference_interval(features: np.ndarray, neurons: np.ndarray, seed: int = 0, resamples: int = 2000) -> tuple[float, float]:
-    """Return the 95% percentile bootstrap interval of mean(features) − mean(neurons), resampling each group independently."""
-    rng = np.random.default_rng(seed)
-    feature_means = rng.choice(features, size=(resamples, features.size), replace=True).mean(axis=1)
-    neuron_means = rng.choice(neurons, size=(resamples, neurons.size), replace=True).mean(axis=1)
-    differences = feature_means - neuron_means
-    return float(np.percentile(differences, 2.5)), float(np.percentile(differences, 97.5))
-
-
-def _compare_row(feature_set: str, metric: str, features: np.ndarray, neurons: np.ndarray, seed: int) -> dict[str, Any]:
-    """Return one compare_table row for two groups of per-unit scores."""
-    row: dict[str, Any] = {
-        "feature_set": feature_set,
-        "metric": metric,
-        "n_features": int(features.size),
-        "n_neurons": int(neurons.size),
-        "feature_mean": float(features.mean()) if features.size else None,
-        "neuron_mean": float(neurons.mean()) if neurons.size else None,
-        "difference": None,
-        "ci_low": None,
-        "ci_high": None,
-        "mannwhitney_u": None,
-        "p_value": None,
-    }
-    if features.size == 0 or neurons.size == 0:
-        return row
-    row["difference"] = float(features.mean() - neurons.mean())
-    if features.size >= 2 and neurons.size >= 2:
-        row["ci_low"], row["ci_high"] = difference_interval(features, neurons, seed)
-    test = scipy_stats.mannwhitneyu(features, neurons, alternative="two-sided")
-    row["mannwhitney_u"] = float(test.statistic)
-    row["p_value"] = float(test.pvalue)
-    return row
-
-
-def compare_table(unit_table_df: pd.DataFrame, neuron_set: str = "neurons", seed: int = 0) -> pd.DataFrame:
-    """Return features versus neurons per feature set (and all feature sets pooled) and metric, on real scores.
-
-    ``difference`` is the feature mean minus the neuron mean; its 95% interval
-    resamples each group independently (2000 resamples, seeded; None unless both
-    groups have 2 values); ``mannwhitney_u`` and ``p_value`` come from a two-sided
-    Mann–Whitney U test (None when a group is empty).
-    """
-    neurons = unit_table_df[unit_table_df["unit_set"] == neuron_set]
-    feature_sets = [name for name in set_order(unit_table_df, neuron_set=neuron_set) if name != neuron_set]
-    features = unit_table_df[unit_table_df["unit_set"] != neuron_set]
-    groups = [(name, unit_table_df[unit_table_df["unit_set"] == name]) for name in feature_sets]
-    if feature_sets:
-        groups.append((ALL_FEATURES, features))
-    rows = []
-    for name, group in groups:
-        for metric in METRICS:
-            column = f"{metric}_real"
-            rows.append(_compare_row(name, metric, _defined(group[column]), _defined(neurons[column]), seed))
-    return _frame(rows, COMPARE_COLUMNS)
 
 
 def control_table(unit_table_df: pd.DataFrame, seed: int = 0) -> pd.DataFrame:
     """Return real versus each control (shuffled, token_stats) per unit set and metric, paired over units.
 
-    Only units with both scores enter (``n_units``); a constant simulation prediction scores
-    0 on either side (``results.summary.paired_value``), counted in ``n_constant_real`` and
+    Metrics: ``CONTROL_METRICS`` (rubric, pearson, rubric_auc). Only units with both scores
+    enter (``n_units``); a constant simulation prediction scores 0 on either side
+    (``results.summary.paired_value``), counted in ``n_constant_real`` and
     ``n_constant_control``. The interval is the 95% bootstrap interval of the mean paired
     difference (None below 2 units).
     """
@@ -419,11 +320,11 @@ def control_table(unit_table_df: pd.DataFrame, seed: int = 0) -> pd.DataFrame:
         scores: dict[tuple[str, str], dict[str, float | None]] = {}
         for record in members.to_dict("records"):
             for source in SOURCES:
-                constant = _value(record.get(f"constant_prediction_{source}"))
-                scores[(record["unit"], source)] = {metric: _value(record[f"{metric}_{source}"]) for metric in METRICS} | {
+                constant = missing_as_none(record.get(f"constant_prediction_{source}"))
+                scores[(record["unit"], source)] = {metric: missing_as_none(record[f"{metric}_{source}"]) for metric in CONTROL_METRICS} | {
                     "constant_prediction": bool(constant) and str(constant).lower() != "false"
                 }
-        for metric in METRICS:
+        for metric in CONTROL_METRICS:
             for control in CONTROLS:
                 summary = control_summary(scores, metric, control, seed)
                 interval = summary["ci95"] or (None, None)
@@ -442,56 +343,46 @@ def control_table(unit_table_df: pd.DataFrame, seed: int = 0) -> pd.DataFrame:
                         "n_constant_control": summary["n_constant_control"],
                     }
                 )
-    return _frame(rows, CONTROL_COLUMNS)
+    return frame(rows, CONTROL_COLUMNS)
 
 
-def _dictionary_order(names: set[str], dictionary_order: list[str] | None) -> list[str]:
-    """Return ``names`` in ``dictionary_order`` first, then the rest by name."""
-    order = [name for name in dictionary_order or [] if name in names]
-    return order + sorted(names - set(order))
+def _missing_reasons(members: pd.DataFrame, metric: str, source: str) -> str | None:
+    """Return "2 no firing context judged; 1 not judged": how many units of ``members`` lack the metric, by reason."""
+    column = f"{metric}_reason_{source}"
+    if column not in members:
+        return None
+    counts = members[column].dropna().value_counts()
+    return "; ".join(f"{count} {reason}" for reason, count in sorted(counts.items(), key=lambda item: (-item[1], item[0]))) or None
 
 
-def correlation_table(correlations: list[FeatureCorrelation], dictionary_order: list[str] | None = None) -> pd.DataFrame:
-    """Return one row per feature with its strongest neuron and residual-direction correlations.
+def set_means_table(unit_table_df: pd.DataFrame, seed: int = 0) -> pd.DataFrame:
+    """Return per unit set, metric and explanation source the mean over units with its 95% bootstrap interval over units.
 
-    Rows are grouped by dictionary (in ``dictionary_order`` when given, else by
-    name) and ordered by feature index within one.
+    In: the unit table. Out: rows for rubric, pearson and rubric_auc of every source and
+    level_spearman of the real explanation; ``n_units`` have the value, ``n_missing`` do not,
+    and for the rank metrics ``missing_reasons`` counts why. The interval is None below 2 units.
     """
-    records = list(latest_by_key(correlations).values())
-    rank = {name: i for i, name in enumerate(_dictionary_order({r.dictionary for r in records}, dictionary_order))}
-    records.sort(key=lambda r: (rank[r.dictionary], _unit_order(r.unit)))
-    rows = [{column: getattr(record, column) for column in CORRELATION_COLUMNS} for record in records]
-    return _frame(rows, CORRELATION_COLUMNS)
-
-
-def correlation_summary(
-    correlations: list[FeatureCorrelation], threshold: float = 0.3, dictionary_order: list[str] | None = None
-) -> pd.DataFrame:
-    """Return per dictionary how many features have a defined max neuron correlation and what fraction is at most ``threshold``.
-
-    The same for the max residual-direction correlation; fractions and medians
-    are over the features where the correlation is defined (None when none is).
-    """
-    table = correlation_table(correlations, dictionary_order)
     rows = []
-    for name in dict.fromkeys(table["dictionary"]):
-        members = table[table["dictionary"] == name]
-        neuron = _defined(members["max_neuron_correlation"])
-        residual = _defined(members["max_residual_correlation"])
-        rows.append(
-            {
-                "dictionary": name,
-                "threshold": threshold,
-                "n_features": len(members),
-                "n_defined": int(neuron.size),
-                "fraction_at_most_threshold": float(np.mean(neuron <= threshold)) if neuron.size else None,
-                "median_max_correlation": float(np.median(neuron)) if neuron.size else None,
-                "n_residual_defined": int(residual.size),
-                "fraction_residual_at_most_threshold": float(np.mean(residual <= threshold)) if residual.size else None,
-                "median_max_residual_correlation": float(np.median(residual)) if residual.size else None,
-            }
-        )
-    return _frame(rows, CORRELATION_SUMMARY_COLUMNS)
+    for name in set_order(unit_table_df):
+        members = unit_table_df[unit_table_df["unit_set"] == name]
+        for metric in SET_METRICS:
+            for source in REASONS.get(metric, SOURCES):
+                values = defined(members[f"{metric}_{source}"])
+                mean, low, high = mean_and_interval(values, seed)
+                rows.append(
+                    {
+                        "unit_set": name,
+                        "metric": metric,
+                        "source": source,
+                        "n_units": int(values.size),
+                        "n_missing": len(members) - int(values.size),
+                        "mean": mean,
+                        "ci_low": low,
+                        "ci_high": high,
+                        "missing_reasons": _missing_reasons(members, metric, source),
+                    }
+                )
+    return frame(rows, SET_MEANS_COLUMNS)
 
 
 def table_path(run_dir: Path, name: str) -> Path:

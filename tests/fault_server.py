@@ -18,8 +18,9 @@ only for requests without ``logprobs``). Every request is faulted at most ``max_
 given garbage at most ``max_garbage_per_request`` times, so every request is answered in the end.
 
 ``permanent`` maps a stage ("explain", "judge", "simulate") to an HTTP status: the first distinct request of
-that stage is answered with that status every time it is asked (401 or 400: a permanent failure; 503: the
-client's retries run out) until ``heal()``. ``injected`` counts what was injected, by stage and kind.
+that stage other than the answer-spelling probe (``scorers.answers``: one per run, not a unit's) is answered
+with that status every time it is asked (401 or 400: a permanent failure; 503: the client's retries run out)
+until ``heal()``. ``injected`` counts what was injected, by stage and kind.
 """
 
 import hashlib
@@ -31,6 +32,7 @@ from collections.abc import Mapping
 from http.server import BaseHTTPRequestHandler
 from typing import Any
 
+from scorers.answers import PROBE_EXPLANATION
 from tests.loopback import reply_body, start_server
 
 TRANSIENT_KINDS = ("429", "429_retry_after", "500", "503", "stall", "cutoff")
@@ -41,7 +43,7 @@ STAGE_MARKERS = (
     ("In short, the marked tokens are", "explain"),
     ("Rate how specifically", "judge"),
     ("Predict the feature's activation", "simulate"),
-    ("the feature's activation on the token in ⟦ ⟧", "simulate"),
+    ("how active is the feature on the token marked ⟦ ⟧", "simulate"),
 )
 
 
@@ -185,14 +187,14 @@ class FaultServer:
 
     # --- internals ---
 
-    def _choose(self, stage: str, digest: str, logprobs: bool) -> str | int | None:
+    def _choose(self, stage: str, digest: str, logprobs: bool, probe: bool = False) -> str | int | None:
         """Return the fault of this attempt (a kind, a permanent status) or None; count it."""
         with self.lock:
             self.requests[stage] += 1
             self.request_digests.append(digest)
             attempt = self._attempts[digest]
             self._attempts[digest] += 1
-            if stage in self.permanent:
+            if stage in self.permanent and not probe:
                 failing = self._permanent_digests.setdefault(stage, digest)
                 if failing == digest:
                     status = self.permanent[stage]
@@ -221,7 +223,7 @@ class FaultServer:
         digest = hashlib.sha256(prompt.encode()).hexdigest()
         stage = stage_of(prompt)
         logprobs = bool(body.get("logprobs"))
-        fault = self._choose(stage, digest, logprobs)
+        fault = self._choose(stage, digest, logprobs, probe=PROBE_EXPLANATION in prompt)
         if isinstance(fault, int):
             kind = "authentication_error" if fault == 401 else "invalid_request_error" if fault < 500 else "overloaded_error"
             self._send(handler, fault, _error_body(api, kind, f"injected permanent fault {fault}"))

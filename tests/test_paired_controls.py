@@ -10,6 +10,7 @@ import pytest
 from harness.records import Simulation
 from results.summary import control_summary, paired_value, unit_scores
 from results.tables import control_table, unit_table
+from tests.test_results_tables import RANKED, RANKED_UNITS
 
 ACTUAL = (0.0, 0.0, 3.0, 9.0, 0.0, 1.0)
 
@@ -89,3 +90,15 @@ def test_the_control_table_counts_constant_predictions_per_side() -> None:
     row = row[(row["metric"] == "pearson") & (row["control"] == "shuffled")].iloc[0]
     assert (row["n_units"], row["n_constant_real"], row["n_constant_control"]) == (4, 0, 4)
     assert row["control_mean"] == 0.0
+
+
+def test_rubric_auc_real_minus_shuffled_is_paired_over_units() -> None:
+    """The judge AUC pairs like the other metrics: hand values of tests/test_results_tables.RANKED."""
+    table = unit_table(RANKED_UNITS, [], RANKED, [], [], [])
+    controls = control_table(table)
+    row = controls[(controls["metric"] == "rubric_auc") & (controls["control"] == "shuffled")].iloc[0]
+    assert row["n_units"] == 2  # a and c have both AUCs
+    assert (row["real"], row["control_mean"]) == pytest.approx(((11 / 12 + 1 / 2) / 2, (1 / 3 + 1) / 2))
+    assert row["difference"] == pytest.approx(((11 / 12 - 1 / 3) + (1 / 2 - 1)) / 2)  # +7/12 and -1/2: 1/24
+    assert (row["ci_low"], row["ci_high"]) == pytest.approx((-0.5, 7 / 12))
+    assert (row["n_constant_real"], row["n_constant_control"]) == (0, 0)

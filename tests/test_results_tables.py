@@ -2,6 +2,7 @@
 
 import json
 import math
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -12,14 +13,15 @@ from matplotlib import image as mpimg
 from harness.records import EvaluatedUnit, Explanation, FeatureCorrelation, Judgment, NearestFeatures, Simulation
 from harness.storage import atomic_write_json
 from results.build import safe_name, write_results
+from results.comparisons import compare_table, size_table
+from results.correlation_tables import correlation_summary, correlation_table
+from results.ranking import RankScore, level_spearman, rubric_auc
 from results.store import append_records
 from results.tables import (
-    compare_table,
     control_table,
-    correlation_summary,
-    correlation_table,
     level_label,
     load_table,
+    set_means_table,
     set_table,
     specificity_table,
     unit_table,
@@ -295,7 +297,18 @@ def write_run(run_dir: Path) -> None:
     atomic_write_json(run_dir / "dictionaries.json", DICTIONARY_ROWS)
 
 
-TABLES = ["units", "sets", "compare", "controls", "correlations", "correlation_summary", "specificity_pooled", "specificity_units"]
+TABLES = [
+    "units",
+    "sets",
+    "set_means",
+    "compare",
+    "sizes",
+    "controls",
+    "correlations",
+    "correlation_summary",
+    "specificity_pooled",
+    "specificity_units",
+]
 
 
 def _normalised(df: pd.DataFrame) -> pd.DataFrame:
@@ -355,3 +368,94 @@ def test_write_results_copes_with_features_only_and_no_correlations(tmp_path: Pa
     sets = load_table(run_dir, "sets")
     assert list(sets["unit_set"]) == ["sae-512", "sae-2k"]
     assert sets["pearson_mean"].isna().all()
+
+
+# ---------------------------------------------------------------- rank-based views: AUC and Spearman, by hand
+
+# Unit a: firing scores 1, 2, 3 (levels 2, 5, 9) against non-firing 1, 0: U = (0.5 + 1) + 2 + 2 = 5.5 of 3 x 2 pairs.
+# Score ranks (2.5, 1, 2.5, 4, 5) against level ranks (1.5, 1.5, 3, 4, 5): Spearman = 8.75 / 9.5 = 35/38.
+RANKED = [
+    judgment("s/a", "c1", -1, 1.0),
+    judgment("s/a", "c2", -1, 0.0),
+    judgment("s/a", "c3", 2, 1.0),
+    judgment("s/a", "c4", 5, 2.0),
+    judgment("s/a", "c5", 9, 3.0),
+    judgment("s/a", "c6", 9, None),  # a failure: in no rank
+    judgment("s/a", "c1", -1, 2.0, source="shuffled"),  # shuffled: firing 0, 1, 2 against 2, 1: U = 0 + 0.5 + 1.5 = 2 of 6
+    judgment("s/a", "c2", -1, 1.0, source="shuffled"),
+    judgment("s/a", "c3", 2, 0.0, source="shuffled"),
+    judgment("s/a", "c4", 5, 1.0, source="shuffled"),
+    judgment("s/a", "c5", 9, 2.0, source="shuffled"),
+    judgment("s/b", "c1", 4, 2.0),  # b: firing contexts only; Spearman of (2, 3) with levels (4, 8) = 1
+    judgment("s/b", "c2", 8, 3.0),
+    judgment("s/c", "c1", -1, 2.0),  # c: one score everywhere: AUC 0.5 (all ties), no Spearman
+    judgment("s/c", "c2", 3, 2.0),
+    judgment("s/c", "c3", 6, 2.0),
+    judgment("s/c", "c1", -1, 0.0, source="shuffled"),  # shuffled: 1, 1 over 0: AUC 1
+    judgment("s/c", "c2", 3, 1.0, source="shuffled"),
+    judgment("s/c", "c3", 6, 1.0, source="shuffled"),
+    judgment("s/d", "c1", 4, None),  # d: no parsed judgment
+    judgment("s/d", "c2", -1, None),
+]
+RANKED_UNITS = [EvaluatedUnit(f"s/{name}", "s", "feature", 3, i, 64, 0.01, 4.0) for i, name in enumerate("abcd")]
+
+
+def test_rubric_auc_and_level_spearman_by_hand():
+    by_unit = {name: [j for j in RANKED if j.unit == f"s/{name}" and j.source == "real"] for name in "abcd"}
+    assert rubric_auc(by_unit["a"]).value == pytest.approx(5.5 / 6)
+    assert rubric_auc([j for j in RANKED if j.unit == "s/a" and j.source == "shuffled"]).value == pytest.approx(2 / 6)
+    assert rubric_auc(by_unit["c"]) == RankScore(0.5)
+    assert rubric_auc(by_unit["b"]) == RankScore(None, "no non-firing context judged")
+    assert rubric_auc([j for j in by_unit["a"] if j.level < 0]) == RankScore(None, "no firing context judged")
+    assert rubric_auc(by_unit["d"]) == RankScore(None, "no parsed judgments")
+    assert rubric_auc([]) == RankScore(None, "not judged")
+    negative = [replace(by_unit["b"][0], activation=-0.3, level=-1), by_unit["b"][1]]  # a signed neuron below 0 does not fire
+    assert rubric_auc(negative).value == pytest.approx(1.0)
+
+    assert level_spearman(by_unit["a"]).value == pytest.approx(35 / 38)
+    assert level_spearman(by_unit["b"]).value == pytest.approx(1.0)
+    assert level_spearman(by_unit["c"]) == RankScore(None, "constant rubric score")
+    assert level_spearman(by_unit["d"]) == RankScore(None, "no parsed judgments")
+    assert level_spearman(by_unit["b"][:1]) == RankScore(None, "fewer than 2 parsed judgments")
+    assert level_spearman([by_unit["b"][0], replace(by_unit["b"][1], level=4)]) == RankScore(None, "one activation level")
+
+
+def test_rank_columns_per_unit_and_per_set():
+    table = unit_table(RANKED_UNITS, [], RANKED, [], [], [])
+    rows = table.set_index("unit")
+    assert rows.loc["s/a", "rubric_auc_real"] == pytest.approx(11 / 12)
+    assert rows.loc["s/a", "rubric_auc_shuffled"] == pytest.approx(1 / 3)
+    assert rows.loc["s/a", "level_spearman_real"] == pytest.approx(35 / 38)
+    assert pd.isna(rows.loc["s/b", "rubric_auc_real"]) and rows.loc["s/b", "rubric_auc_reason_real"] == "no non-firing context judged"
+    assert rows.loc["s/b", "rubric_auc_reason_shuffled"] == "not judged"
+    assert pd.isna(rows.loc["s/c", "level_spearman_real"]) and rows.loc["s/c", "level_spearman_reason_real"] == "constant rubric score"
+    assert rows.loc["s/d", "rubric_auc_reason_real"] == "no parsed judgments"
+    assert pd.isna(rows.loc["s/a", "rubric_auc_reason_real"]) and pd.isna(rows.loc["s/a", "level_spearman_reason_real"])
+
+    sets = set_table(table, []).set_index("unit_set")
+    # AUC defined for a (11/12) and c (1/2); a bootstrap of two values spans both
+    assert sets.loc["s", "rubric_auc_mean"] == pytest.approx((11 / 12 + 1 / 2) / 2)
+    assert (sets.loc["s", "rubric_auc_ci_low"], sets.loc["s", "rubric_auc_ci_high"]) == pytest.approx((0.5, 11 / 12))
+    assert sets.loc["s", "level_spearman_mean"] == pytest.approx((35 / 38 + 1) / 2)  # a and b; c is constant, d unparsed
+    assert (sets.loc["s", "level_spearman_ci_low"], sets.loc["s", "level_spearman_ci_high"]) == pytest.approx((35 / 38, 1.0))
+
+    means = set_means_table(table).set_index(["metric", "source"])
+    spearman = means.loc[("level_spearman", "real")]
+    assert (spearman["n_units"], spearman["n_missing"]) == (2, 2)
+    assert spearman["missing_reasons"] == "1 constant rubric score; 1 no parsed judgments"
+    shuffled = means.loc[("rubric_auc", "shuffled")]
+    assert shuffled["mean"] == pytest.approx((1 / 3 + 1) / 2) and shuffled["n_units"] == 2
+    assert shuffled["missing_reasons"] == "2 not judged"
+    assert list(means.loc[("rubric", "real"), ["n_units", "n_missing"]]) == [3, 1]  # d has no parsed score
+    assert pd.isna(means.loc[("rubric", "real"), "missing_reasons"])  # reasons are kept for the rank metrics
+
+
+def test_size_table_pairs_dictionaries_by_size():
+    units = unit_table(**synthetic_records())
+    sizes = size_table(set_table(units, DICTIONARY_ROWS), units)
+    assert list(sizes["metric"]) == ["rubric", "pearson", "rubric_auc"]
+    row = sizes.set_index("metric").loc["rubric"]
+    assert (row["smaller_set"], row["larger_set"], row["smaller_d_sae"], row["larger_d_sae"]) == ("sae-512", "sae-2k", 512, 2048)
+    assert row["difference"] == pytest.approx(4 / 3 - 11 / 6)  # sae-2k: 4/3, 4/3; sae-512: 5/3, 2
+    assert (row["ci_low"], row["ci_high"]) == pytest.approx((-2 / 3, -1 / 3))
+    assert size_table(set_table(units[units["unit_set"] != "sae-2k"], DICTIONARY_ROWS[1:]), units).empty

@@ -23,7 +23,8 @@ def _install_part(site: Path, index: int, payload: bytes, version: str = "1.0") 
     info.mkdir()
     (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: fakeweights-part{index}\nVersion: {version}\n")
     (info / "RECORD").write_text(f"{package}/__init__.py,,\n{package}/data/part{index:02d}.bin,,{len(payload)}\n{info.name}/RECORD,,\n")
-    return WeightPart(f"fakeweights-part{index}", "1.0", f"{package}/data/part{index:02d}.bin", len(payload), hashlib.sha256(payload).hexdigest())
+    digest = hashlib.sha256(payload).hexdigest()
+    return WeightPart(f"fakeweights-part{index}", "1.0", f"{package}/data/part{index:02d}.bin", len(payload), digest)
 
 
 @pytest.fixture

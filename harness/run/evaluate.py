@@ -149,13 +149,22 @@ def score_stage(
 
     ``all_explanations`` (default: those in ``run_dir``) are the explanations of every unit of the
     run, the shuffled control's source; a shard scores its own ``units`` against all of them.
-    Before any context is scored, the spelling of the answer options of a log-probability format
-    is checked (``scorers.answers``: refused when the model puts under half its probability on
-    them); returns {role: that spelling}, for the caller to record in the manifest.
+    Just before the first context is scored, the spelling of the answer options of a log-probability
+    format is checked (``scorers.answers``: refused when the model puts under half its probability
+    on them); returns {role: that spelling} ({} when nothing was left to score), for the caller to
+    record in the manifest.
     """
-    spellings = answer_spellings(judge, config.judge_format, simulator, config.simulator_format)
-    judge_prefix = spellings["judge"].prefix if "judge" in spellings else " "
-    simulator_prefix = spellings["simulator"].prefix if "simulator" in spellings else " "
+    spellings: dict[str, AnswerSpelling] = {}
+    probed = False
+
+    def prefix(role: str) -> str:
+        # The probe runs once, just before the first context is scored: a run with nothing left to score asks nothing.
+        nonlocal probed
+        if not probed:
+            spellings.update(answer_spellings(judge, config.judge_format, simulator, config.simulator_format))
+            probed = True
+        return spellings[role].prefix if role in spellings else " "
+
     if all_explanations is None:
         names = {c.unit for c in units}
         all_explanations = [r for r in read_records(run_dir / EXPLANATIONS, Explanation) if r.unit in names]
@@ -182,11 +191,11 @@ def score_stage(
                 continue
             ids = [c.context_id for c in contexts.score]
             if not all(_current(judged.get((contexts.unit, source, i)), text, judge_settings) for i in ids):
-                judgments = judge_unit(contexts, text, source, judge, config.judge_format, answer_prefix=judge_prefix)
+                judgments = judge_unit(contexts, text, source, judge, config.judge_format, answer_prefix=prefix("judge"))
                 append_records(run_dir / JUDGMENTS, judgments)
             subset = simulation_subset(contexts, config.simulation_contexts)
             if not all(_current(simulated.get((contexts.unit, source, c.context_id)), text, simulator_settings) for c in subset.score):
-                simulations = simulate_unit(subset, text, source, simulator, config.simulator_format, simulator_prefix)
+                simulations = simulate_unit(subset, text, source, simulator, config.simulator_format, prefix("simulator"))
                 append_records(run_dir / SIMULATIONS, simulations)
         if on_unit_done is not None:
             on_unit_done()

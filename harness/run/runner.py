@@ -116,7 +116,8 @@ def run_evaluation(
             spellings = score_stage(
                 records_dir, mine, clients["judge"], clients["simulator"], config.evaluation, all_explanations, lambda: bar.update(1)
             )
-        update_manifest(run_dir, answer_spelling={role: spelling.record() for role, spelling in spellings.items()})
+        if spellings:
+            update_manifest(run_dir, answer_spelling={role: spelling.record() for role, spelling in spellings.items()})
     except BudgetExhausted:
         _record_usage(run_dir, clients, shard)
         raise

@@ -1,0 +1,46 @@
+"""A run's record files as the report reads them: the last record per key of each, and the manifest."""
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from harness.records import EvaluatedUnit, Explanation, Judgment, Simulation, TokenContext
+from results.store import latest_by_key, read_records
+
+UNITS, CONTEXTS = "units.jsonl", "contexts.jsonl"
+EXPLANATIONS, JUDGMENTS, SIMULATIONS = "explanations.jsonl", "judgments.jsonl", "simulations.jsonl"
+
+
+@dataclass
+class RunRecords:
+    """The last record per key of every record file of a run (missing files read as empty)."""
+
+    units: dict[str, EvaluatedUnit] = field(default_factory=dict)
+    contexts: dict[tuple[str, str], TokenContext] = field(default_factory=dict)
+    explanations: dict[tuple[str, str], Explanation] = field(default_factory=dict)
+    judgments: dict[tuple[str, str, str], Judgment] = field(default_factory=dict)
+    simulations: dict[tuple[str, str, str], Simulation] = field(default_factory=dict)
+
+
+def load_run(run_dir: Path) -> RunRecords:
+    """Return the run's records, the last one per key (reruns append)."""
+    return RunRecords(
+        units=latest_by_key(read_records(run_dir / UNITS, EvaluatedUnit)),
+        contexts=latest_by_key(read_records(run_dir / CONTEXTS, TokenContext)),
+        explanations=latest_by_key(read_records(run_dir / EXPLANATIONS, Explanation)),
+        judgments=latest_by_key(read_records(run_dir / JUDGMENTS, Judgment)),
+        simulations=latest_by_key(read_records(run_dir / SIMULATIONS, Simulation)),
+    )
+
+
+def read_manifest_file(run_dir: Path) -> dict[str, Any]:
+    """Return the run's manifest.json, or an empty dict when it is missing or not a JSON object."""
+    path = run_dir / "manifest.json"
+    if not path.exists():
+        return {}
+    try:
+        value = json.loads(path.read_text(encoding="utf-8"))
+    except ValueError:
+        return {}
+    return value if isinstance(value, dict) else {}
