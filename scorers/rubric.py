@@ -130,31 +130,13 @@ def judge_unit(
                 return record(context, None, failure_reason(error))
             return record(context, float(score))
 
-    elif judge_format == "expected_value":
-        choices = [answer_prefix + option for option in ANSWER_OPTIONS["expected_value"]]
-
-        def single(context: TokenContext) -> Judgment:
-            try:
-                logprobs = client.choice_logprobs([Message("user", prompt_for(context))], choices, stage="judge")
-            except BackendError as error:
-                return record(context, None, failure_reason(error))
-            value = expected_value([logprobs[c] for c in choices])
-            if value is None:
-                return record(context, None, "no answer option had a finite log-probability", str(logprobs))
-            return record(context, value)
-
-    elif judge_format == "yes_no":
-
-        def single(context: TokenContext) -> Judgment:
-            yes, no = (answer_prefix + option for option in ANSWER_OPTIONS["yes_no"])
-            try:
-                logprobs = client.choice_logprobs([Message("user", prompt_for(context))], [yes, no], stage="judge")
-            except BackendError as error:
-                return record(context, None, failure_reason(error))
-            odds = logprobs[yes] - logprobs[no]
-            if not math.isfinite(odds):
-                return record(context, None, "yes/no log-probabilities are not finite", str(logprobs))
-            return record(context, 3.0 / (1.0 + math.exp(-odds)))
+    elif judge_format in ("expected_value", "yes_no"):
+        # All contexts of the unit at once: a local judge runs them as one batch after the shared opening.
+        choices = [answer_prefix + option for option in ANSWER_OPTIONS[judge_format]]
+        requests = [[Message("user", prompt_for(context))] for context in contexts.score]
+        answers = client.choice_logprobs_many(requests, choices, stage="judge")
+        pairs = zip(contexts.score, answers, strict=True)
+        return [_choice_judgment(record, context, answer, judge_format, choices) for context, answer in pairs]
 
     else:
         try:
@@ -202,3 +184,21 @@ def _judge_batch(group, explanation, client, template, rubric):
     except BackendError as error:
         return group, [(None, failure_reason(error), None) for _ in group]
     return group, [(float(score), None, None) for score in scores]
+
+
+def _choice_judgment(
+    record: Callable[..., Judgment], context: TokenContext, answer: dict[str, float] | BackendError, judge_format: str, choices: list[str]
+) -> Judgment:
+    """Return the judgment of one context from its answer log-probabilities (``expected_value`` or ``yes_no``)."""
+    if isinstance(answer, BackendError):
+        return record(context, None, failure_reason(answer))
+    if judge_format == "expected_value":
+        value = expected_value([answer[c] for c in choices])
+        if value is None:
+            return record(context, None, "no answer option had a finite log-probability", str(answer))
+        return record(context, value)
+    yes, no = choices
+    odds = answer[yes] - answer[no]
+    if not math.isfinite(odds):
+        return record(context, None, "yes/no log-probabilities are not finite", str(answer))
+    return record(context, 3.0 / (1.0 + math.exp(-odds)))

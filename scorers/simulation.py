@@ -100,14 +100,15 @@ def simulate_unit(
         choices = [answer_prefix + digit for digit in SIMULATION_OPTIONS["expected_value"]]
 
         def simulate(context: TokenContext) -> Simulation:
+            # One request per display unit, asked together: a local simulator runs them as one batch after the
+            # opening they share (explanation, question and the context up to the first unit).
             units = display_units(context.tokens)
+            marked = [with_marked_target(context, unit.start) for unit in units]
+            requests = [[Message("user", template.render(explanation=explanation, context=text))] for text in marked]
             values = []
-            for unit in units:
-                prompt = template.render(explanation=explanation, context=with_marked_target(context, unit.start))
-                try:
-                    logprobs = client.choice_logprobs([Message("user", prompt)], choices, stage="simulate")
-                except BackendError as error:
-                    return record(context, None, failure_reason(error))
+            for logprobs in client.choice_logprobs_many(requests, choices, stage="simulate"):
+                if isinstance(logprobs, BackendError):
+                    return record(context, None, failure_reason(logprobs))
                 value = expected_value([logprobs[c] for c in choices])
                 if value is None:
                     return record(context, None, "no answer option had a finite log-probability", str(logprobs))

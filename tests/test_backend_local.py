@@ -84,6 +84,22 @@ def test_choice_logprobs_equal_full_forward(backend):
         assert got[choice] == pytest.approx(_reference(backend, ids, backend.encode(choice)), abs=1e-4)
 
 
+def test_batched_choice_logprobs_equal_one_prompt_at_a_time(backend):
+    # prompts that share an opening and differ in length after it, more of them than one batch holds (batch_size 2)
+    requests = [[Message("user", f"rate the mark in: x = {text} now. score:")] for text in ("[1]", "[12] + 3", "y[3]", "[[4]]", "z")]
+    requests.append([Message("user", "another opening altogether:")])  # the common prefix is then short
+    choices = [" 0", " 1", " 2", "3"]
+    batched = backend.choice_logprobs_batch(requests, choices)
+    one_by_one = [backend.choice_logprobs(messages, choices) for messages in requests]
+    assert len(batched) == len(requests)
+    for got, want in zip(batched, one_by_one, strict=True):
+        assert list(got) == choices
+        for choice in choices:
+            assert got[choice] == pytest.approx(want[choice], abs=1e-4)
+    # a choice of several tokens takes the one-prompt path, with the same answers
+    assert backend.choice_logprobs_batch(requests[:2], [" 0", "ab0"]) == [backend.choice_logprobs(m, [" 0", "ab0"]) for m in requests[:2]]
+
+
 def test_single_token_choices_over_whole_vocabulary_sum_to_one(backend):
     tokenizer = backend.subject.tokenizer
     choices = [tokenizer.convert_ids_to_tokens(i) for i in range(VOCAB_SIZE)]

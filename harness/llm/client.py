@@ -342,6 +342,56 @@ class LLMClient:
 
         return self._cached_or_ask(key, lambda r: {choice: float(r["logprobs"][choice]) for choice in choices}, stage, ask)
 
+    def choice_logprobs_many(self, requests: list[list[Message]], choices: list[str], stage: str) -> list[dict[str, float] | BackendError]:
+        """Return ``choice_logprobs`` of every request, in order, or the BackendError that request ended with.
+
+        Each request is cached, counted and budgeted as its own. The ones not in the cache go to
+        the backend together when it has ``choice_logprobs_batch`` (the local backend: one forward
+        pass over their common prefix and a batch of remainders; a failure is then every one's),
+        else one by one in up to ``max_concurrency`` threads.
+        """
+        self.require(CHOICE_LOGPROBS)
+        bodies = [{"messages": [[m.role, m.content] for m in messages], "choices": list(choices)} for messages in requests]
+        keys = [self._key(CHOICE_LOGPROBS, body) for body in bodies]
+        batch = getattr(self.backend, "choice_logprobs_batch", None)
+        results: list[dict[str, float] | BackendError | None] = [None] * len(requests)
+        missing: dict[str, list[int]] = {}  # key -> the positions asking it (identical requests are asked once)
+        for index, key in enumerate(keys):
+            hit, value = self._cache_get(key, lambda r: {choice: float(r["logprobs"][choice]) for choice in choices})
+            if hit:
+                self._count(stage, cached_calls=1)
+                results[index] = value
+            else:
+                missing.setdefault(key, []).append(index)
+        if batch is None or len(missing) < 2:
+
+            def one(index: int) -> dict[str, float] | BackendError:
+                try:
+                    return self.choice_logprobs(requests[index], choices, stage)
+                except BackendError as error:
+                    return error
+
+            for key, value in zip(missing, self.map(one, [positions[0] for positions in missing.values()]), strict=True):
+                for position in missing[key]:
+                    results[position] = value
+            return results  # type: ignore[return-value]
+        asked = [positions[0] for positions in missing.values()]
+        for index in asked:
+            self._reserve(stage, "".join(m.content for m in requests[index]), 1)
+        try:
+            answers = self._call(stage, lambda: batch([list(requests[i]) for i in asked], list(choices)))
+        except BackendError as error:
+            answers = [error] * len(asked)
+        else:
+            self._count(stage, calls=len(asked) - 1)  # one request per prompt, as if asked one by one
+        for key, index, answer in zip(missing, asked, answers, strict=True):
+            if not isinstance(answer, BackendError):
+                answer = {choice: float(answer.get(choice, -math.inf)) for choice in choices}
+                self._cache_write(key, CHOICE_LOGPROBS, bodies[index], {"logprobs": answer})
+            for position in missing[key]:
+                results[position] = answer
+        return results  # type: ignore[return-value]
+
     def continuation_logprob(self, prompt: str, continuation: str, stage: str) -> float:
         """Return log P(continuation | prompt) summed over the continuation's tokens."""
         self.require(CONTINUATION_LOGPROB)
