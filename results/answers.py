@@ -20,12 +20,13 @@ from results.sentences import (
     control_sentence,
     dictionary_sentence,
     neuron_sentence,
+    pooled_control_sentence,
     pooled_neuron_sentence,
     size_sentence,
     specificity_sentence,
     tally_sentence,
 )
-from results.tables import CONTROLS, SOURCES, load_table, table_path
+from results.tables import ALL_UNITS, CONTROLS, SOURCES, load_table, table_path
 
 ANSWER_METRICS = ("rubric", "pearson")
 SIZE_METRICS = ("rubric", "pearson", "rubric_auc")
@@ -183,7 +184,10 @@ def control_answer(tables: dict[str, Rows | str]) -> list[str]:
     unit_sets = list(dict.fromkeys(row["unit_set"] for row in tables["set_means"]))  # type: ignore[union-attr]
     if not unit_sets:
         return ["No unit set was scored: there are no controls to compare."]
-    sentences = [tally_sentence([controls[key] for key in controls if key[1:] == ("rubric", "shuffled")], "rubric", "shuffled")]
+    per_set = [controls[key] for key in controls if key[1:] == ("rubric", "shuffled") and key[0] != ALL_UNITS]
+    pooled_keys = [(ALL_UNITS, metric, "shuffled") for metric in ("rubric", "pearson")]
+    pooled = [pooled_control_sentence(key[1], controls[key]) for key in pooled_keys if key in controls]
+    sentences = [" ".join([tally_sentence(per_set, "rubric", "shuffled"), *pooled])]
     sentences += [
         auc_chance_sentence(name, means[(name, "rubric_auc", "real")]) for name in unit_sets if (name, "rubric_auc", "real") in means
     ]

@@ -192,6 +192,14 @@ def auc_chance_sentence(unit_set: str, row: dict[str, Any]) -> str:
     return f"{unit_set}, over {units(row['n_units'])}{missing_clause(row)}: the mean judge AUC of the real explanation is {ranking}."
 
 
+def pooled_control_sentence(metric: str, row: dict[str, Any]) -> str:
+    """Return real − shuffled on ``metric`` pooled over every unit of the run, from its control-table row."""
+    difference = verdict(
+        row["difference"], row["ci_low"], row["ci_high"], "real explanations score higher", "shuffled explanations score higher"
+    )
+    return f"Pooled over all {units(row['n_units'])}, {METRIC_NAMES[metric]}, real − shuffled: {difference}."
+
+
 def tally_sentence(rows: list[dict[str, Any]], metric: str, control: str) -> str:
     """Return how many unit sets resolve real − ``control`` on ``metric`` above 0, below 0, or not at all."""
     above = sum(1 for row in rows if row["ci_low"] is not None and row["ci_low"] > 0)

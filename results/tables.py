@@ -27,6 +27,7 @@ SCORES = (0, 1, 2, 3)
 SOURCES = ("real", "shuffled", "token_stats")
 METRICS = ("rubric", "pearson")  # means of the judge's and the simulator's scores
 CONTROLS = ("shuffled", "token_stats")
+ALL_UNITS = "all units"  # controls.csv: the rows that pool every evaluated unit of the run
 CONTROL_METRICS = (*METRICS, "rubric_auc")  # paired real versus control
 SET_METRICS = (*METRICS, "rubric_auc", "level_spearman")  # real-explanation means per set
 REASONS = {"rubric_auc": SOURCES, "level_spearman": ("real",)}  # rank metrics: per source, a value or why there is none
@@ -308,6 +309,9 @@ def set_table(unit_table_df: pd.DataFrame, dictionary_rows: list[dict], seed: in
 def control_table(unit_table_df: pd.DataFrame, seed: int = 0) -> pd.DataFrame:
     """Return real versus each control (shuffled, token_stats) per unit set and metric, paired over units.
 
+    With more than one set, the rows of unit set ``ALL_UNITS`` pool every evaluated unit (features
+    and neurons alike): the figure a run's signal check reads.
+
     Metrics: ``CONTROL_METRICS`` (rubric, pearson, rubric_auc). Only units with both scores
     enter (``n_units``); a constant simulation prediction scores 0 on either side
     (``results.summary.paired_value``), counted in ``n_constant_real`` and
@@ -315,8 +319,10 @@ def control_table(unit_table_df: pd.DataFrame, seed: int = 0) -> pd.DataFrame:
     difference (None below 2 units).
     """
     rows = []
-    for name in set_order(unit_table_df):
-        members = unit_table_df[unit_table_df["unit_set"] == name]
+    groups = [(name, unit_table_df[unit_table_df["unit_set"] == name]) for name in set_order(unit_table_df)]
+    if len(groups) > 1:
+        groups.append((ALL_UNITS, unit_table_df))
+    for name, members in groups:
         scores: dict[tuple[str, str], dict[str, float | None]] = {}
         for record in members.to_dict("records"):
             for source in SOURCES:

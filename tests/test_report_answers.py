@@ -114,6 +114,14 @@ def test_controls_give_paired_differences_auc_and_every_mapping(full_run: tuple[
     features = _row(run_dir, "controls", unit_set="sae-512", metric="rubric", control="shuffled")
     assert f"{_difference(features)}: real explanations score higher than shuffled ones" in text
     assert "the 95% interval lies above 0 in 2 of 3 unit sets, below 0 in 0, and the difference is not resolved in 1" in text
+    # the pooled row pairs every unit of every set: its mean difference is the unit-weighted mean of the sets'
+    pooled = _row(run_dir, "controls", unit_set="all units", metric="rubric", control="shuffled")
+    sets = [_row(run_dir, "controls", unit_set=name, metric="rubric", control="shuffled") for name in ("sae-512", "sae-2k", "neurons")]
+    assert pooled["n_units"] == sum(row["n_units"] for row in sets)
+    weighted = sum(row["difference"] * row["n_units"] for row in sets) / pooled["n_units"]
+    assert pooled["difference"] == pytest.approx(weighted)
+    assert pooled["ci_low"] <= pooled["difference"] <= pooled["ci_high"]
+    assert f"Pooled over all {pooled['n_units']} units, rubric score (0–3), real − shuffled: {_difference(pooled)}" in text
     auc = _row(run_dir, "set_means", unit_set="neurons", metric="rubric_auc", source="real")
     assert f"mean judge AUC of the real explanation is {auc['mean']:.2f} (95% CI [{auc['ci_low']:.2f}, {auc['ci_high']:.2f}])" in text
     assert "shuffled not measured (0 units with a value)" in text  # no shuffled judgment of a non-firing context
