@@ -46,7 +46,7 @@ def test_a_batch_is_one_backend_call_counted_as_its_requests_and_cached(tmp_path
     answers = client.choice_logprobs_many(requests("a", "bb", "a", "ccc"), [" 0", " 1"], stage="judge")
     assert answers == [{" 0": -1.0, " 1": -2.0}, {" 0": -2.0, " 1": -3.0}, {" 0": -1.0, " 1": -2.0}, {" 0": -3.0, " 1": -4.0}]
     assert backend.asked == [["a", "bb", "ccc"]]  # one call; the repeated prompt asked once
-    assert client.usage_by_stage()["judge"]["calls"] == 3
+    assert client.usage_by_stage()["judge"]["calls"] == 3 and client.usage_by_stage()["judge"]["cached_calls"] == 1
     again = LLMClient(backend, tmp_path / "cache")
     assert again.choice_logprobs_many(requests("a", "bb", "dd"), [" 0", " 1"], stage="judge")[:2] == answers[:2]
     assert backend.asked[1:] == [["dd"]]  # only the new prompt, and alone it goes one by one
@@ -71,3 +71,11 @@ def test_without_a_batch_method_requests_go_one_by_one_and_fail_alone(tmp_path: 
     assert answers[0] == {" 0": -1.0} and answers[2] == {" 0": -3.0}
     assert isinstance(answers[1], BackendError) and "HTTP 400" in str(answers[1])
     assert sorted(prompt for call in backend.asked for prompt in call) == ["a", "bb", "ccc"]
+
+
+def test_without_a_cache_repeated_requests_are_each_asked(tmp_path: Path) -> None:
+    # a dry run's plan uses a client without a cache: its count of requests must not shrink by sharing
+    backend = BatchingBackend()
+    client = LLMClient(backend, None, retry_initial_wait=0.0)
+    client.choice_logprobs_many(requests("a", "a", "b"), [" 0"], stage="judge")
+    assert backend.asked == [["a", "a", "b"]] and client.usage_by_stage()["judge"]["calls"] == 3

@@ -361,8 +361,11 @@ class LLMClient:
             if hit:
                 self._count(stage, cached_calls=1)
                 results[index] = value
-            else:
-                missing.setdefault(key, []).append(index)
+            else:  # without a cache (a dry run's plan) nothing is shared: every request counts as asked
+                missing.setdefault(key if self.cache_dir is not None else f"{key}#{index}", []).append(index)
+        repeats = sum(len(positions) - 1 for positions in missing.values())
+        if repeats:
+            self._count(stage, cached_calls=repeats)  # a repeated request is answered from the first one's reply
         if batch is None or len(missing) < 2:
 
             def one(index: int) -> dict[str, float] | BackendError:
@@ -384,11 +387,11 @@ class LLMClient:
             answers = [error] * len(asked)
         else:
             self._count(stage, calls=len(asked) - 1)  # one request per prompt, as if asked one by one
-        for key, index, answer in zip(missing, asked, answers, strict=True):
+        for slot, index, answer in zip(missing, asked, answers, strict=True):
             if not isinstance(answer, BackendError):
                 answer = {choice: float(answer.get(choice, -math.inf)) for choice in choices}
-                self._cache_write(key, CHOICE_LOGPROBS, bodies[index], {"logprobs": answer})
-            for position in missing[key]:
+                self._cache_write(keys[index], CHOICE_LOGPROBS, bodies[index], {"logprobs": answer})
+            for position in missing[slot]:
                 results[position] = answer
         return results  # type: ignore[return-value]
 
