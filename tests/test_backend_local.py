@@ -96,6 +96,9 @@ def test_batched_choice_logprobs_equal_one_prompt_at_a_time(backend):
         assert list(got) == choices
         for choice in choices:
             assert got[choice] == pytest.approx(want[choice], abs=1e-4)
+    # no prompt or one prompt: the one-prompt path
+    assert backend.choice_logprobs_batch([], choices) == []
+    assert backend.choice_logprobs_batch(requests[:1], choices) == [backend.choice_logprobs(requests[0], choices)]
     # a choice of several tokens takes the one-prompt path, with the same answers
     assert backend.choice_logprobs_batch(requests[:2], [" 0", "ab0"]) == [backend.choice_logprobs(m, [" 0", "ab0"]) for m in requests[:2]]
 

@@ -187,13 +187,15 @@ class LocalBackend:
         position. Equal to the one-prompt path to float rounding. Choices of more than one token
         (after any prompt) take the one-prompt path.
         """
+        if len(requests) < 2:
+            return [self.choice_logprobs(messages, choices) for messages in requests]
         prompts = [self.render(messages) for messages in requests]
         ids = [self.prompt_ids(prompt) for prompt in prompts]
         tokens = [[self.continuation_ids(prompt, prompt_ids, c) for c in choices] for prompt, prompt_ids in zip(prompts, ids, strict=True)]
         shared = min(len(prompt_ids) for prompt_ids in ids) - 1  # every row keeps at least its last token
         for prompt_ids in ids[1:]:
             shared = _common_prefix(ids[0], prompt_ids, shared)
-        if len(requests) < 2 or shared < 1 or any(len(t) != 1 for row in tokens for t in row):
+        if shared < 1 or any(len(t) != 1 for row in tokens for t in row):
             return [self.choice_logprobs(messages, choices) for messages in requests]
         results: list[dict[str, float]] = []
         with self._lock, torch.inference_mode():
