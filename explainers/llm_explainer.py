@@ -4,7 +4,8 @@ import re
 
 from harness.llm.client import LLMClient, UnparseableReply
 from harness.llm.interface import Message
-from harness.llm.render import RENDERING, with_activations
+from harness.llm.render import RENDERING, display_units, normalised, unit_text, with_activations
+from harness.llm.render import shown as shown_text
 from harness.llm.replies import unwrap_reply
 from harness.llm.templates import Template, load_template
 from harness.records import Explanation, TokenContext, UnitContexts, contexts_digest
@@ -51,6 +52,27 @@ def shown_contexts(contexts: UnitContexts, chat: bool, max_contexts: int | None 
     return [c for c in contexts.explain if max(c.activations) > 0][: max_contexts or (24 if chat else 10)]
 
 
+def strongest_tokens(shown: list[TokenContext], max_activation: float, top: int = 8) -> list[str]:
+    """Return the texts of the marked tokens of ``shown`` with the largest summed activation, largest first.
+
+    A token is a display unit as the excerpts show it (``harness.llm.render``), stripped of
+    surrounding spaces (" pos" and "pos" count as one); its weight is the sum over the excerpts of
+    its activation level (0..10 of ``max_activation``). Ties are broken by the text. The chat
+    explainer's prompt lists them after the excerpts, so a small model can name the tokens it
+    would otherwise have to collect from 24 excerpts itself.
+    """
+    weights: dict[str, int] = {}
+    for context in shown:
+        levels = normalised(context.activations, max_activation)
+        for unit in display_units(context.tokens):
+            level = max(levels[index] for index in unit)
+            if level > 0:
+                text = shown_text(unit_text(context.tokens, unit))
+                word = text.strip() or text
+                weights[word] = weights.get(word, 0) + level
+    return sorted(weights, key=lambda word: (-weights[word], word))[:top]
+
+
 def explain_unit(
     contexts: UnitContexts, client: LLMClient, chat: bool, max_contexts: int | None = None, min_contexts: int = 1
 ) -> Explanation:
@@ -62,7 +84,7 @@ def explain_unit(
     template = explainer_template(chat)
     shown = shown_contexts(contexts, chat, max_contexts)
     lines = "\n".join(f"Excerpt {number}: {with_activations(c, contexts.max_activation)}" for number, c in enumerate(shown, 1))
-    prompt = template.render(contexts=lines)
+    prompt = template.render(contexts=lines, tokens=", ".join(f'"{token}"' for token in strongest_tokens(shown, contexts.max_activation)))
     params = {"max_new_tokens": 24, "stop": ["\n"]} if not chat else {"max_tokens": 40}
     base = dict(
         unit=contexts.unit,

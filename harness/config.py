@@ -104,8 +104,8 @@ class EvaluationConfig:
     units_per_dictionary: int = 4
     sampling: SamplingConfig = field(default_factory=SamplingConfig)
     explainer_chat: bool = True  # the chat prompt, for the default instruction-tuned explainer
-    judge_format: str = "expected_value"  # read from log-probabilities: the small default judge ranks, its greedy digit does not
-    simulator_format: str = "expected_value"
+    judge_format: str = "yes_no"  # read from log-probabilities: the small default judge ranks, its greedy digit does not
+    simulator_format: str = "yes_no_all"
     simulation_contexts: int = 6  # per unit: the simulator predicts every token of this many scoring contexts
     min_explain_contexts: int = 3  # firing explanation contexts a unit needs for an LLM explanation; fewer: failed, no call
     seed: int = 0

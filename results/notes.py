@@ -17,8 +17,8 @@ JUDGE_MAPPINGS = {
         "is chosen per model at load and recorded in the manifest under answer_spelling."
     ),
     "yes_no": (
-        "3 / (1 + exp(−(log P(Yes) − log P(No)))) of the judge's answer to “does the explanation describe the marked "
-        "token?”: even odds give 1.5."
+        "3 / (1 + exp(−(log P(Yes) − log P(No)))) of the judge's answer to “is the marked token (quoted in the "
+        "question) an example of what the explanation describes?”: even odds give 1.5."
     ),
     "likelihood": (
         "3 / (1 + exp(−2r)), where r = [log P(explanation | marked context + cue) − log P(explanation | cue alone)] "
@@ -28,6 +28,11 @@ JUDGE_MAPPINGS = {
 SIMULATOR_MAPPINGS = {
     "structured": "the 0–10 activation per token parsed from the simulator's JSON list.",
     "expected_value": "per token, the expected value over the single-token answers 0…9, times 10/9.",
+    "yes_no": "per token, 10 · P(Yes) / (P(Yes) + P(No)) of the yes/no judge's question with that token marked and quoted.",
+    "yes_no_all": (
+        "per token, 10 · P(Yes) / (P(Yes) + P(No)) read after the token's line in one forward pass per context: the "
+        'prompt shows the explanation and the text, the reply is forced as one line per token, “"token": No”.'
+    ),
     "likelihood": "per token, 10 / (1 + exp(−2r)) of the likelihood judge's per-token log-likelihood ratio r with that token marked.",
 }
 RANK_NOTES = (

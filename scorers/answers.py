@@ -24,6 +24,8 @@ MIN_ANSWER_MASS = 0.5
 SPELLINGS = ("", " ")  # the options as written, or after one space
 PROBE_EXPLANATION = "the keyword import at the start of Python import statements"
 PROBE_CONTEXT = "⟦import⟧ numpy as np"  # one excerpt with its marked token, as the scorers render them
+PROBE_TOKEN = "import"  # the marked token's text, for the prompts that name it
+PROBE_TEXT = "import numpy as np"  # the excerpt unmarked, for the prompts that show the text and list its tokens
 
 
 @dataclass(frozen=True)
@@ -43,18 +45,30 @@ class AnswerSpelling:
 
 def probe_prompt(template_name: str) -> str:
     """Return the probe prompt of a template: its fields filled with one fixed explanation and excerpt."""
-    return load_template(template_name).render(explanation=PROBE_EXPLANATION, context=PROBE_CONTEXT, rubric=load_rubric().describe())
+    return load_template(template_name).render(
+        explanation=PROBE_EXPLANATION, context=PROBE_CONTEXT, token=PROBE_TOKEN, text=PROBE_TEXT, rubric=load_rubric().describe()
+    )
 
 
-def answer_spelling(client: LLMClient, template_name: str, options: list[str], stage: str, what: str) -> AnswerSpelling:
+def answer_spelling(
+    client: LLMClient, template_name: str, options: list[str], stage: str, what: str, slots: bool = False
+) -> AnswerSpelling:
     """Return the spelling of ``options`` that carries more probability after the probe prompt of ``template_name``.
 
-    One ``choice_logprobs`` call (cached like any other). Raises MonoscopeError when the larger
-    mass is below MIN_ANSWER_MASS, naming ``what`` (e.g. "judge format expected_value").
+    One ``choice_logprobs`` call (cached like any other); with ``slots`` (the ``yes_no_all``
+    simulator), one ``slot_logprobs`` call whose forced reply is the probe token's line, read after
+    it. Raises MonoscopeError when the larger mass is below MIN_ANSWER_MASS, naming ``what`` (e.g.
+    "judge format expected_value").
     """
+    from scorers.simulation import SLOT_FILLER, slot_line
+
     spelled = {prefix: [prefix + option for option in options] for prefix in SPELLINGS}
     every = [choice for choices in spelled.values() for choice in choices]
-    logprobs = client.choice_logprobs([Message("user", probe_prompt(template_name))], every, stage=stage)
+    messages = [Message("user", probe_prompt(template_name))]
+    if slots:
+        logprobs = client.slot_logprobs(messages, [slot_line(PROBE_TOKEN)], SLOT_FILLER, every, stage=stage)[0]
+    else:
+        logprobs = client.choice_logprobs(messages, every, stage=stage)
     mass = {prefix: sum(math.exp(logprobs[c]) for c in choices if math.isfinite(logprobs[c])) for prefix, choices in spelled.items()}
     prefix = max(SPELLINGS, key=lambda p: mass[p])
     other = next(p for p in SPELLINGS if p != prefix)
@@ -82,5 +96,7 @@ def answer_spellings(judge: LLMClient, judge_format: str, simulator: LLMClient, 
     if simulator_format in SIMULATION_OPTIONS:
         template = SIMULATION_FORMATS[simulator_format][1]
         what = f"simulator format {simulator_format}"
-        spellings["simulator"] = answer_spelling(simulator, template, SIMULATION_OPTIONS[simulator_format], "simulate", what)
+        options = SIMULATION_OPTIONS[simulator_format]
+        slots = simulator_format == "yes_no_all"
+        spellings["simulator"] = answer_spelling(simulator, template, options, "simulate", what, slots=slots)
     return spellings

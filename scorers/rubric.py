@@ -24,7 +24,7 @@ from harness.errors import MonoscopeError
 from harness.index.sampling import activation_level
 from harness.llm.client import BackendError, LLMClient, UnparseableReply, failure_reason
 from harness.llm.interface import CHOICE_LOGPROBS, CONTINUATION_LOGPROB, GENERATE, Message
-from harness.llm.render import RENDERING, with_marked_target
+from harness.llm.render import RENDERING, marked_text, with_marked_target
 from harness.llm.templates import Rubric, load_rubric, load_template
 from harness.records import Judgment, TokenContext, UnitContexts
 from scorers.parsing import numbered_ratings_format, parse_numbered_ratings, parse_rating, rating_format
@@ -103,7 +103,9 @@ def judge_unit(
         )
 
     def prompt_for(context: TokenContext) -> str:
-        return template.render(explanation=explanation, context=with_marked_target(context), rubric=rubric.describe())
+        return template.render(
+            explanation=explanation, context=with_marked_target(context), token=marked_text(context), rubric=rubric.describe()
+        )
 
     if judge_format == "rating_batch":
         judgments: list[Judgment] = []

@@ -9,6 +9,14 @@ Formats:
 - ``expected_value``: per token, the expected value over the answers "0".."9"
   (Gemma and Qwen split "10", so the scale is 0–9; with or without a leading space,
   as the model writes them: ``scorers.answers``), times 10/9;
+- ``yes_no``: per token, the yes/no judge's question (``rubric_yes_no``: is this marked token an
+  example of what the explanation describes?) with that token marked and named, predicted as
+  10 · P("Yes") / (P("Yes") + P("No"));
+- ``yes_no_all``: the same question for every token in one forward pass per context: the prompt
+  gives the explanation and the context's text, and the reply is forced as one line per
+  display unit, ``"token": No``; P("Yes") and P("No") are read after each line's colon
+  (``slot_logprobs``; the "all at once" reading of OpenAI's neuron-explainer simulator, which
+  also fills every answer with a placeholder), predicted as 10 · P("Yes") / (P("Yes") + P("No"));
 - ``likelihood``: per token, the likelihood judge's per-token log-likelihood
   ratio r with that token marked, mapped by the stated rule 10 / (1 + exp(−2 r)).
 
@@ -26,8 +34,8 @@ from scipy import stats as scipy_stats
 
 from harness.errors import MonoscopeError
 from harness.llm.client import BackendError, LLMClient, UnparseableReply, failure_reason
-from harness.llm.interface import CHOICE_LOGPROBS, CONTINUATION_LOGPROB, GENERATE, Message
-from harness.llm.render import RENDERING, display_units, shown, unit_text, with_marked_target
+from harness.llm.interface import CHOICE_LOGPROBS, CONTINUATION_LOGPROB, GENERATE, SLOT_LOGPROBS, Message
+from harness.llm.render import RENDERING, display_units, marked_text, shown, unit_text, with_marked_target
 from harness.llm.templates import load_template
 from harness.records import Simulation, TokenContext, UnitContexts
 from scorers.parsing import activation_list_format, parse_activation_list
@@ -36,11 +44,22 @@ from scorers.rubric import expected_value, explanation_token_count
 SIMULATION_FORMATS = {
     "structured": (GENERATE, "simulator_structured"),
     "expected_value": (CHOICE_LOGPROBS, "simulator_digit"),
+    "yes_no": (CHOICE_LOGPROBS, "rubric_yes_no"),
+    "yes_no_all": (SLOT_LOGPROBS, "simulator_yes_no_all"),
     "likelihood": (CONTINUATION_LOGPROB, "rubric_likelihood"),
 }
 
 
-SIMULATION_OPTIONS = {"expected_value": [str(digit) for digit in range(10)]}  # spelling chosen per model by scorers.answers
+# The answer options of the log-probability formats; their spelling is chosen per model by scorers.answers.
+SIMULATION_OPTIONS = {"expected_value": [str(digit) for digit in range(10)], "yes_no": ["Yes", "No"], "yes_no_all": ["Yes", "No"]}
+# The forced answer after each token line of ``yes_no_all``: a placeholder, the same on every line. Chosen on units
+# outside the signal check's set before its run: " No" kept real above shuffled explanations, " ?" did not (README).
+SLOT_FILLER = " No"
+
+
+def slot_line(token: str) -> str:
+    """Return the forced reply line of one display unit in ``yes_no_all`` (its shown text, quoted, and a colon)."""
+    return f'"{token}":'
 
 
 def simulate_unit(
@@ -96,23 +115,54 @@ def simulate_unit(
                 return record(context, None, failure_reason(error))
             return record(context, per_token(units, values))
 
-    elif simulator_format == "expected_value":
-        choices = [answer_prefix + digit for digit in SIMULATION_OPTIONS["expected_value"]]
+    elif simulator_format == "yes_no_all":
+        choices = [answer_prefix + option for option in SIMULATION_OPTIONS[simulator_format]]
+
+        def simulate(context: TokenContext) -> Simulation:
+            units = display_units(context.tokens)
+            prompt = template.render(explanation=explanation, text=shown("".join(context.tokens)))
+            lines = [slot_line(shown(unit_text(context.tokens, unit))) for unit in units]
+            try:
+                rows = client.slot_logprobs([Message("user", prompt)], lines, SLOT_FILLER, choices, stage="simulate")
+            except BackendError as error:
+                return record(context, None, failure_reason(error))
+            values = []
+            for row in rows:
+                value = _yes_no_prediction([row[c] for c in choices])
+                if value is None:
+                    return record(context, None, "yes/no log-probabilities are not finite", str(row))
+                values.append(value)
+            return record(context, per_token(units, values))
+
+    elif simulator_format in SIMULATION_OPTIONS:
+        choices = [answer_prefix + option for option in SIMULATION_OPTIONS[simulator_format]]
+        to_prediction = _digits_prediction if simulator_format == "expected_value" else _yes_no_prediction
 
         def simulate(context: TokenContext) -> Simulation:
             # One request per display unit, asked together: a local simulator runs them as one batch after the
             # opening they share (explanation, question and the context up to the first unit).
             units = display_units(context.tokens)
-            marked = [with_marked_target(context, unit.start) for unit in units]
-            requests = [[Message("user", template.render(explanation=explanation, context=text))] for text in marked]
+            requests = [
+                [
+                    Message(
+                        "user",
+                        template.render(
+                            explanation=explanation,
+                            context=with_marked_target(context, unit.start),
+                            token=marked_text(context, unit.start),
+                        ),
+                    )
+                ]
+                for unit in units
+            ]
             values = []
             for logprobs in client.choice_logprobs_many(requests, choices, stage="simulate"):
                 if isinstance(logprobs, BackendError):
                     return record(context, None, failure_reason(logprobs))
-                value = expected_value([logprobs[c] for c in choices])
+                value = to_prediction([logprobs[c] for c in choices])
                 if value is None:
                     return record(context, None, "no answer option had a finite log-probability", str(logprobs))
-                values.append(value * 10 / 9)
+                values.append(value)
             return record(context, per_token(units, values))
 
     else:
@@ -135,6 +185,20 @@ def simulate_unit(
             return record(context, per_token(units, values))
 
     return client.map(simulate, list(contexts.score))
+
+
+def _digits_prediction(logprobs: list[float]) -> float | None:
+    """Return 0–10 from the log-probabilities of "0".."9": their expected value times 10/9 (None if none is finite)."""
+    value = expected_value(logprobs)
+    return None if value is None else value * 10 / 9
+
+
+def _yes_no_prediction(logprobs: list[float]) -> float | None:
+    """Return 0–10 from the log-probabilities of "Yes" and "No": 10 · P(Yes) / (P(Yes) + P(No)) (None if either is not finite)."""
+    yes, no = logprobs
+    if not (math.isfinite(yes) and math.isfinite(no)):
+        return None
+    return 10.0 / (1.0 + math.exp(no - yes))
 
 
 def per_token(units: list[range], values: list[float]) -> list[float]:

@@ -7,7 +7,7 @@ import torch
 
 from harness.errors import MonoscopeError
 from harness.llm.backends.local import LocalBackend, make_local_backend
-from harness.llm.interface import CHOICE_LOGPROBS, CONTINUATION_LOGPROB, GENERATE, Message
+from harness.llm.interface import CHOICE_LOGPROBS, CONTINUATION_LOGPROB, GENERATE, SLOT_LOGPROBS, Message
 from tests.tiny_models import tiny_gemma_model
 
 SPECIALS = ["<pad>", "<eos>", "<bos>", "<unk>"]
@@ -53,7 +53,7 @@ LONG_PROMPT = "the quick brown fox jumps over the lazy dog; answer:"
 
 def test_backend_identity(backend):
     assert backend.name == "local" and backend.model == "tiny-gemma3"
-    assert backend.capabilities == frozenset({GENERATE, CHOICE_LOGPROBS, CONTINUATION_LOGPROB})
+    assert backend.capabilities == frozenset({GENERATE, CHOICE_LOGPROBS, CONTINUATION_LOGPROB, SLOT_LOGPROBS})
     assert backend.prompt_ids("xy") == [2, *backend.encode("xy")]
     assert backend.prompt_ids("<bos>xy") == backend.prompt_ids("xy")  # BOS once
 
@@ -233,3 +233,27 @@ def test_backend_runs_with_deprecation_warnings_as_errors():
     command = [sys.executable, "-W", "error::FutureWarning", "-W", "error::DeprecationWarning", "-c", WARNINGS_AS_ERRORS_SCRIPT]
     result = subprocess.run(command, cwd=root, capture_output=True, text=True, timeout=600, check=False)
     assert result.returncode == 0 and result.stdout.strip() == "ok", result.stderr[-3000:]
+
+
+def test_slot_logprobs_equal_full_forward_at_every_line(backend):
+    # The forced reply's pieces are tokenised one by one and read after each line, in one pass; a second
+    # request sharing the opening (another text) reuses its cache and must read the same as a fresh pass.
+    choices = ["Y", "N", "ab"]  # one token each (the tokenizer is by character, with one merge "ab")
+    lines = ['"a":', '"b c":', '"ab":', '"⏎":']
+    for text in ("x = a + b c ab", "x = a + bb"):
+        messages = [Message("user", f"the quick brown fox jumps over the lazy dog; text: {text}")]
+        got = backend.slot_logprobs(messages, lines, " ?", choices)
+        ids, slots = backend.prompt_ids(backend.render(messages)), []
+        for line in lines:
+            ids += backend.encode(line)
+            slots.append(len(ids) - 1)
+            ids += backend.encode(" ?\n")
+        with torch.no_grad():
+            logprobs = torch.log_softmax(backend.subject.model(input_ids=torch.tensor([ids])).logits[0].float(), dim=-1)
+        assert len(got) == len(lines)
+        for row, slot in zip(got, slots, strict=True):
+            for choice in choices:
+                assert row[choice] == pytest.approx(float(logprobs[slot, backend.encode(choice)[0]]), abs=1e-4)
+    assert backend.slot_logprobs(messages, [], " ?", choices) == []
+    with pytest.raises(MonoscopeError, match="one token"):
+        backend.slot_logprobs(messages, lines, " ?", ["Y", " maybe"])

@@ -131,3 +131,85 @@ def test_a_unit_with_too_few_firing_explanation_contexts_fails_without_a_call(tm
     else:
         assert explanation.text is None and explanation.failure.startswith("too few firing explanation contexts")
         assert f"{firing} firing, at least {minimum} needed" in explanation.failure
+
+
+class RecordingLogprobBackend(LogprobBackend):
+    """LogprobBackend that keeps every prompt it is asked."""
+
+    def __init__(self) -> None:
+        self.prompts: list[str] = []
+
+    def choice_logprobs(self, messages: list[Message], choices: list[str]) -> dict[str, float]:
+        self.prompts.append(messages[-1].content)
+        return super().choice_logprobs(messages, choices)
+
+
+def test_yes_no_prompts_name_the_marked_token_as_shown(tmp_path: Path):
+    backend = RecordingLogprobBackend()
+    judge_unit(contexts(), "cats", "real", LLMClient(backend, cache_dir=tmp_path), "yes_no")
+    assert any('the token " cat" is marked as ⟦ cat⟧' in p and 'Is the marked token " cat"' in p for p in backend.prompts)
+    # The bytes of one character are one display unit: the prompt names the character, never a byte piece.
+    emoji = TokenContext("d/3", "d/3@1:1", "top", 1, ("a", "", " 🦜", "⟦x⟧\n"), (0.0, 3.0, 0.0, 0.0), 1)
+    line = TokenContext("d/3", "d/3@2:3", "top", 2, ("a", "", " 🦜", "⟦x⟧\n"), (0.0, 0.0, 0.0, 1.0), 3)
+    judge_unit(UnitContexts("d/3", 3.0, (emoji,), (emoji, line)), "birds", "real", LLMClient(backend, cache_dir=tmp_path), "yes_no")
+    assert 'the token " 🦜" is marked as ⟦ 🦜⟧' in backend.prompts[-2]
+    assert 'the token "[x]⏎" is marked as ⟦[x]⏎⟧' in backend.prompts[-1], "marks and line breaks of the text are escaped as in the excerpt"
+
+
+def test_yes_no_simulation_predicts_ten_times_p_yes(tmp_path: Path):
+    import math
+
+    client = LLMClient(LogprobBackend(), cache_dir=tmp_path)
+    by_id = {s.context_id: s for s in simulate_unit(contexts(), "cats", "real", client, "yes_no")}
+    p_yes, p_no = 10 / (1 + math.exp(-2.9)), 10 / (1 + math.exp(2.9))
+    assert by_id["d/1@3:2"].predicted == pytest.approx((p_no, p_yes, p_no, p_no))
+    assert by_id["d/1@8:0"].predicted == pytest.approx((p_no,) * 4)
+    assert correlation_scores([by_id["d/1@3:2"]])["pearson"] > 0.8
+
+
+class SlotBackend:
+    """Answers slot_logprobs: "Yes" likely after a line that quotes " cat", "No" after any other line."""
+
+    name = "slots"
+    model = "fixed"
+    capabilities = frozenset({"slot_logprobs"})
+
+    def __init__(self) -> None:
+        self.requests: list[tuple[str, list[str], str]] = []
+
+    def slot_logprobs(self, messages: list[Message], lines: list[str], filler: str, choices: list[str]) -> list[dict[str, float]]:
+        self.requests.append((messages[-1].content, list(lines), filler))
+        rows = []
+        for line in lines:
+            yes = -0.1 if line == '" cat":' else -3.0
+            rows.append({choice: (yes if choice.strip() == "Yes" else (-3.0 if yes > -1 else -0.1)) for choice in choices})
+        return rows
+
+
+def test_yes_no_all_simulates_a_context_in_one_call_with_one_line_per_display_unit(tmp_path: Path):
+    import math
+
+    from scorers.answers import answer_spellings
+
+    backend = SlotBackend()
+    client = LLMClient(backend, cache_dir=tmp_path)
+    assert answer_spellings(client, "rating", client, "yes_no_all")["simulator"].prefix in ("", " ")
+    by_id = {s.context_id: s for s in simulate_unit(contexts(), "cats", "real", client, "yes_no_all")}
+    high, low = 10 / (1 + math.exp(-2.9)), 10 / (1 + math.exp(2.9))
+    assert by_id["d/1@3:2"].predicted == pytest.approx((low, high, low, low))
+    assert by_id["d/1@8:0"].predicted == pytest.approx((low,) * 4)
+    prompt, lines, _ = next(request for request in backend.requests if "Text: a cat" in request[0])
+    assert "Text: a cat sat<b>" in prompt and "⟦" not in prompt, "the text is shown whole and unmarked"
+    assert lines == ['"a":', '" cat":', '" sat":', '"<b>":']
+    # the bytes of one character are one line, as the judge shows them; a rerun reads the cache
+    emoji = TokenContext("d/3", "d/3@1:1", "top", 1, ("a", "", " 🦜", "\n"), (0.0, 3.0, 3.0, 0.0), 1)
+    simulate_unit(UnitContexts("d/3", 3.0, (emoji,), (emoji,)), "birds", "real", client, "yes_no_all")
+    assert backend.requests[-1][1] == ['"a":', '" 🦜":', '"⏎":']
+    calls = len(backend.requests)
+    simulate_unit(contexts(), "cats", "real", client, "yes_no_all")
+    assert len(backend.requests) == calls
+
+
+def test_yes_no_all_needs_slot_logprobs(tmp_path: Path):
+    with pytest.raises(MonoscopeError, match="slot_logprobs"):
+        simulate_unit(contexts(), "cats", "real", LLMClient(LogprobBackend(), cache_dir=tmp_path), "yes_no_all")

@@ -30,7 +30,7 @@ from tenacity import RetryCallState, Retrying, retry_if_exception_type, stop_aft
 
 from harness.errors import MonoscopeError
 from harness.llm.budget import Budget, estimated_tokens
-from harness.llm.interface import CHOICE_LOGPROBS, CONTINUATION_LOGPROB, GENERATE, Backend, Completion, Message, Usage
+from harness.llm.interface import CHOICE_LOGPROBS, CONTINUATION_LOGPROB, GENERATE, SLOT_LOGPROBS, Backend, Completion, Message, Usage
 
 log = logging.getLogger(__name__)
 
@@ -394,6 +394,31 @@ class LLMClient:
             for position in missing[slot]:
                 results[position] = answer
         return results  # type: ignore[return-value]
+
+    def slot_logprobs(
+        self, messages: list[Message], lines: list[str], filler: str, choices: list[str], stage: str
+    ) -> list[dict[str, float]]:
+        """Return the backend's ``slot_logprobs``: per line of the forced reply, {choice: log-probability next}.
+
+        Cached and counted as one call; a backend that answers another number of lines is a permanent failure.
+        """
+        self.require(SLOT_LOGPROBS)
+        request = {"messages": [[m.role, m.content] for m in messages], "lines": list(lines), "filler": filler, "choices": list(choices)}
+        key = self._key(SLOT_LOGPROBS, request)
+
+        def decode(response: dict[str, Any]) -> list[dict[str, float]]:
+            return [{choice: float(row[choice]) for choice in choices} for row in response["logprobs"]]
+
+        def ask() -> list[dict[str, float]]:
+            self._reserve(stage, "".join(m.content for m in messages) + "".join(line + filler + "\n" for line in lines), 0)
+            rows = self._call(stage, lambda: self.backend.slot_logprobs(list(messages), list(lines), filler, list(choices)))
+            if len(rows) != len(lines):
+                raise PermanentBackendError(f"slot_logprobs: {len(rows)} answers for {len(lines)} lines")
+            result = [{choice: float(row.get(choice, -math.inf)) for choice in choices} for row in rows]
+            self._cache_write(key, SLOT_LOGPROBS, request, {"logprobs": result})
+            return result
+
+        return self._cached_or_ask(key, decode, stage, ask)
 
     def continuation_logprob(self, prompt: str, continuation: str, stage: str) -> float:
         """Return log P(continuation | prompt) summed over the continuation's tokens."""

@@ -4,7 +4,9 @@ A backend answers ``generate``; where it can, it also answers
 ``choice_logprobs`` (log-probabilities of each answer option as the next
 tokens after the prompt: scoring by expected value, one forward pass, no
 sampling) and ``continuation_logprob`` (the log-probability of a given
-continuation after a prompt: what a likelihood judge needs). A backend lists
+continuation after a prompt: what a likelihood judge needs) and ``slot_logprobs``
+(a reply of many lines forced in one pass, with the answer options'
+log-probabilities read after each line: one pass per context for a simulator). A backend lists
 what it supports in ``capabilities``; a scoring format declares what it needs
 and asking a backend for something it lacks is a clear error
 (``harness.errors.MonoscopeError``), never a silent fallback.
@@ -16,6 +18,7 @@ from typing import Protocol
 GENERATE = "generate"
 CHOICE_LOGPROBS = "choice_logprobs"
 CONTINUATION_LOGPROB = "continuation_logprob"
+SLOT_LOGPROBS = "slot_logprobs"  # the answer options' log-probabilities at many slots of one teacher-forced reply
 
 
 @dataclass(frozen=True)

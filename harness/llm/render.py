@@ -96,6 +96,16 @@ def with_activations(context: TokenContext, max_activation: float) -> str:
     return "".join(pieces)
 
 
+def marked_text(context: TokenContext, position: int | None = None) -> str:
+    """Return the shown text of the display unit ``with_marked_target`` marks (the text between ⟦ and ⟧).
+
+    Prompts that name the marked token (``rubric_yes_no``) quote it, so a small judge need not find
+    the mark in the excerpt.
+    """
+    units = display_units(context.tokens)
+    return shown(unit_text(context.tokens, unit_of(units, context.target if position is None else position)))
+
+
 def with_marked_target(context: TokenContext, position: int | None = None) -> str:
     """Return the context as one line with one display unit written ⟦text⟧: the one holding token ``position``.
 

@@ -56,7 +56,7 @@ from transformers import DynamicCache
 from harness.errors import MonoscopeError
 from harness.llm.batching import RequestBatcher
 from harness.llm.client import register_backend
-from harness.llm.interface import CHOICE_LOGPROBS, CONTINUATION_LOGPROB, GENERATE, Completion, Message, Usage
+from harness.llm.interface import CHOICE_LOGPROBS, CONTINUATION_LOGPROB, GENERATE, SLOT_LOGPROBS, Completion, Message, Usage
 from harness.subject.model import SubjectModel, load_subject_model
 
 _GENERATE_PARAMS = frozenset({"temperature", "max_new_tokens", "max_tokens", "stop", "seed"})
@@ -85,7 +85,7 @@ class LocalBackend:
     """Backend "local": generate, choice log-probabilities and continuation log-probabilities in process."""
 
     name = "local"
-    capabilities = frozenset({GENERATE, CHOICE_LOGPROBS, CONTINUATION_LOGPROB})
+    capabilities = frozenset({GENERATE, CHOICE_LOGPROBS, CONTINUATION_LOGPROB, SLOT_LOGPROBS})
 
     def __init__(
         self,
@@ -214,6 +214,42 @@ class LocalBackend:
                 for b, row_tokens in enumerate(tokens[start : start + self.batch_size]):
                     results.append({c: float(logprobs[b, t[0]]) for c, t in zip(choices, row_tokens, strict=True)})
         return results
+
+    def slot_logprobs(self, messages: list[Message], lines: list[str], filler: str, choices: list[str]) -> list[dict[str, float]]:
+        """Return, for each of ``lines``, {choice: log P(choice next | the reply up to and including that line)}.
+
+        The reply is forced, not generated: after the rendered ``messages`` come ``lines[0] + filler + "\n" +
+        lines[1] + filler + "\n" + …``, each piece tokenised on its own, and one forward pass reads the
+        next-token distribution at the last token of every line (OpenAI neuron-explainer's "all at once"
+        simulation reads its placeholders the same way). Every choice must be one token; MonoscopeError
+        otherwise. The prompt's shared opening is reused as in ``_prompt_pass``.
+        """
+        choice_ids = []
+        for choice in choices:
+            tokens = self.encode(choice)
+            if len(tokens) != 1:
+                raise MonoscopeError(f"slot_logprobs: the choice {choice!r} is {len(tokens)} tokens", "use choices of one token each")
+            choice_ids.append(tokens[0])
+        ids = self.prompt_ids(self.render(messages))
+        after = self.encode(filler + "\n")
+        slots = []
+        for line in lines:
+            ids += self.encode(line)
+            slots.append(len(ids) - 1)
+            ids += after
+        if not slots:
+            return []
+        with self._lock, torch.inference_mode():
+            out = self._prompt_pass(ids)
+            start = len(ids) - out.last_hidden_state.shape[1]  # positions before it came from a kept cache
+            if slots[0] < start:
+                out, start = self._forward(torch.tensor([ids], device=self.subject.device)), 0
+            hidden = out.last_hidden_state[0, [slot - start for slot in slots]]
+            logprobs = torch.cat(
+                [torch.log_softmax(self._logits(hidden[i : i + self.logit_rows]), dim=-1) for i in range(0, len(slots), self.logit_rows)]
+            )
+            picked = logprobs[:, choice_ids].tolist()
+        return [dict(zip(choices, row, strict=True)) for row in picked]
 
     def continuation_logprob(self, prompt: str, continuation: str) -> float:
         """Return log P(continuation | prompt) summed over the continuation's tokens."""
