@@ -21,7 +21,7 @@ from harness.dictionaries.formats import load_dictionary
 from harness.dictionaries.neurons import POOL_NAME
 from harness.llm.budget import estimated_tokens
 from harness.llm.client import LLMClient, report_usage
-from harness.llm.interface import CHOICE_LOGPROBS, CONTINUATION_LOGPROB, GENERATE, Completion, Message, Usage
+from harness.llm.interface import CHOICE_LOGPROBS, CONTINUATION_LOGPROB, GENERATE, SLOT_LOGPROBS, Completion, Message, Usage
 from harness.progress import Progress
 from harness.records import Explanation, TokenContext, UnitContexts
 from harness.run.evaluate import EXPLANATIONS, JUDGMENTS, SIMULATIONS, explain_stage, score_stage
@@ -29,7 +29,7 @@ from harness.run.foundation import dictionary_label
 from results.store import read_records
 
 _CAPABILITIES = {
-    "local": frozenset({GENERATE, CHOICE_LOGPROBS, CONTINUATION_LOGPROB}),
+    "local": frozenset({GENERATE, CHOICE_LOGPROBS, CONTINUATION_LOGPROB, SLOT_LOGPROBS}),
     "openai": frozenset({GENERATE, CHOICE_LOGPROBS}),
     "anthropic": frozenset({GENERATE}),
 }
@@ -52,6 +52,11 @@ class PlanningBackend:
         """Return uniform log-probabilities over the choices (usage: estimated prompt tokens, one output token)."""
         report_usage(Usage(estimated_tokens("".join(m.content for m in messages)), 1))
         return dict.fromkeys(choices, -math.log(len(choices)))
+
+    def slot_logprobs(self, messages: list[Message], lines: list[str], filler: str, choices: list[str]) -> list[dict[str, float]]:
+        """Return uniform log-probabilities over the choices at every line (usage: estimated tokens of prompt and forced reply)."""
+        report_usage(Usage(estimated_tokens("".join(m.content for m in messages) + "".join(line + filler + "\n" for line in lines)), 0))
+        return [dict.fromkeys(choices, -math.log(len(choices))) for _ in lines]
 
     def continuation_logprob(self, prompt: str, continuation: str) -> float:
         """Return a fixed log-probability (usage: estimated tokens of prompt and continuation)."""
