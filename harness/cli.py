@@ -11,6 +11,9 @@ import click
 from harness.errors import MonoscopeError
 from harness.subject.embedded import EMBEDDED_JUDGE_NAME
 
+# EvaluationConfig's defaults, written out so that `--help` needs no torch import (tests/test_cli_errors.py checks they agree)
+DEFAULT_JUDGE_FORMAT, DEFAULT_SIMULATOR_FORMAT = "yes_no", "yes_no_all"
+
 
 def _log(message: str) -> None:
     click.echo(message, err=True)
@@ -251,11 +254,19 @@ def explain(
 @click.option("--judge-backend", default="local", show_default=True)
 @click.option("--judge-model", default=EMBEDDED_JUDGE_NAME, show_default=True)
 @click.option(
-    "--judge-format", default="expected_value", show_default=True, help="rating, rating_batch, expected_value, yes_no or likelihood."
+    "--judge-format",
+    default=DEFAULT_JUDGE_FORMAT,
+    show_default=True,
+    help="yes_no, expected_value, rating, rating_batch or likelihood.",
 )
 @click.option("--simulator-backend", default="local", show_default=True)
 @click.option("--simulator-model", default=EMBEDDED_JUDGE_NAME, show_default=True)
-@click.option("--simulator-format", default="expected_value", show_default=True, help="structured, expected_value or likelihood.")
+@click.option(
+    "--simulator-format",
+    default=DEFAULT_SIMULATOR_FORMAT,
+    show_default=True,
+    help="yes_no_all (needs a local simulator), yes_no, expected_value, structured or likelihood.",
+)
 @click.option(
     "--per-level", type=int, default=2, show_default=True, help="Held-out contexts per activation level (index capacity permitting)."
 )

@@ -27,6 +27,7 @@ prediction is given to each of its tokens, so a Simulation keeps one predicted a
 activation per token (the true ones as recorded) and the correlation runs over tokens.
 """
 
+import hashlib
 import math
 
 import numpy as np
@@ -62,12 +63,22 @@ def slot_line(token: str) -> str:
     return f'"{token}":'
 
 
+def simulator_prompt_hash(simulator_format: str) -> str:
+    """Return the prompt hash a simulation record of ``simulator_format`` carries: its template's, and for
+    ``yes_no_all`` also the forced reply's form (line and placeholder), so a change of either redoes the records."""
+    template = load_template(SIMULATION_FORMATS[simulator_format][1])
+    if simulator_format != "yes_no_all":
+        return template.sha256
+    return hashlib.sha256(f"{template.sha256}\n{slot_line('{token}')}{SLOT_FILLER}".encode()).hexdigest()[:16]
+
+
 def simulate_unit(
     contexts: UnitContexts, explanation: str, source: str, client: LLMClient, simulator_format: str = "structured", answer_prefix: str = " "
 ) -> list[Simulation]:
     """Return one Simulation per scoring context of a unit (failures recorded with the raw reply).
 
-    ``answer_prefix`` ("" or " ") is written before each digit of the ``expected_value`` format.
+    ``answer_prefix`` ("" or " ") is written before each answer option of the log-probability formats
+    (``expected_value``, ``yes_no``, ``yes_no_all``; ``scorers.answers.answer_spelling`` chooses it per model).
 
     A context whose backend calls fail (BackendError: permanent, or retries exhausted) gets a
     failure record naming the error and no prediction; the other contexts are still simulated.
@@ -89,7 +100,7 @@ def simulate_unit(
             simulator_format=simulator_format,
             backend=client.backend.name,
             model=client.backend.model,
-            prompt_hash=template.sha256,
+            prompt_hash=simulator_prompt_hash(simulator_format),
             failure=failure,
             raw=raw,
             rendering=RENDERING,
@@ -161,7 +172,10 @@ def simulate_unit(
                     return record(context, None, failure_reason(logprobs))
                 value = to_prediction([logprobs[c] for c in choices])
                 if value is None:
-                    return record(context, None, "no answer option had a finite log-probability", str(logprobs))
+                    reason = "no answer option had a finite log-probability"
+                    if simulator_format == "yes_no":
+                        reason = "yes/no log-probabilities are not finite"
+                    return record(context, None, reason, str(logprobs))
                 values.append(value)
             return record(context, per_token(units, values))
 

@@ -254,6 +254,13 @@ def test_slot_logprobs_equal_full_forward_at_every_line(backend):
         for row, slot in zip(got, slots, strict=True):
             for choice in choices:
                 assert row[choice] == pytest.approx(float(logprobs[slot, backend.encode(choice)[0]]), abs=1e-4)
+    # The same prompt with another placeholder: the kept cache covers the first line, so the reply runs afresh.
+    again = backend.slot_logprobs(messages, lines, " !", choices)
+    fresh = LocalBackend(backend.subject, reuse=False).slot_logprobs(messages, lines, " !", choices)
+    for row, want in zip(again, fresh, strict=True):
+        for choice in choices:
+            assert row[choice] == pytest.approx(want[choice], abs=1e-4)
+    assert again[0] == pytest.approx(got[0], abs=1e-4), "the first line is read before any placeholder"
     assert backend.slot_logprobs(messages, [], " ?", choices) == []
     with pytest.raises(MonoscopeError, match="one token"):
         backend.slot_logprobs(messages, lines, " ?", ["Y", " maybe"])

@@ -139,3 +139,10 @@ def test_train_layer_out_of_range(tmp_path, tiny_model_dir):
 def test_merge_of_corrupt_index(tmp_path):
     (tmp_path / "a.safetensors").write_bytes(b"junk")
     assert_one_line_error(*run(["merge-index", str(tmp_path / "out.safetensors"), str(tmp_path / "a.safetensors")]), "corrupt")
+
+
+def test_score_command_defaults_are_the_config_defaults():
+    from harness.cli import DEFAULT_JUDGE_FORMAT, DEFAULT_SIMULATOR_FORMAT
+    from harness.config import EvaluationConfig
+
+    assert (DEFAULT_JUDGE_FORMAT, DEFAULT_SIMULATOR_FORMAT) == (EvaluationConfig().judge_format, EvaluationConfig().simulator_format)

@@ -24,7 +24,7 @@ from harness.run.evaluate import EXPLANATIONS, JUDGMENTS, SIMULATIONS, UnitsFail
 from harness.run.runner import run_evaluation
 from results.store import read_records
 from tests.fault_server import GARBAGE, TRANSIENT_KINDS, FaultServer
-from tests.test_batch import record_lines, tiny_config, tiny_subject  # noqa: F401 (tiny_subject is a fixture)
+from tests.test_batch import TINY_CONFIG, record_lines, tiny_config, tiny_subject  # noqa: F401 (tiny_subject is a fixture)
 
 CLIENT_TIMEOUT = 1.0  # seconds; a stalled reply is held for 3 s, so it always times out
 RETRY_ATTEMPTS = 6
@@ -179,3 +179,14 @@ def test_permanent_failures_are_recorded_and_a_rerun_redoes_only_them(tmp_path: 
     fault_server.reset_counts()
     run_evaluation(config, tmp_path, log=quiet)
     assert sum(fault_server.requests.values()) == 0
+
+
+def test_a_simulator_backend_without_the_format_s_capability_stops_before_explaining(tmp_path: Path, fault_server: FaultServer) -> None:
+    # yes_no_all reads slot_logprobs, which a hosted (OpenAI-compatible) backend does not serve: the run stops with
+    # the missing capability named, before the explainer has been asked anything.
+    role = {"backend": "openai", "model": "fault-model", "base_url": fault_server.base_url("openai")}
+    evaluation = dict(TINY_CONFIG["evaluation"]) | {"simulator_format": "yes_no_all"}
+    config = tiny_config(explainer=role, judge=role, simulator=role, evaluation=evaluation)
+    with pytest.raises(MonoscopeError, match="slot_logprobs"):
+        run_evaluation(config, tmp_path, log=quiet)
+    assert not fault_server.requests["explain"], "no explainer request before the check"

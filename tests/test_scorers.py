@@ -152,8 +152,9 @@ def test_yes_no_prompts_name_the_marked_token_as_shown(tmp_path: Path):
     emoji = TokenContext("d/3", "d/3@1:1", "top", 1, ("a", "", " 🦜", "⟦x⟧\n"), (0.0, 3.0, 0.0, 0.0), 1)
     line = TokenContext("d/3", "d/3@2:3", "top", 2, ("a", "", " 🦜", "⟦x⟧\n"), (0.0, 0.0, 0.0, 1.0), 3)
     judge_unit(UnitContexts("d/3", 3.0, (emoji,), (emoji, line)), "birds", "real", LLMClient(backend, cache_dir=tmp_path), "yes_no")
-    assert 'the token " 🦜" is marked as ⟦ 🦜⟧' in backend.prompts[-2]
-    assert 'the token "[x]⏎" is marked as ⟦[x]⏎⟧' in backend.prompts[-1], "marks and line breaks of the text are escaped as in the excerpt"
+    assert any('the token " 🦜" is marked as ⟦ 🦜⟧' in p for p in backend.prompts)
+    escaped = 'the token "[x]⏎" is marked as ⟦[x]⏎⟧'
+    assert any(escaped in p for p in backend.prompts), "marks and line breaks of the text are escaped as in the excerpt"
 
 
 def test_yes_no_simulation_predicts_ten_times_p_yes(tmp_path: Path):
@@ -178,11 +179,13 @@ class SlotBackend:
         self.requests: list[tuple[str, list[str], str]] = []
 
     def slot_logprobs(self, messages: list[Message], lines: list[str], filler: str, choices: list[str]) -> list[dict[str, float]]:
-        self.requests.append((messages[-1].content, list(lines), filler))
+        self.requests.append((messages[-1].content, list(lines), filler))  # (prompt, lines, placeholder)
         rows = []
         for line in lines:
             yes = -0.1 if line == '" cat":' else -3.0
-            rows.append({choice: (yes if choice.strip() == "Yes" else (-3.0 if yes > -1 else -0.1)) for choice in choices})
+            no = -3.0 if yes > -1 else -0.1
+            # the options spelled with a leading space carry the mass; bare ones almost none
+            rows.append({choice: (yes if choice == " Yes" else no if choice == " No" else -9.0) for choice in choices})
         return rows
 
 
@@ -193,7 +196,9 @@ def test_yes_no_all_simulates_a_context_in_one_call_with_one_line_per_display_un
 
     backend = SlotBackend()
     client = LLMClient(backend, cache_dir=tmp_path)
-    assert answer_spellings(client, "rating", client, "yes_no_all")["simulator"].prefix in ("", " ")
+    spelling = answer_spellings(client, "rating", client, "yes_no_all")["simulator"]
+    assert spelling.prefix == " " and spelling.mass > 0.9 and spelling.other_mass < 0.01
+    assert backend.requests[0][1:] == (['"import":'], " No"), "the probe reads the slot after the probe token's line"
     by_id = {s.context_id: s for s in simulate_unit(contexts(), "cats", "real", client, "yes_no_all")}
     high, low = 10 / (1 + math.exp(-2.9)), 10 / (1 + math.exp(2.9))
     assert by_id["d/1@3:2"].predicted == pytest.approx((low, high, low, low))

@@ -64,3 +64,7 @@ class Backend(Protocol):
     def continuation_logprob(self, prompt: str, continuation: str) -> float:
         """Return log P(continuation | prompt) summed over the continuation's tokens."""
         ...
+
+    def slot_logprobs(self, messages: list[Message], lines: list[str], filler: str, choices: list[str]) -> list[dict[str, float]]:
+        """Return, per line of the reply forced as ``line + filler + "\\n"`` for each line, {choice: log P(choice next)}."""
+        ...

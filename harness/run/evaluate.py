@@ -38,7 +38,7 @@ from harness.subject.corpus import load_chunks
 from results.store import append_records, compact, latest_by_key, read_records
 from scorers.answers import AnswerSpelling, answer_spellings
 from scorers.rubric import RUBRIC_FORMATS, judge_unit
-from scorers.simulation import SIMULATION_FORMATS, simulate_unit
+from scorers.simulation import SIMULATION_FORMATS, simulate_unit, simulator_prompt_hash
 
 EXPLANATIONS, JUDGMENTS, SIMULATIONS = "explanations.jsonl", "judgments.jsonl", "simulations.jsonl"
 SOURCES = ("real", "shuffled", "token_stats")
@@ -238,12 +238,14 @@ def _parsed(record: Judgment | Simulation | None) -> bool:
 
 def _scorer_settings(client: LLMClient, format_field: str, format_name: str, formats: dict[str, tuple[str, str]]) -> dict[str, str]:
     """Return the settings a judgment or simulation depends on beside its explanation: format, backend, model, prompt
-    and the version of the context rendering (a record made with another rendering is redone)."""
+    (for a simulation, ``simulator_prompt_hash``: its template and any forced reply) and the version of the context
+    rendering (a record made with another rendering is redone)."""
+    prompt_hash = simulator_prompt_hash(format_name) if formats is SIMULATION_FORMATS else load_template(formats[format_name][1]).sha256
     return {
         format_field: format_name,
         "backend": client.backend.name,
         "model": client.backend.model,
-        "prompt_hash": load_template(formats[format_name][1]).sha256,
+        "prompt_hash": prompt_hash,
         "rendering": RENDERING,
     }
 

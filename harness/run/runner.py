@@ -43,6 +43,8 @@ from harness.subject.corpus import check_corpus_reuse, check_corpus_spec
 from harness.subject.embedded import check_embedded_installed
 from harness.subject.model import check_context_fits, check_device, model_shape, parse_device, resolve_dtype
 from harness.subject.shape import read_model_shape
+from scorers.rubric import RUBRIC_FORMATS
+from scorers.simulation import SIMULATION_FORMATS
 
 
 def run_evaluation(
@@ -108,6 +110,9 @@ def run_evaluation(
     clients = {name: make_client(role, run_dir, subject, config.max_concurrency, config.prices, budget) for name, role in roles.items()}
     if config.simulator == config.judge:
         clients["simulator"] = clients["judge"]  # one client: shared accounting and concurrency limit
+    # A role whose backend cannot serve its format stops here, before the explainer spends anything.
+    clients["judge"].require(RUBRIC_FORMATS[config.evaluation.judge_format][0])
+    clients["simulator"].require(SIMULATION_FORMATS[config.evaluation.simulator_format][0])
     try:
         with _timed_if_called(run_dir, "explain", clients), progress_bar(len(mine), "explain", "unit") as bar:
             explain_stage(records_dir, mine, clients["explainer"], config.evaluation, on_unit_done=lambda: bar.update(1))

@@ -221,8 +221,10 @@ class LocalBackend:
         The reply is forced, not generated: after the rendered ``messages`` come ``lines[0] + filler + "\n" +
         lines[1] + filler + "\n" + …``, each piece tokenised on its own, and one forward pass reads the
         next-token distribution at the last token of every line (OpenAI neuron-explainer's "all at once"
-        simulation reads its placeholders the same way). Every choice must be one token; MonoscopeError
-        otherwise. The prompt's shared opening is reused as in ``_prompt_pass``.
+        simulation reads its placeholders the same way). Every choice must be one token when encoded on
+        its own (a SentencePiece tokenizer that adds a word-start marker may make " Yes" two: the answer
+        probe then stops the run); MonoscopeError otherwise. The prompt's shared opening is reused as in
+        ``_prompt_pass``; when a kept cache already covers the first line, the whole reply runs afresh.
         """
         choice_ids = []
         for choice in choices:
