@@ -4,8 +4,7 @@ import re
 
 from harness.llm.client import LLMClient, UnparseableReply
 from harness.llm.interface import Message
-from harness.llm.render import RENDERING, display_units, normalised, unit_text, with_activations
-from harness.llm.render import shown as shown_text
+from harness.llm.render import RENDERING, display_words, normalised, with_activations
 from harness.llm.replies import unwrap_reply
 from harness.llm.templates import Template, load_template
 from harness.records import Explanation, TokenContext, UnitContexts, contexts_digest
@@ -64,11 +63,9 @@ def strongest_tokens(shown: list[TokenContext], max_activation: float, top: int 
     weights: dict[str, int] = {}
     for context in shown:
         levels = normalised(context.activations, max_activation)
-        for unit in display_units(context.tokens):
+        for word, unit in display_words(context):
             level = max(levels[index] for index in unit)
             if level > 0:
-                text = shown_text(unit_text(context.tokens, unit))
-                word = text.strip() or text
                 weights[word] = weights.get(word, 0) + level
     return sorted(weights, key=lambda word: (-weights[word], word))[:top]
 

@@ -3,7 +3,7 @@
 import math
 from collections import Counter
 
-from harness.llm.render import RENDERING, display_units, shown, unit_text
+from harness.llm.render import RENDERING, display_words
 from harness.records import Explanation, UnitContexts, contexts_digest
 
 EXPLAINER_NAME = "token_stats"
@@ -19,9 +19,7 @@ def token_statistics_explanation(contexts: UnitContexts, top: int = 3) -> Explan
     firing: Counter[str] = Counter()
     everywhere: Counter[str] = Counter()
     for context in contexts.explain:
-        for unit in display_units(context.tokens):
-            text = shown(unit_text(context.tokens, unit))
-            word = text.strip() or text  # " pos" and "pos" count as one token
+        for word, unit in display_words(context):  # " pos" and "pos" count as one token
             value = max(context.activations[index] for index in unit)
             everywhere[word] += 1
             if value > 0:

@@ -76,6 +76,19 @@ def unit_text(tokens: Sequence[str], unit: range) -> str:
     return "".join(tokens[index] for index in unit)
 
 
+def display_words(context: TokenContext) -> list[tuple[str, range]]:
+    """Return (word, unit) per display unit of a context: word is its shown text stripped of surrounding spaces.
+
+    " pos" and "pos" give one word; a unit that is all whitespace keeps its shown text.
+    Callers take the unit's activation as the largest over its tokens (``unit`` indexes them).
+    """
+    words = []
+    for unit in display_units(context.tokens):
+        text = shown(unit_text(context.tokens, unit))
+        words.append((text.strip() or text, unit))
+    return words
+
+
 def normalised(activations: tuple[float, ...], max_activation: float) -> list[int]:
     """Return activations scaled to integers 0..10 by the unit's maximum (negative values count as 0)."""
     if max_activation <= 0:
