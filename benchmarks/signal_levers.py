@@ -1,7 +1,7 @@
 """Which judge and simulator formats separate real from shuffled explanations, on units outside the signal check's set?
 
     python benchmarks/signal_levers.py RUN_DIR [--per-set 2] [--judge-formats yes_no,expected_value]
-        [--simulator-formats yes_no_all,yes_no] [--fillers " No"," ?"]
+        [--simulator-formats yes_no_all,yes_no] [--fillers " No"," ?"] [--explain-contexts 16]
 
 RUN_DIR holds a finished foundation of the bundled configs (corpus, index), e.g. a copy of
 ``runs/demo``. The units are drawn with another seed (12345) and every unit that
@@ -12,7 +12,8 @@ dev unit's explanation, and each format scores the real, shuffled and token-stat
 explanations on the unit's held-out contexts. Printed per format: the mean over units of
 real − shuffled (rubric score, and Pearson r of the simulation, a missing r counting 0), the
 units where real is above shuffled, and the seconds it took. ``--fillers`` runs ``yes_no_all``
-once per placeholder answer (``scorers.simulation.SLOT_FILLER``).
+once per placeholder answer (``scorers.simulation.SLOT_FILLER``). ``--explain-contexts`` shows the
+explainer that many firing contexts (default: signal.yaml's, i.e. the explainer's 24).
 
 The README's "Choosing the formats" figures come from this script (2 units per set, 7 with an
 explanation) on the demo's foundation.
@@ -89,8 +90,11 @@ def main() -> None:
     parser.add_argument("--judge-formats", default="yes_no,expected_value")
     parser.add_argument("--simulator-formats", default="yes_no_all")
     parser.add_argument("--fillers", default=" No")
+    parser.add_argument("--explain-contexts", type=int, default=None)
     args = parser.parse_args()
     units, evaluation = dev_units(args.run_dir, args.per_set)
+    if args.explain_contexts is not None:
+        evaluation = replace(evaluation, explain_contexts=args.explain_contexts)
     config = load_config(SIGNAL_CONFIG)
     client = make_client(config.explainer, args.run_dir)
     started = time.perf_counter()

@@ -75,8 +75,9 @@ def explain_unit(
 ) -> Explanation:
     """Return the LLM's explanation of a unit from its explanation set (a failure record if unparseable).
 
-    Chat models see up to 24 firing contexts; base models 10, since a small base model
-    given a long list tends to continue the list instead of summarising it.
+    Chat models see up to 24 firing contexts (most active first); base models 10, since a small
+    base model given a long list tends to continue the list instead of summarising it.
+    ``max_contexts`` (config ``evaluation.explain_contexts``) overrides either.
     """
     template = explainer_template(chat)
     shown = shown_contexts(contexts, chat, max_contexts)

@@ -12,7 +12,8 @@ Sections and their keys (every key is optional; see ``harness/configs/default.ya
     index:       {batch_tokens, top_k, interval_samples, bins_per_octave, min_exponent, max_exponent, random_nonzero, random_zero,
                   window_before, window_after}
     neurons:     {enabled, pool_size, match_density}   (pool_size: neurons of blocks 0..L indexed; see harness.dictionaries.neurons)
-    evaluation:  {units_per_dictionary, simulation_contexts, min_explain_contexts, judge_format, simulator_format, explainer_chat,
+    evaluation:  {units_per_dictionary, simulation_contexts, min_explain_contexts, explain_contexts, judge_format, simulator_format,
+                  explainer_chat,
                   sampling: {score_fraction, explain_top, explain_per_level, explain_random, score_top,
                              score_per_level, score_random, score_zero, levels}}
     correlation: {enabled, features, tokens}
@@ -108,6 +109,7 @@ class EvaluationConfig:
     simulator_format: str = "yes_no_all"
     simulation_contexts: int = 6  # per unit: the simulator predicts every token of this many scoring contexts
     min_explain_contexts: int = 3  # firing explanation contexts a unit needs for an LLM explanation; fewer: failed, no call
+    explain_contexts: int | None = None  # firing contexts shown to the explainer (most active first); None = 24 chat, 10 base
     seed: int = 0
 
 
@@ -284,6 +286,12 @@ def check_config(config: RunConfig) -> None:
     for key, value in positive.items():
         if value < 1:
             raise MonoscopeError(f"{key} is {value}", "it must be at least 1")
+    if evaluation.explain_contexts is not None and evaluation.explain_contexts < evaluation.min_explain_contexts:
+        raise MonoscopeError(
+            f"evaluation.explain_contexts {evaluation.explain_contexts} is below evaluation.min_explain_contexts "
+            f"{evaluation.min_explain_contexts}: no unit could be explained",
+            "raise explain_contexts (or null for the explainer's default) or lower min_explain_contexts",
+        )
     if foundation.context_length < foundation.index.window:
         raise MonoscopeError(
             f"corpus.context_length {foundation.context_length} is shorter than the index window ({foundation.index.window} tokens)",

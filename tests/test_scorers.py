@@ -133,6 +133,33 @@ def test_a_unit_with_too_few_firing_explanation_contexts_fails_without_a_call(tm
         assert f"{firing} firing, at least {minimum} needed" in explanation.failure
 
 
+def test_explain_contexts_limits_what_the_explainer_sees_and_a_change_re_explains(tmp_path: Path):
+    from dataclasses import replace
+
+    from harness.config import EvaluationConfig
+    from harness.run.evaluate import explain_stage
+
+    backend = ScriptedBackend("cats")
+    client = LLMClient(backend, cache_dir=tmp_path / "cache")
+    unit = unit_with_firing(6)
+    five = EvaluationConfig(explain_contexts=5)
+    first = explain_stage(tmp_path, [unit], client, five)["d/2"]
+    assert first.n_contexts == 5 and backend.prompts[-1].count("Excerpt") == 5 and "Excerpt 6" not in backend.prompts[-1]
+    explain_stage(tmp_path, [unit], client, five)
+    assert len(backend.prompts) == 1, "an unchanged setting asks nothing"
+    again = explain_stage(tmp_path, [unit], client, replace(five, explain_contexts=None))["d/2"]
+    assert again.n_contexts == 6 and len(backend.prompts) == 2, "more contexts shown: explained again"
+
+
+def test_explain_contexts_below_the_minimum_is_refused(tmp_path: Path):
+    from harness.config import load_config
+
+    path = tmp_path / "run.yaml"
+    path.write_text("evaluation: {explain_contexts: 2, min_explain_contexts: 3}\n")
+    with pytest.raises(MonoscopeError, match="explain_contexts 2 is below evaluation.min_explain_contexts 3"):
+        load_config(path)
+
+
 class RecordingLogprobBackend(LogprobBackend):
     """LogprobBackend that keeps every prompt it is asked."""
 

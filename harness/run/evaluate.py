@@ -91,11 +91,12 @@ def explain_stage(
 
     def current(contexts: UnitContexts) -> bool:  # a parsed explanation made with today's explainer, prompt and contexts
         record = done.get((contexts.unit, "llm"))
+        shown = shown_contexts(contexts, config.explainer_chat, config.explain_contexts)
         return bool(
             record is not None
             and record.text
             and (record.backend, record.model, record.prompt_hash) == (client.backend.name, client.backend.model, template.sha256)
-            and record.contexts_sha256 == contexts_digest(shown_contexts(contexts, config.explainer_chat), RENDERING)
+            and record.contexts_sha256 == contexts_digest(shown, RENDERING)
         )
 
     todo = [c for c in units if not current(c)]
@@ -104,7 +105,9 @@ def explain_stage(
 
     def explain(contexts: UnitContexts) -> Explanation:
         try:
-            explanation = explain_unit(contexts, client, chat=config.explainer_chat, min_contexts=config.min_explain_contexts)
+            explanation = explain_unit(
+                contexts, client, chat=config.explainer_chat, max_contexts=config.explain_contexts, min_contexts=config.min_explain_contexts
+            )
         except BackendError as error:
             explanation = Explanation(
                 unit=contexts.unit,
