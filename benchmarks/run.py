@@ -33,6 +33,7 @@ MODULES = (
     "bench_client",
     "bench_demo",
     "bench_gpu",
+    "bench_steering",
 )
 for module in MODULES:
     if (Path(__file__).parent / f"{module}.py").exists():
@@ -100,6 +101,7 @@ def main() -> None:
     parser.add_argument("--buffer-seeds", type=int, nargs="+", default=[0, 1, 2], help="training seeds of training_buffer_quality")
     parser.add_argument("--gpu-model-source", type=Path, default=None, help="config + tokenizer of gpu_pipeline's model")
     parser.add_argument("--demo-run-dir", type=Path, default=Path("runs/demo"), help="finished demo run whose timings demo_wall_time reads")
+    parser.add_argument("--steering-tokens", type=int, default=32, help="tokens generated per side by steering_overhead")
     parser.add_argument("--scale-tokens", type=int, default=32768, help="tokens per size for index_scale")
     parser.add_argument("--scale-threads", type=int, default=1, help="torch threads in the index_scale subprocesses")
     parser.add_argument("--judge-run", type=Path, default=None, help="run directory whose contexts the judge benchmarks use")

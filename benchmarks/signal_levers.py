@@ -98,7 +98,9 @@ def main() -> None:
     config = load_config(SIGNAL_CONFIG)
     client = make_client(config.explainer, args.run_dir)
     started = time.perf_counter()
-    explanations = {unit: record.text for unit, record in explain_stage(args.run_dir, units, client, evaluation).items() if record.text}
+    asked = {contexts.unit for contexts in units}  # the run directory may hold other units' explanations: leave them out
+    explained = explain_stage(args.run_dir, units, client, evaluation)
+    explanations = {unit: record.text for unit, record in explained.items() if record.text and unit in asked}
     print(f"{len(explanations)} dev units explained in {time.perf_counter() - started:.0f} s")
     for unit, text in explanations.items():
         print(f"    {unit}: {text}")

@@ -201,6 +201,62 @@ def show_unit(index_path: Path, unit: int, corpus_file: Path | None, model: str,
     click.echo(show_unit_command(index_path, unit, corpus_file, model, limit))
 
 
+@main.command()
+@click.argument("run_dir", type=click.Path(path_type=Path))
+@click.argument("units", nargs=-1, required=True)
+@click.option("--prompt", "prompts", multiple=True, required=True, help="Text to continue (repeat for several prompts).")
+@click.option(
+    "--value",
+    "multiples",
+    type=float,
+    multiple=True,
+    default=(5.0,),
+    show_default=True,
+    help="Clamp value as a multiple of each unit's maximum activation over the run's index (repeat; negative allowed).",
+)
+@click.option(
+    "--positions",
+    type=click.Choice(["all", "new"]),
+    default="all",
+    show_default=True,
+    help="Clamp every position or only generated tokens.",
+)
+@click.option("--tokens", "max_new_tokens", type=int, default=24, show_default=True, help="Tokens generated per continuation.")
+@click.option("--seed", type=int, default=None, help="Sample with this seed (default: greedy).")
+@click.option("--temperature", type=float, default=1.0, show_default=True, help="Sampling temperature (with --seed).")
+@user_errors
+def steer(run_dir: Path, units: tuple[str, ...], prompts: tuple[str, ...], multiples: tuple[float, ...], **options: Any) -> None:
+    """Continue prompts with the run's model, plain and with UNITS clamped (e.g. sae-2k/790 mlp.7/1513).
+
+    Prints both continuations and KL(steered ‖ plain) of the next-token distributions at each
+    steered token; records go to RUN_DIR/steering.jsonl.
+    """
+    from harness.run.steering import steer_command, steering_text
+
+    records = steer_command(run_dir, list(units), list(prompts), list(multiples), **options)
+    click.echo("\n\n".join(steering_text(record) for record in records))
+
+
+@main.command()
+@click.argument("run_dir", type=click.Path(path_type=Path))
+@click.option(
+    "--positive", "positive", multiple=True, required=True, help="A prompt the unit must fire on; mark one span ⟦like this⟧ to say where."
+)
+@click.option("--negative", "negative", multiple=True, help="A prompt the unit must not fire on anywhere.")
+@click.option("--limit", type=int, default=20, show_default=True)
+@user_errors
+def search(run_dir: Path, positive: tuple[str, ...], negative: tuple[str, ...], limit: int) -> None:
+    """List the units of RUN_DIR that fire on every positive prompt (at its marked span) and on no negative one."""
+    from harness.run.steering import search_command
+
+    found = search_command(run_dir, list(positive), list(negative), limit)
+    if not found:
+        click.echo("no unit fires on every positive prompt and on no negative one")
+    for item in found:
+        values = ", ".join(f"{value:.3g}" for value in item.positive)
+        click.echo(f"{item.unit}\tscore {item.score:.3f}\tpositives [{values}] of max {item.max_activation:.3g}\t{item.explanation or ''}")
+
+
 def _evaluation_options(command: Callable[..., Any]) -> Callable[..., Any]:
     for option in reversed(
         [

@@ -17,6 +17,7 @@ Sections and their keys (every key is optional; see ``harness/configs/default.ya
                   sampling: {score_fraction, explain_top, explain_per_level, explain_random, score_top,
                              score_per_level, score_random, score_zero, levels}}
     correlation: {enabled, features, tokens}
+    steering:    {enabled, prompts, multiples, tokens, positions, kl_threshold}
     explainer / judge / simulator: {backend, model, base_url, device, dtype, chat}   (device/dtype/chat: local backend only)
     llm:         {max_concurrency, prices: {MODEL: [USD per 1M input tokens, USD per 1M output tokens]}}
 
@@ -143,6 +144,22 @@ class CorrelationConfig:
 
 
 @dataclass(frozen=True)
+class SteeringConfig:
+    """Steering examples of the evaluated units (``harness.steering``): each clamped on a few neutral prompts.
+
+    The report's unit cards show, per unit, the smallest multiple whose mean KL(steered ‖ plain)
+    reaches ``kl_threshold`` nats per token (the largest tried when none does, said so).
+    """
+
+    enabled: bool = True
+    prompts: int = 2  # the first N of prompts/neutral_prompts.txt
+    multiples: tuple[float, ...] = (5.0, 10.0)  # of each unit's maximum activation over the index
+    tokens: int = 12  # tokens generated per continuation
+    positions: str = "all"  # "all" (every position after BOS) or "new" (generated tokens only)
+    kl_threshold: float = 0.5
+
+
+@dataclass(frozen=True)
 class RunConfig:
     """A whole evaluation: foundation, unit sets, scoring roles, comparisons."""
 
@@ -152,6 +169,7 @@ class RunConfig:
     evaluation: EvaluationConfig = field(default_factory=EvaluationConfig)
     neurons: NeuronConfig = field(default_factory=NeuronConfig)
     correlation: CorrelationConfig = field(default_factory=CorrelationConfig)
+    steering: SteeringConfig = field(default_factory=SteeringConfig)
     explainer: Role = field(default_factory=Role)
     judge: Role = field(default_factory=Role)
     simulator: Role = field(default_factory=Role)
@@ -160,7 +178,7 @@ class RunConfig:
 
 
 _SECTIONS = (
-    "name", "seed", "model", "corpus", "dictionaries", "index", "neurons", "evaluation", "correlation",
+    "name", "seed", "model", "corpus", "dictionaries", "index", "neurons", "evaluation", "correlation", "steering",
     "explainer", "judge", "simulator", "llm",
 )  # fmt: skip
 _MODEL_KEYS = {
@@ -256,6 +274,7 @@ def config_from_mapping(data: dict[str, Any], default_name: str = "run") -> RunC
         evaluation=evaluation,
         neurons=_build(NeuronConfig, neurons, "neurons"),
         correlation=_build(CorrelationConfig, _section(data, "correlation"), "correlation"),
+        steering=_build(SteeringConfig, _section(data, "steering"), "steering"),
         explainer=_build(Role, _section(data, "explainer"), "explainer"),
         judge=_build(Role, _section(data, "judge"), "judge"),
         simulator=_build(Role, _section(data, "simulator"), "simulator"),
@@ -320,6 +339,17 @@ def check_config(config: RunConfig) -> None:
         value = getattr(config.correlation, name)
         if value is not None and value < 1:
             raise MonoscopeError(f"correlation.{name} is {value}", "give a positive number, or null for all")
+    steering = config.steering
+    if steering.enabled:
+        from harness.steering.clamp import POSITIONS
+
+        if not 1 <= steering.prompts <= 20 or steering.tokens < 1 or not steering.multiples:
+            raise MonoscopeError(
+                f"steering: prompts {steering.prompts}, tokens {steering.tokens}, multiples {list(steering.multiples)}",
+                "use 1..20 prompts (the bundled neutral prompts), at least 1 token and at least one multiple",
+            )
+        if steering.positions not in POSITIONS:
+            raise MonoscopeError(f"steering.positions is {steering.positions!r}", f"choose one of {', '.join(POSITIONS)}")
     for role_name in ("explainer", "judge", "simulator"):
         role = getattr(config, role_name)
         if role.backend not in backend_names():

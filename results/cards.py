@@ -10,6 +10,7 @@ from typing import Any
 
 from harness.llm.render import display_units, shown, unit_text
 from harness.records import EvaluatedUnit, Explanation, Judgment, Simulation, TokenContext
+from harness.steering.generate import Steering
 from results.page import anchor as _anchor
 from results.page import escape as _e
 from results.page import figure as _figure
@@ -105,6 +106,50 @@ def _contexts_html(contexts: list[TokenContext], scale: float, judgments: dict[t
     return f"<ol class='contexts'>{''.join(items)}</ol>"
 
 
+def example_for_unit(records: list[Steering], unit: str, kl_threshold: float) -> tuple[Steering, bool] | None:
+    """Return (the steering to show for ``unit``, whether its multiple reached the threshold), or None without records.
+
+    The smallest positive multiple whose mean KL over its prompts reaches ``kl_threshold``, its
+    first prompt; when none does, the largest multiple tried (the flag says so).
+    """
+    by_multiple: dict[float, list[Steering]] = {}
+    for record in records:
+        if record.units == (unit,):
+            by_multiple.setdefault(record.multiples[0], []).append(record)
+    if not by_multiple:
+        return None
+    tried = sorted(m for m in by_multiple if m > 0) or sorted(by_multiple)
+    for multiple in tried:
+        group = by_multiple[multiple]
+        if sum(r.mean_kl for r in group) / len(group) >= kl_threshold:
+            return group[0], True
+    return by_multiple[tried[-1]][0], False
+
+
+def _steering_html(records: RunRecords, unit: str) -> str:
+    """Return the card's steering example: the smallest multiple whose mean KL reaches the run's threshold."""
+    found = example_for_unit(records.steerings, unit, records.steering_kl_threshold)
+    if found is None:
+        return ""
+    example, reached = found
+    where = "every position" if example.positions == "all" else "generated tokens only"
+    kl = sum(r.mean_kl for r in records.steerings if r.units == example.units and r.multiples == example.multiples)
+    count = sum(1 for r in records.steerings if r.units == example.units and r.multiples == example.multiples)
+    note = (
+        f"the smallest multiple tried whose mean KL reaches {records.steering_kl_threshold:g} nats"
+        if reached
+        else f"no multiple tried reached {records.steering_kl_threshold:g} nats; the largest is shown"
+    )
+    rows = (("prompt", example.prompt), ("plain", example.baseline), ("steered", example.steered))
+    table = "".join(f"<tr><th>{name}</th><td class='steer'>{_e(shown(text))}</td></tr>" for name, text in rows)
+    return (
+        f"<h4>Steering</h4><p>Clamped to {example.multiples[0]:g}× its maximum activation ({example.values[0]:.4g}) "
+        f"at {where}, {example.sampling}, {example.max_new_tokens} tokens: {note}. Mean KL(steered ‖ plain) per token "
+        f"{_number(kl / count, 3)} nats over {count} prompt{'s' if count != 1 else ''} (this prompt {_number(example.mean_kl, 3)}).</p>"
+        f"<table class='steering'>{table}</table>"
+    )
+
+
 def _unit_card(
     unit: str,
     evaluated: EvaluatedUnit | None,
@@ -132,6 +177,7 @@ def _unit_card(
         _explanation_html(records.explanations.get((unit, "token_stats")), "Token statistics"),
         _scores_table(unit, grouped["judgments"].get(unit, []), grouped["simulations"].get(unit, []), scores),
     ]
+    parts.append(_steering_html(records, unit))
     if plot is not None:
         parts.append(_figure(plot, f"Specificity of {unit}: rubric score against activation level."))
     parts.append(f"<h4>Explanation contexts ({len(explain)})</h4>{_contexts_html(explain, scale, None)}")

@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Any
 
 from harness.records import EvaluatedUnit, Explanation, Judgment, Simulation, TokenContext
+from harness.steering.generate import STEERING, Steering
 from results.store import latest_by_key, read_records
 
 UNITS, CONTEXTS = "units.jsonl", "contexts.jsonl"
@@ -21,6 +22,8 @@ class RunRecords:
     explanations: dict[tuple[str, str], Explanation] = field(default_factory=dict)
     judgments: dict[tuple[str, str, str], Judgment] = field(default_factory=dict)
     simulations: dict[tuple[str, str, str], Simulation] = field(default_factory=dict)
+    steerings: list[Steering] = field(default_factory=list)
+    steering_kl_threshold: float = 0.5  # the run's steering.kl_threshold (harness.config.SteeringConfig)
 
 
 def load_run(run_dir: Path) -> RunRecords:
@@ -31,6 +34,8 @@ def load_run(run_dir: Path) -> RunRecords:
         explanations=latest_by_key(read_records(run_dir / EXPLANATIONS, Explanation)),
         judgments=latest_by_key(read_records(run_dir / JUDGMENTS, Judgment)),
         simulations=latest_by_key(read_records(run_dir / SIMULATIONS, Simulation)),
+        steerings=read_records(run_dir / STEERING, Steering),
+        steering_kl_threshold=float(read_manifest_file(run_dir).get("config", {}).get("steering", {}).get("kl_threshold", 0.5)),
     )
 
 

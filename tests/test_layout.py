@@ -19,6 +19,7 @@ FLOORS: tuple[tuple[str, ...], ...] = (
     ("harness.dictionaries",),  # dictionary and encode/decode, formats, training, neuron pool
     ("harness.index",),  # index state, store, builder, sampling of contexts
     ("harness.llm", "harness.compare"),  # LLM access | correlation and splitting
+    ("harness.steering",),  # clamps in the forward pass, steered generation, feature search
     ("explainers", "scorers"),
     ("results",),
     ("harness.config",),  # one config file -> typed records

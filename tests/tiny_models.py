@@ -40,8 +40,8 @@ def tiny_gemma_model(**overrides: Any) -> Any:
     return Gemma3ForCausalLM(Gemma3TextConfig(**(settings | overrides)))
 
 
-def tiny_byte_gemma() -> Any:
-    """Return the tiny Gemma wrapped as a SubjectModel with the byte tokenizer."""
+def tiny_byte_gemma(**overrides: Any) -> Any:
+    """Return the tiny Gemma (config ``overrides`` applied) wrapped as a SubjectModel with the byte tokenizer."""
     from harness.subject.model import wrap_model
 
-    return wrap_model(tiny_gemma_model(), ByteTokenizer(), name="tiny-byte-gemma")
+    return wrap_model(tiny_gemma_model(**overrides), ByteTokenizer(), name="tiny-byte-gemma")

@@ -86,6 +86,15 @@ def read_header(path: Path) -> dict[str, Any]:
     return json.loads(metadata["header"])
 
 
+def unit_maxima(path: Path) -> tuple[torch.Tensor, dict[str, Any]]:
+    """Return every unit's maximum activation [n_units] over the indexed tokens, and the index's ``about``, reading nothing else."""
+    from safetensors import safe_open
+
+    header = read_header(path)
+    with safe_open(str(path), framework="pt") as handle:
+        return handle.get_tensor("stats.maximum"), header.get("about", {})
+
+
 def load_index(path: Path) -> tuple[IndexState, dict[str, Any]]:
     """Return the index stored at ``path`` (tensors on the CPU; ``harness.index.state.index_to`` moves them) and its ``about``."""
     from safetensors.torch import load_file

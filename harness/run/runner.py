@@ -37,6 +37,7 @@ from harness.run.foundation import build_foundation, corpus_settings, dictionary
 from harness.run.planning import log_plan, placeholder_plan, plan_calls
 from harness.run.reporting import results_stage
 from harness.run.shards import file_lock, merge_shards, record_dirs, shard_directory, wait_for_explanations
+from harness.run.steering import steering_stage
 from harness.run.units import choose_units, sample_contexts
 from harness.storage import atomic_write_json
 from harness.subject.corpus import check_corpus_reuse, check_corpus_spec
@@ -130,6 +131,7 @@ def run_evaluation(
     if shard is None or shard[0] == 0:
         correlation_stage(run_dir, config, subject, chunks, dictionaries, units, log)
         neighbors_stage(run_dir, dictionaries, units, config.foundation.device)
+        steering_stage(run_dir, config.steering, subject, units, log)
     if shard is not None:
         atomic_write_json(records_dir / "done.json", {"units": [c.unit for c in mine]})
         if not all((shard_directory(run_dir, (i, shard[1])) / "done.json").exists() for i in range(shard[1])):

@@ -164,7 +164,8 @@ def transformer_blocks(model: Any) -> Any:
     raise MonoscopeError(f"cannot find the transformer blocks of {type(model).__name__}", "use a decoder-only HF model")
 
 
-def _mlp_output_projection(block: Any) -> Any:
+def mlp_output_projection(block: Any) -> Any:
+    """Return the MLP's output (down) projection of a block: its input is ``blocks.L.mlp.hook_post``."""
     mlp = getattr(block, "mlp", None)
     if mlp is None:
         raise MonoscopeError(f"block {type(block).__name__} has no .mlp", "MLP hooks need a standard HF block")
@@ -221,7 +222,7 @@ def collect_activations(subject: SubjectModel, tokens: torch.Tensor, hooks: list
             if point.site == "resid_post":
                 handles.append(blocks[point.layer].register_forward_hook(resid_hook(point)))
             else:
-                projection = _mlp_output_projection(blocks[point.layer])
+                projection = mlp_output_projection(blocks[point.layer])
                 handles.append(projection.register_forward_pre_hook(mlp_hook(point)))
         inputs = with_bos(subject, tokens.to(subject.device))
         base = subject.model.base_model if hasattr(subject.model, "base_model") else subject.model

@@ -1,0 +1,150 @@
+"""Steering on a run directory: ``monoscope steer``, ``monoscope search`` and the run's steering stage.
+
+Reads the run's manifest (model, device, dtype, loaded dictionaries), dictionaries, indexes and
+explanations; writes ``Steering`` records to ``RUN/steering.jsonl``. The stage steers every
+evaluated unit on the first few neutral prompts, skipping records already on disk with the same
+settings (model, positions, tokens, greedy), so a rerun generates nothing.
+"""
+
+from pathlib import Path
+
+import torch
+
+from harness.config import SteeringConfig
+from harness.errors import MonoscopeError
+from harness.progress import Progress, progress_bar
+from harness.records import EvaluatedUnit, Explanation
+from harness.run.directory import cpu_threads, read_manifest, timed_stage
+from harness.steering.generate import STEERING, Steering, steer
+from harness.steering.search import Found, search_units
+from harness.steering.units import resolve_unit, unit_clamps
+from harness.subject.model import SubjectModel, load_subject_model
+from results.store import append_records, latest_by_key, read_records
+from scorers.intervention import neutral_prompts
+
+
+def loaded_dictionaries(run_dir: Path) -> tuple[str, ...]:
+    """Return the dictionary specs the run's config loads (``dictionaries.load``)."""
+    return tuple(read_manifest(run_dir).get("config", {}).get("load_dictionaries") or ())
+
+
+def run_subject(run_dir: Path) -> SubjectModel:
+    """Return the subject model a run was built with, on the run's device and dtype."""
+    manifest = read_manifest(run_dir)
+    foundation = manifest.get("config", {}).get("foundation")
+    if not foundation or "model" not in manifest:
+        raise MonoscopeError(f"{str(run_dir)!r} holds no finished foundation", "run 'monoscope run CONFIG' (or 'monoscope demo') first")
+    torch.set_num_threads(cpu_threads())
+    return load_subject_model(foundation["model"], foundation["device"], foundation["dtype"])
+
+
+def steer_command(
+    run_dir: Path,
+    units: list[str],
+    prompts: list[str],
+    multiples: list[float],
+    positions: str = "all",
+    max_new_tokens: int = 24,
+    seed: int | None = None,
+    temperature: float = 1.0,
+    subject: SubjectModel | None = None,
+) -> list[Steering]:
+    """Return (and record) one steering per prompt and multiple, every unit clamped at once.
+
+    ``multiples`` scale each unit's maximum activation over the run's index; one value per
+    steering (all units at that multiple). Bad units, prompts or settings are MonoscopeErrors
+    raised before anything is generated.
+    """
+    if not units or not prompts or not multiples:
+        raise MonoscopeError("steering needs at least one unit, one --prompt and one --value", "e.g. --prompt 'def f(x):' --value 5")
+    if any(not prompt for prompt in prompts):
+        raise MonoscopeError("a --prompt is empty", "give text to continue")
+    subject = subject or run_subject(run_dir)
+    resolved = [resolve_unit(run_dir, subject, name, loaded_dictionaries(run_dir)) for name in units]
+    records = []
+    for multiple in multiples:
+        clamps = unit_clamps(resolved, [multiple])
+        for prompt in prompts:
+            record = steer(
+                subject,
+                prompt,
+                clamps,
+                units=tuple(units),
+                multiples=(multiple,) * len(units),
+                values=tuple(multiple * unit.max_activation for unit in resolved),
+                max_new_tokens=max_new_tokens,
+                positions=positions,
+                seed=seed,
+                temperature=temperature,
+            )
+            append_records(run_dir / STEERING, [record])
+            records.append(record)
+    return records
+
+
+def steering_text(record: Steering) -> str:
+    """Return a record as the CLI prints it: prompt, plain and steered continuation, KL."""
+    labels = zip(record.units, record.multiples, record.values, strict=True)
+    values = ", ".join(f"{unit} = {multiple:g} × max ({value:.3g})" for unit, multiple, value in labels)
+    return "\n".join(
+        [
+            f"prompt:   {record.prompt!r}",
+            f"clamped:  {values}, at {'every position' if record.positions == 'all' else 'generated tokens'}; {record.sampling}",
+            f"plain:    {record.baseline!r}",
+            f"steered:  {record.steered!r}",
+            f"KL(steered ‖ plain) per token (nats): mean {record.mean_kl:.3f}, max {max(record.kl, default=0.0):.3f}",
+        ]
+    )
+
+
+def search_command(
+    run_dir: Path, positive: list[str], negative: list[str], limit: int = 20, subject: SubjectModel | None = None
+) -> list[Found]:
+    """Return the run's units that fire on every positive prompt and on no negative one, with their explanations."""
+    explanations = {
+        unit: record.text
+        for (unit, explainer), record in latest_by_key(read_records(run_dir / "explanations.jsonl", Explanation)).items()
+        if explainer == "llm" and record.text
+    }
+    subject = subject or run_subject(run_dir)
+    return search_units(run_dir, subject, positive, negative, limit, explanations, loaded_dictionaries(run_dir))
+
+
+def _key(record: Steering) -> tuple:
+    return (record.model, record.units, record.prompt, record.multiples, record.positions, record.max_new_tokens, record.sampling)
+
+
+def steering_stage(run_dir: Path, config: SteeringConfig, subject: SubjectModel, units: list[EvaluatedUnit], log: Progress) -> None:
+    """Steer each evaluated unit on the first ``config.prompts`` neutral prompts at each of ``config.multiples``."""
+    if not config.enabled or not units:
+        return
+    prompts = neutral_prompts()[: config.prompts]
+    done = {_key(record) for record in read_records(run_dir / STEERING, Steering)}
+    todo = []
+    for unit in units:
+        for multiple in config.multiples:
+            for prompt in prompts:
+                wanted = (subject.name, (unit.unit,), prompt, (multiple,), config.positions, config.tokens, "greedy")
+                if wanted not in done:
+                    todo.append((unit.unit, multiple, prompt))
+    if not todo:
+        return
+    count = len({name for name, _, _ in todo})
+    log(f"steer: {count} units × {len(config.multiples)} strengths × {len(prompts)} prompts × {config.tokens} tokens")
+    resolved = {}
+    loaded = loaded_dictionaries(run_dir)
+    with timed_stage(run_dir, "steer"), progress_bar(len(todo), "steer", "generation") as bar:
+        for name, multiple, prompt in todo:
+            unit = resolved.setdefault(name, resolve_unit(run_dir, subject, name, loaded))
+            record = steer(
+                subject,
+                prompt,
+                unit_clamps([unit], [multiple]),
+                units=(name,),
+                multiples=(multiple,),
+                values=(multiple * unit.max_activation,),
+                max_new_tokens=config.tokens,
+                positions=config.positions,
+            )
+            append_records(run_dir / STEERING, [record])
+            bar.update(1)

@@ -1,0 +1,1 @@
+"""Steering: clamp units during generation, and what it does to the next-token distribution."""
