@@ -5,7 +5,7 @@ the same prompt and exactly the same number of new tokens (``min_new_tokens`` = 
 the steered side runs inside ``harness.steering.clamp.clamped`` with one feature of a random
 8,192-feature ReLU dictionary at the middle block (the demo's largest dictionary's shape: the
 hook encodes and twice decodes every position) clamped at every position. Sides alternate,
-best of 3; the ratio is steered / plain seconds per token (target ≤ 1.3, issue 14).
+best of 3; the ratio is steered / plain seconds per token (target ≤ 1.3).
 """
 
 import argparse

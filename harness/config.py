@@ -13,7 +13,7 @@ Sections and their keys (every key is optional; see ``harness/configs/default.ya
                   window_before, window_after}
     neurons:     {enabled, pool_size, match_density}   (pool_size: neurons of blocks 0..L indexed; see harness.dictionaries.neurons)
     evaluation:  {units_per_dictionary, simulation_contexts, min_explain_contexts, explain_contexts, judge_format, simulator_format,
-                  explainer_chat,
+                  explainer_chat, scorers, intervention_multiples,
                   sampling: {score_fraction, explain_top, explain_per_level, explain_random, score_top,
                              score_per_level, score_random, score_zero, levels}}
     correlation: {enabled, features, tokens}
@@ -98,6 +98,9 @@ def index_batch_tokens(config: FoundationConfig) -> int:
     return DEVICE_BATCH_TOKENS.get(config.device.split(":")[0], DEVICE_BATCH_TOKENS["cpu"])[1]
 
 
+SCORERS = ("rubric", "simulation", "intervention")  # by name: scorers.rubric, scorers.simulation, scorers.intervention
+
+
 @dataclass(frozen=True)
 class EvaluationConfig:
     """Which units to evaluate and how contexts are sampled and scored."""
@@ -111,6 +114,8 @@ class EvaluationConfig:
     simulation_contexts: int = 6  # per unit: the simulator predicts every token of this many scoring contexts
     min_explain_contexts: int = 3  # firing explanation contexts a unit needs for an LLM explanation; fewer: failed, no call
     explain_contexts: int | None = None  # firing contexts shown to the explainer (most active first); None = 24 chat, 10 base
+    scorers: tuple[str, ...] = ("rubric", "simulation")  # of SCORERS; "intervention" steers each unit (scorers.intervention)
+    intervention_multiples: tuple[float, ...] = (5.0, 10.0)  # the intervention scorer's strengths, × each unit's maximum
     seed: int = 0
 
 
@@ -339,6 +344,11 @@ def check_config(config: RunConfig) -> None:
         value = getattr(config.correlation, name)
         if value is not None and value < 1:
             raise MonoscopeError(f"correlation.{name} is {value}", "give a positive number, or null for all")
+    unknown = [name for name in evaluation.scorers if name not in SCORERS]
+    if unknown or not evaluation.scorers or len(set(evaluation.scorers)) != len(evaluation.scorers):
+        raise MonoscopeError(f"evaluation.scorers is {list(evaluation.scorers)}", f"list one or more of {', '.join(SCORERS)}, each once")
+    if "intervention" in evaluation.scorers and not evaluation.intervention_multiples:
+        raise MonoscopeError("evaluation.intervention_multiples is empty", "give at least one strength, e.g. [5, 10]")
     steering = config.steering
     if steering.enabled:
         from harness.steering.clamp import POSITIONS

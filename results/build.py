@@ -32,6 +32,7 @@ from results.tables import (
     unit_table,
     write_table,
 )
+from scorers.intervention import InterventionJudgment
 
 CORRELATION_THRESHOLD = 0.3
 
@@ -96,11 +97,12 @@ def write_results(run_dir: Path, levels: int = 10) -> dict[str, Any]:
     simulations = _latest(run_dir / "simulations.jsonl", Simulation)
     correlations = _latest(run_dir / "correlations.jsonl", FeatureCorrelation)
     neighbors = _latest(run_dir / "neighbors.jsonl", NearestFeatures)
+    interventions = _latest(run_dir / "interventions.jsonl", InterventionJudgment)
     dictionaries_path = run_dir / "dictionaries.json"
     dictionary_rows: list[dict] = read_json(dictionaries_path) if dictionaries_path.exists() else []
     dictionary_order = [row["dictionary"] for row in sorted(dictionary_rows, key=lambda row: (row.get("d_sae") or 0, row["dictionary"]))]
 
-    units_df = unit_table(units, explanations, judgments, simulations, correlations, neighbors)
+    units_df = unit_table(units, explanations, judgments, simulations, correlations, neighbors, interventions)
     sets_df = set_table(units_df, dictionary_rows)
     set_means_df = set_means_table(units_df)
     compare_df = compare_table(units_df, NEURON_SET)

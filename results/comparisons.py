@@ -11,7 +11,7 @@ import pandas as pd
 from scipy import stats as scipy_stats
 
 from results.frames import defined, frame
-from results.tables import METRICS, set_order
+from results.tables import METRICS, scored_metrics, set_order
 
 NEURON_SET = "neurons"
 ALL_FEATURES = "all features"
@@ -97,7 +97,7 @@ def compare_table(unit_table_df: pd.DataFrame, neuron_set: str = NEURON_SET, see
         groups.append((ALL_FEATURES, features))
     rows = []
     for name, group in groups:
-        for metric in METRICS:
+        for metric in scored_metrics(unit_table_df, METRICS):
             column = f"{metric}_real"
             rows.append(_compare_row(name, metric, defined(group[column]), defined(neurons[column]), seed))
     return frame(rows, COMPARE_COLUMNS)
@@ -112,7 +112,7 @@ def size_table(set_table_df: pd.DataFrame, unit_table_df: pd.DataFrame, seed: in
     """
     dictionaries = [row for row in set_table_df.to_dict("records") if not pd.isna(row["d_sae"])]
     rows = []
-    for metric in SIZE_METRICS:
+    for metric in scored_metrics(unit_table_df, SIZE_METRICS):
         column = f"{metric}_real"
         values = {row["unit_set"]: defined(unit_table_df.loc[unit_table_df["unit_set"] == row["unit_set"], column]) for row in dictionaries}
         for i, smaller in enumerate(dictionaries):

@@ -13,6 +13,7 @@ METRIC_NAMES = {
     "pearson": "simulation correlation (Pearson r)",
     "rubric_auc": "judge AUC (firing vs non-firing contexts)",
     "level_spearman": "Spearman correlation of rubric score with activation level",
+    "intervention": "intervention score (fraction of steering pairs judged right)",
 }
 SOURCE_NAMES = {"real": "real", "shuffled": "shuffled", "token_stats": "token-statistics"}
 

@@ -22,6 +22,7 @@ from results.frames import defined, frame, mean_and_interval, missing_as_none
 from results.ranking import NOT_JUDGED, RankScore, unit_rankings
 from results.store import latest_by_key
 from results.summary import control_summary, unit_scores
+from scorers.intervention import InterventionJudgment, intervention_summary
 
 SCORES = (0, 1, 2, 3)
 SOURCES = ("real", "shuffled", "token_stats")
@@ -29,6 +30,8 @@ METRICS = ("rubric", "pearson")  # means of the judge's and the simulator's scor
 CONTROLS = ("shuffled", "token_stats")
 ALL_UNITS = "all units"  # controls.csv: the rows that pool every evaluated unit of the run
 CONTROL_METRICS = (*METRICS, "rubric_auc")  # paired real versus control
+# Scored only when the run's evaluation.scorers names them: a table lists them when some unit has a value.
+OPTIONAL_METRICS = ("intervention",)  # fraction of (prompt, strength) pairs where the judge picks the steered continuation
 SET_METRICS = (*METRICS, "rubric_auc", "level_spearman")  # real-explanation means per set
 REASONS = {"rubric_auc": SOURCES, "level_spearman": ("real",)}  # rank metrics: per source, a value or why there is none
 
@@ -49,6 +52,8 @@ UNIT_COLUMNS = [
     *(f"constant_prediction_{source}" for source in SOURCES),
     *(f"rubric_auc_{source}" for source in SOURCES),
     *(f"rubric_auc_reason_{source}" for source in SOURCES),
+    *(f"intervention_{source}" for source in SOURCES),
+    "intervention_kl",
     "level_spearman_real",
     "level_spearman_reason_real",
     "n_judgments",
@@ -66,7 +71,7 @@ SET_COLUMNS = [
     "dead_fraction",
     "dead_fraction_all_tokens",
     "n_units",
-    *(f"{metric}_{part}" for metric in SET_METRICS for part in ("mean", "ci_low", "ci_high")),
+    *(f"{metric}_{part}" for metric in (*SET_METRICS, *OPTIONAL_METRICS) for part in ("mean", "ci_low", "ci_high")),
 ]
 SET_MEANS_COLUMNS = ["unit_set", "metric", "source", "n_units", "n_missing", "mean", "ci_low", "ci_high", "missing_reasons"]
 CONTROL_COLUMNS = [
@@ -182,6 +187,7 @@ def unit_table(
     simulations: list[Simulation],
     correlations: list[FeatureCorrelation],
     neighbors: list[NearestFeatures],
+    interventions: list[InterventionJudgment] = (),
 ) -> pd.DataFrame:
     """Return one row per evaluated unit: its facts, explanations, scores per source, failures and neighbours.
 
@@ -189,7 +195,9 @@ def unit_table(
     ``rubric_auc`` (firing versus non-firing contexts, ``results.ranking``) with
     ``rubric_auc_reason`` saying why it is missing; for the real explanation also
     ``level_spearman_real``, the Spearman correlation of rubric score with activation level,
-    with its ``level_spearman_reason_real``. Rows are ordered features first (by dictionary size, then set name, layer and
+    with its ``level_spearman_reason_real``; with the intervention scorer, ``intervention_<source>``
+    (the fraction of steering pairs judged right, ``scorers.intervention``) and ``intervention_kl``
+    (the mean KL of the unit's steerings). Rows are ordered features first (by dictionary size, then set name, layer and
     index), then neurons. ``n_judgments`` counts the unit's judgment records of
     every source, failures included; ``n_failures`` counts its judgment and
     simulation records with no parsed result.
@@ -204,6 +212,9 @@ def unit_table(
     correlated = latest_by_key(correlations)
     neighbor_records = list(latest_by_key(neighbors).values())
     scores = unit_scores(judged, simulated)
+    intervened: dict[tuple[str, str], list[InterventionJudgment]] = defaultdict(list)
+    for judgment in latest_by_key(list(interventions)).values():
+        intervened[(judgment.unit, judgment.source)].append(judgment)
     rankings = unit_rankings(judged)
     set_sizes = {u.unit_set: u.set_size for u in unit_records if u.kind == "feature"}
     n_judgments: dict[str, int] = defaultdict(int)
@@ -237,6 +248,9 @@ def unit_table(
         for source in SOURCES:
             row[f"constant_prediction_{source}"] = bool(scores.get((unit.unit, source), {}).get("constant_prediction", False))
         row.update(_rank_cells(unit.unit, rankings))
+        for source in SOURCES:
+            row[f"intervention_{source}"] = intervention_summary(intervened.get((unit.unit, source), []))["fraction"]
+        row["intervention_kl"] = intervention_summary(intervened.get((unit.unit, "real"), []))["mean_kl"]
         row["n_judgments"] = n_judgments[unit.unit]
         row["n_failures"] = n_failures[unit.unit]
         row["max_neuron_correlation"] = correlation.max_neuron_correlation if correlation is not None else None
@@ -297,12 +311,15 @@ def set_table(unit_table_df: pd.DataFrame, dictionary_rows: list[dict], seed: in
             "dead_fraction_all_tokens": dictionary.get("dead_fraction_all_tokens"),
             "n_units": len(members),
         }
-        for metric in SET_METRICS:
+        for metric in (*SET_METRICS, *OPTIONAL_METRICS):
             mean, low, high = mean_and_interval(defined(members[f"{metric}_real"]), seed)
             row.update({f"{metric}_mean": mean, f"{metric}_ci_low": low, f"{metric}_ci_high": high})
         rows.append(row)
     table = frame(rows, SET_COLUMNS)
     table["d_sae"] = table["d_sae"].astype("Int64")
+    for metric in OPTIONAL_METRICS:  # a scorer the run did not use: missing values as a CSV reads them back
+        for part in ("mean", "ci_low", "ci_high"):
+            table[f"{metric}_{part}"] = pd.to_numeric(table[f"{metric}_{part}"]).astype(float)
     return table
 
 
@@ -319,6 +336,7 @@ def control_table(unit_table_df: pd.DataFrame, seed: int = 0) -> pd.DataFrame:
     difference (None below 2 units).
     """
     rows = []
+    metrics = scored_metrics(unit_table_df, CONTROL_METRICS)
     groups = [(name, unit_table_df[unit_table_df["unit_set"] == name]) for name in set_order(unit_table_df)]
     if len(groups) > 1:
         groups.append((ALL_UNITS, unit_table_df))
@@ -327,10 +345,10 @@ def control_table(unit_table_df: pd.DataFrame, seed: int = 0) -> pd.DataFrame:
         for record in members.to_dict("records"):
             for source in SOURCES:
                 constant = missing_as_none(record.get(f"constant_prediction_{source}"))
-                scores[(record["unit"], source)] = {metric: missing_as_none(record[f"{metric}_{source}"]) for metric in CONTROL_METRICS} | {
+                scores[(record["unit"], source)] = {metric: missing_as_none(record[f"{metric}_{source}"]) for metric in metrics} | {
                     "constant_prediction": bool(constant) and str(constant).lower() != "false"
                 }
-        for metric in CONTROL_METRICS:
+        for metric in metrics:
             for control in CONTROLS:
                 summary = control_summary(scores, metric, control, seed)
                 interval = summary["ci95"] or (None, None)
@@ -371,7 +389,7 @@ def set_means_table(unit_table_df: pd.DataFrame, seed: int = 0) -> pd.DataFrame:
     rows = []
     for name in set_order(unit_table_df):
         members = unit_table_df[unit_table_df["unit_set"] == name]
-        for metric in SET_METRICS:
+        for metric in scored_metrics(unit_table_df, SET_METRICS):
             for source in REASONS.get(metric, SOURCES):
                 values = defined(members[f"{metric}_{source}"])
                 mean, low, high = mean_and_interval(values, seed)
@@ -389,6 +407,12 @@ def set_means_table(unit_table_df: pd.DataFrame, seed: int = 0) -> pd.DataFrame:
                     }
                 )
     return frame(rows, SET_MEANS_COLUMNS)
+
+
+def scored_metrics(unit_table_df: pd.DataFrame, metrics: tuple[str, ...]) -> tuple[str, ...]:
+    """Return ``metrics`` followed by the ``OPTIONAL_METRICS`` some unit of the table has a real-explanation value for."""
+    optional = [m for m in OPTIONAL_METRICS if f"{m}_real" in unit_table_df and unit_table_df[f"{m}_real"].notna().any()]
+    return (*metrics, *optional)
 
 
 def table_path(run_dir: Path, name: str) -> Path:

@@ -189,3 +189,34 @@ def test_max_cost_stops_cleanly_and_a_rerun_resumes(tmp_path: Path, tiny_subject
     # the resumed run asked only what the stopped one had not: together they made the reference run's calls
     assert len(first_calls) + spent_calls >= len(set(CALLS))
     assert record_lines(tmp_path, JUDGMENTS) == record_lines(unsharded, JUDGMENTS)
+
+
+def test_the_intervention_scorer_runs_in_a_run_fills_the_tables_and_a_rerun_asks_nothing(tmp_path: Path, tiny_subject: object) -> None:
+    import pandas as pd
+
+    from harness.run.evaluate import INTERVENTIONS
+    from harness.steering.generate import STEERING
+
+    evaluation = {**TINY_CONFIG["evaluation"], "scorers": ["rubric", "simulation", "intervention"], "intervention_multiples": [5.0]}
+    config = tiny_config(evaluation=evaluation, steering={"prompts": 2, "multiples": [5.0], "tokens": 4})
+    run_evaluation(config, tmp_path, log=lambda _message: None)
+    records = [json.loads(line) for line in (tmp_path / INTERVENTIONS).read_text().splitlines()]
+    units = {json.loads(line)["unit"] for line in (tmp_path / "units.jsonl").read_text().splitlines()}
+    explained = {
+        r["unit"] for r in map(json.loads, (tmp_path / EXPLANATIONS).read_text().splitlines()) if r["explainer"] == "llm" and r["text"]
+    }
+    assert {r["unit"] for r in records} == units & explained
+    per_unit_source = {(r["unit"], r["source"]) for r in records}
+    assert len(records) == 20 * len(per_unit_source), "every neutral prompt at the one strength, per unit and source"
+    assert {source for _, source in per_unit_source} == {"real", "shuffled", "token_stats"}
+    steerings = (tmp_path / STEERING).read_text().splitlines()
+    expected = 20 * len(units & explained) + 2 * len(units - explained)
+    assert len(steerings) == expected, "the steering stage's 2 prompts were the intervention's, not generated again"
+    table = pd.read_csv(tmp_path / "results" / "tables" / "units.csv")
+    assert table["intervention_real"].notna().any() and table["intervention_kl"].notna().any()
+    controls = pd.read_csv(tmp_path / "results" / "tables" / "controls.csv")
+    assert "intervention" in set(controls["metric"])
+    CALLS.clear()
+    before = (tmp_path / INTERVENTIONS).read_bytes(), (tmp_path / STEERING).read_bytes()
+    run_evaluation(config, tmp_path, log=lambda _message: None)
+    assert CALLS == [] and ((tmp_path / INTERVENTIONS).read_bytes(), (tmp_path / STEERING).read_bytes()) == before

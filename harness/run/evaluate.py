@@ -34,15 +34,25 @@ from harness.llm.render import RENDERING
 from harness.llm.templates import load_rubric, load_template
 from harness.records import Explanation, Judgment, Simulation, UnitContexts, contexts_digest
 from harness.run.directory import read_manifest, update_manifest
+from harness.steering.generate import STEERING, Steering
 from harness.subject.corpus import load_chunks
 from results.store import append_records, compact, latest_by_key, read_records
 from scorers.answers import AnswerSpelling, answer_spellings
+from scorers.intervention import InterventionJudgment
 from scorers.rubric import RUBRIC_FORMATS, judge_unit
 from scorers.simulation import SIMULATION_FORMATS, simulate_unit, simulator_prompt_hash
 
 EXPLANATIONS, JUDGMENTS, SIMULATIONS = "explanations.jsonl", "judgments.jsonl", "simulations.jsonl"
 SOURCES = ("real", "shuffled", "token_stats")
-RECORD_TYPES = {EXPLANATIONS: Explanation, JUDGMENTS: Judgment, SIMULATIONS: Simulation}  # the last record per key wins
+INTERVENTIONS = "interventions.jsonl"
+# The record files of the scoring stages, merged across shards (the last record per key wins).
+RECORD_TYPES = {
+    EXPLANATIONS: Explanation,
+    JUDGMENTS: Judgment,
+    SIMULATIONS: Simulation,
+    INTERVENTIONS: InterventionJudgment,
+    STEERING: Steering,
+}
 
 
 class UnitsFailed(MonoscopeError):  # noqa: N818 (reads as what happened to the run)
@@ -184,20 +194,16 @@ def score_stage(
         own = explanations.get((contexts.unit, "llm"))
         if own is not None and own.failure is not None and own.failure.startswith(TOO_FEW_CONTEXTS):
             continue  # too little evidence to explain the unit: none of its sources is scored
-        texts = {
-            "real": _text(explanations.get((contexts.unit, "llm"))),
-            "shuffled": _text(explanations.get((shuffle.get(contexts.unit), "llm"))),
-            "token_stats": _text(explanations.get((contexts.unit, "token_stats"))),
-        }
-        for source, text in texts.items():
+        for source, text in source_texts(contexts.unit, explanations, shuffle).items():
             if text is None:
                 continue
             ids = [c.context_id for c in contexts.score]
-            if not all(_current(judged.get((contexts.unit, source, i)), text, judge_settings) for i in ids):
+            if "rubric" in config.scorers and not all(_current(judged.get((contexts.unit, source, i)), text, judge_settings) for i in ids):
                 judgments = judge_unit(contexts, text, source, judge, config.judge_format, answer_prefix=prefix("judge"))
                 append_records(run_dir / JUDGMENTS, judgments)
             subset = simulation_subset(contexts, config.simulation_contexts)
-            if not all(_current(simulated.get((contexts.unit, source, c.context_id)), text, simulator_settings) for c in subset.score):
+            current = all(_current(simulated.get((contexts.unit, source, c.context_id)), text, simulator_settings) for c in subset.score)
+            if "simulation" in config.scorers and not current:
                 simulations = simulate_unit(subset, text, source, simulator, config.simulator_format, prefix("simulator"))
                 append_records(run_dir / SIMULATIONS, simulations)
         if on_unit_done is not None:
@@ -213,6 +219,15 @@ def score_stage(
             keep=lambda record, kept=kept: record.unit not in names or (record.unit, record.context_id) in kept,
         )
     return spellings
+
+
+def source_texts(unit: str, explanations: dict[tuple[str, str], Explanation], shuffle: dict[str, str]) -> dict[str, str | None]:
+    """Return {source: explanation text or None} of a unit: its own, the shuffled control's (``shuffle``), token statistics."""
+    return {
+        "real": _text(explanations.get((unit, "llm"))),
+        "shuffled": _text(explanations.get((shuffle.get(unit), "llm"))),
+        "token_stats": _text(explanations.get((unit, "token_stats"))),
+    }
 
 
 def simulation_subset(contexts: UnitContexts, count: int) -> UnitContexts:
@@ -264,8 +279,9 @@ def failed_units(run_dir: Path, units: list[str]) -> dict[str, str]:
     failures: dict[str, str] = {}
     for name, record_type in RECORD_TYPES.items():
         for record in latest_by_key(read_records(run_dir / name, record_type)).values():
-            if record.unit in wanted and record.failure and record.failure.startswith(BACKEND_FAILURE):
-                failures.setdefault(record.unit, f"{name.split('.')[0]}: {record.failure}")
+            failure, unit = getattr(record, "failure", None), getattr(record, "unit", None)  # a Steering record has neither
+            if unit in wanted and failure and failure.startswith(BACKEND_FAILURE):
+                failures.setdefault(unit, f"{name.split('.')[0]}: {failure}")
     return failures
 
 

@@ -34,6 +34,7 @@ from harness.run.directory import prepare_run_directory, read_manifest, software
 from harness.run.estimates import estimate_resources, log_estimates
 from harness.run.evaluate import UnitsFailed, explain_stage, failed_units, make_client, score_stage
 from harness.run.foundation import build_foundation, corpus_settings, dictionary_label, foundation_done
+from harness.run.intervene import intervention_stage
 from harness.run.planning import log_plan, placeholder_plan, plan_calls
 from harness.run.reporting import results_stage
 from harness.run.shards import file_lock, merge_shards, record_dirs, shard_directory, wait_for_explanations
@@ -44,6 +45,7 @@ from harness.subject.corpus import check_corpus_reuse, check_corpus_spec
 from harness.subject.embedded import check_embedded_installed
 from harness.subject.model import check_context_fits, check_device, model_shape, parse_device, resolve_dtype
 from harness.subject.shape import read_model_shape
+from scorers.intervention import neutral_prompts
 from scorers.rubric import RUBRIC_FORMATS
 from scorers.simulation import SIMULATION_FORMATS
 
@@ -112,8 +114,10 @@ def run_evaluation(
     if config.simulator == config.judge:
         clients["simulator"] = clients["judge"]  # one client: shared accounting and concurrency limit
     # A role whose backend cannot serve its format stops here, before the explainer spends anything.
-    clients["judge"].require(RUBRIC_FORMATS[config.evaluation.judge_format][0])
-    clients["simulator"].require(SIMULATION_FORMATS[config.evaluation.simulator_format][0])
+    if "rubric" in config.evaluation.scorers:
+        clients["judge"].require(RUBRIC_FORMATS[config.evaluation.judge_format][0])
+    if "simulation" in config.evaluation.scorers:
+        clients["simulator"].require(SIMULATION_FORMATS[config.evaluation.simulator_format][0])
     try:
         with _timed_if_called(run_dir, "explain", clients), progress_bar(len(mine), "explain", "unit") as bar:
             explain_stage(records_dir, mine, clients["explainer"], config.evaluation, on_unit_done=lambda: bar.update(1))
@@ -124,6 +128,10 @@ def run_evaluation(
             )
         if spellings:
             update_manifest(run_dir, answer_spelling={role: spelling.record() for role, spelling in spellings.items()})
+        if "intervention" in config.evaluation.scorers:
+            with _timed_if_called(run_dir, "intervene", clients), progress_bar(len(mine), "intervene", "unit") as bar:
+                judge, explained = clients["judge"], all_explanations
+                intervention_stage(records_dir, mine, subject, judge, config.evaluation, config.steering, explained, lambda: bar.update(1))
     except BudgetExhausted:
         _record_usage(run_dir, clients, shard)
         raise
@@ -180,6 +188,12 @@ def preflight(config: RunConfig, max_cost: float | None, dry_run: bool = False) 
     may be described by ``model.shape``. Returns the notes.
     """
     notes: list[str] = []
+    if dry_run and "intervention" in config.evaluation.scorers:
+        pairs = len(neutral_prompts()) * len(config.evaluation.intervention_multiples)
+        notes.append(
+            f"the plan leaves out the intervention scorer: per explained unit {pairs} steered generations on the subject model "
+            f"and {3 * pairs} judge calls (real, shuffled, token statistics), each reading about 100 prompt tokens plus the explanation"
+        )
 
     def device_here(device: str, what: str) -> None:
         parse_device(device)  # a malformed device is bad input, dry run or not

@@ -6,6 +6,7 @@ evaluated unit on the first few neutral prompts, skipping records already on dis
 settings (model, positions, tokens, greedy), so a rerun generates nothing.
 """
 
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -17,7 +18,7 @@ from harness.records import EvaluatedUnit, Explanation
 from harness.run.directory import cpu_threads, read_manifest, timed_stage
 from harness.steering.generate import STEERING, Steering, steer
 from harness.steering.search import Found, search_units
-from harness.steering.units import resolve_unit, unit_clamps
+from harness.steering.units import SteeredUnit, resolve_unit, unit_clamps
 from harness.subject.model import SubjectModel, load_subject_model
 from results.store import append_records, latest_by_key, read_records
 from scorers.intervention import neutral_prompts
@@ -61,7 +62,7 @@ def steer_command(
         raise MonoscopeError("a --prompt is empty", "give text to continue")
     subject = subject or run_subject(run_dir)
     resolved = [resolve_unit(run_dir, subject, name, loaded_dictionaries(run_dir)) for name in units]
-    records = []
+    records, plains = [], {}
     for multiple in multiples:
         clamps = unit_clamps(resolved, [multiple])
         for prompt in prompts:
@@ -76,6 +77,7 @@ def steer_command(
                 positions=positions,
                 seed=seed,
                 temperature=temperature,
+                plains=plains,
             )
             append_records(run_dir / STEERING, [record])
             records.append(record)
@@ -110,8 +112,44 @@ def search_command(
     return search_units(run_dir, subject, positive, negative, limit, explanations, loaded_dictionaries(run_dir))
 
 
-def _key(record: Steering) -> tuple:
-    return (record.model, record.units, record.prompt, record.multiples, record.positions, record.max_new_tokens, record.sampling)
+def cached_steerings(
+    run_dir: Path,
+    subject: SubjectModel,
+    unit: SteeredUnit,
+    prompts: list[str],
+    multiples: tuple[float, ...],
+    tokens: int,
+    positions: str,
+    on_generated: Callable[[], None] | None = None,
+    plains: dict | None = None,
+) -> list[Steering]:
+    """Return the unit's greedy steerings on ``prompts`` × ``multiples``, generating only those not yet in ``steering.jsonl``.
+
+    ``plains`` keeps the plain continuations across calls (``harness.steering.generate.steer``).
+    """
+    plains = {} if plains is None else plains
+    done = latest_by_key(read_records(run_dir / STEERING, Steering))
+    steerings = []
+    for multiple in multiples:
+        for prompt in prompts:
+            record = done.get((subject.name, (unit.name,), prompt, (multiple,), positions, tokens, "greedy"))
+            if record is None:
+                record = steer(
+                    subject,
+                    prompt,
+                    unit_clamps([unit], [multiple]),
+                    units=(unit.name,),
+                    multiples=(multiple,),
+                    values=(multiple * unit.max_activation,),
+                    max_new_tokens=tokens,
+                    positions=positions,
+                    plains=plains,
+                )
+                append_records(run_dir / STEERING, [record])
+                if on_generated is not None:
+                    on_generated()
+            steerings.append(record)
+    return steerings
 
 
 def steering_stage(run_dir: Path, config: SteeringConfig, subject: SubjectModel, units: list[EvaluatedUnit], log: Progress) -> None:
@@ -119,32 +157,24 @@ def steering_stage(run_dir: Path, config: SteeringConfig, subject: SubjectModel,
     if not config.enabled or not units:
         return
     prompts = neutral_prompts()[: config.prompts]
-    done = {_key(record) for record in read_records(run_dir / STEERING, Steering)}
-    todo = []
-    for unit in units:
-        for multiple in config.multiples:
-            for prompt in prompts:
-                wanted = (subject.name, (unit.unit,), prompt, (multiple,), config.positions, config.tokens, "greedy")
-                if wanted not in done:
-                    todo.append((unit.unit, multiple, prompt))
-    if not todo:
+    done = latest_by_key(read_records(run_dir / STEERING, Steering))
+    missing = [
+        unit.unit
+        for unit in units
+        if any(
+            (subject.name, (unit.unit,), prompt, (multiple,), config.positions, config.tokens, "greedy") not in done
+            for multiple in config.multiples
+            for prompt in prompts
+        )
+    ]
+    if not missing:
         return
-    count = len({name for name, _, _ in todo})
-    log(f"steer: {count} units × {len(config.multiples)} strengths × {len(prompts)} prompts × {config.tokens} tokens")
-    resolved = {}
+    log(f"steer: {len(missing)} units × {len(config.multiples)} strengths × {len(prompts)} prompts × {config.tokens} tokens")
     loaded = loaded_dictionaries(run_dir)
-    with timed_stage(run_dir, "steer"), progress_bar(len(todo), "steer", "generation") as bar:
-        for name, multiple, prompt in todo:
-            unit = resolved.setdefault(name, resolve_unit(run_dir, subject, name, loaded))
-            record = steer(
-                subject,
-                prompt,
-                unit_clamps([unit], [multiple]),
-                units=(name,),
-                multiples=(multiple,),
-                values=(multiple * unit.max_activation,),
-                max_new_tokens=config.tokens,
-                positions=config.positions,
-            )
-            append_records(run_dir / STEERING, [record])
-            bar.update(1)
+    total = len(missing) * len(config.multiples) * len(prompts)
+    plains: dict = {}  # one plain continuation per prompt, shared by every unit
+    with timed_stage(run_dir, "steer"), progress_bar(total, "steer", "generation") as bar:
+        for name in missing:
+            unit = resolve_unit(run_dir, subject, name, loaded)
+            settings = (config.multiples, config.tokens, config.positions, lambda: bar.update(1), plains)
+            cached_steerings(run_dir, subject, unit, prompts, *settings)

@@ -42,6 +42,11 @@ class Steering:
     kl: tuple[float, ...]
     mean_kl: float
 
+    @property
+    def key(self) -> tuple:
+        """Return what identifies the record in its file: a later record with the same key replaces it."""
+        return (self.model, self.units, self.prompt, self.multiples, self.positions, self.max_new_tokens, self.sampling)
+
 
 def prompt_ids(subject: SubjectModel, prompt: str) -> torch.Tensor:
     """Return the prompt's token ids [1, P] on the model's device, BOS first when the model has one."""
@@ -91,9 +96,13 @@ def steer(
     positions: str = "all",
     seed: int | None = None,
     temperature: float = 1.0,
+    plains: dict[tuple, torch.Tensor] | None = None,
 ) -> Steering:
     """Return the plain and steered continuations of ``prompt`` and the KL at each steered token.
 
+    ``plains``: a dict the caller keeps across calls; the plain continuation, which depends on
+    neither the clamps nor ``positions``, is generated once per (prompt, length, sampling) and
+    reused from it (a unit steered at several strengths, several units on one prompt).
     ``units``, ``multiples`` and ``values`` label the record (what ``clamps`` hold, per unit).
     ``positions`` "all" clamps every position of the text (prompt included, BOS not), "new" only
     generated tokens. Generation stops at ``max_new_tokens`` or the end-of-sequence token.
@@ -108,7 +117,12 @@ def steer(
     length = ids.shape[1]
     # "all" starts after BOS: dictionaries never see it (harness.subject.model.collect_activations drops it)
     first_clamped = (0 if subject.bos_token_id is None else 1) if positions == "all" else length
-    plain = _generate(subject, ids, max_new_tokens, seed, temperature)
+    key = (subject.name, prompt, max_new_tokens, seed, temperature)
+    plain = None if plains is None else plains.get(key)
+    if plain is None:
+        plain = _generate(subject, ids, max_new_tokens, seed, temperature)
+        if plains is not None:
+            plains[key] = plain
     with clamped(subject, clamps, first_clamped):
         steered = _generate(subject, ids, max_new_tokens, seed, temperature)
     kl = next_token_kl(subject, torch.cat([ids[0], steered]).unsqueeze(0), length, clamps, first_clamped)
