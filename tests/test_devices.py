@@ -179,3 +179,24 @@ def test_one_activation_tensor_gives_the_same_index_on_every_device_and_batch_sp
         stop = {0: 5, 5: 9, 9: 12}[start]
         update_index(state, acts[start:stop].to(device), torch.arange(start, stop), unit_block=7)
     assert_same_index(index_to(state, "cpu"), reference, rtol=1.2e-7 * 16, atol=1e-6)
+
+
+def test_steering_follows_the_subject_model_device(tiny_gemma):
+    from harness.steering.clamp import Clamp, clamped, clamped_residual
+    from harness.steering.generate import next_token_kl
+
+    dictionary = random_dictionary(tiny_gemma.d_model, 24, seed=2)
+    clamp = Clamp(dictionary, (3, 7), (2.0, -1.0))
+    x = torch.randn(2, 5, tiny_gemma.d_model, generator=torch.Generator().manual_seed(0))
+    mask = torch.tensor([False, True, True, True, True])
+    expected = clamped_residual(x, clamp, mask)
+    ids = torch.tensor([[2, 11, 12, 13, 14, 15, 16]])
+    expected_kl = next_token_kl(tiny_gemma, ids, 4, [clamp], first_clamped=1)
+    with torch.inference_mode():
+        with clamped(tiny_gemma, [clamp], first_clamped=1):
+            expected_logits = tiny_gemma.model(ids, use_cache=False).logits
+    with META:
+        assert torch.equal(clamped_residual(x, clamp, mask), expected)
+        assert torch.equal(next_token_kl(tiny_gemma, ids, 4, [clamp], first_clamped=1), expected_kl)
+        with torch.inference_mode(), clamped(tiny_gemma, [clamp], first_clamped=1):
+            assert torch.equal(tiny_gemma.model(ids, use_cache=False).logits, expected_logits)
