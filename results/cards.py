@@ -150,6 +150,29 @@ def _steering_html(records: RunRecords, unit: str) -> str:
     )
 
 
+def _intervention_html(records: RunRecords, unit: str) -> str:
+    """Return the card's intervention-scorer line per source (fraction right, Wilson 95% interval), or "" when not scored."""
+    from scorers.intervention import intervention_summary
+
+    cells = []
+    for source in SOURCES:
+        judged = [j for j in records.interventions.values() if j.unit == unit and j.source == source]
+        if judged:
+            summary = intervention_summary(judged)
+            failures = f", {summary['failures']} undecided or failed" if summary["failures"] else ""
+            cells.append(
+                f"{_e(source)} {_number(summary['fraction'], 2)} [{_number(summary['low'], 2)}, {_number(summary['high'], 2)}] "
+                f"(n={summary['n']}{failures})"
+            )
+    if not cells:
+        return ""
+    kl = intervention_summary([j for j in records.interventions.values() if j.unit == unit and j.source == "real"])["mean_kl"]
+    return (
+        "<p class='intervention'><b>Intervention scorer</b> (fraction of steering pairs where the judge picks the steered "
+        f"continuation, Wilson 95% interval): {'; '.join(cells)}; mean KL of the steerings {_number(kl, 3)} nats per token.</p>"
+    )
+
+
 def _unit_card(
     unit: str,
     evaluated: EvaluatedUnit | None,
@@ -178,6 +201,7 @@ def _unit_card(
         _scores_table(unit, grouped["judgments"].get(unit, []), grouped["simulations"].get(unit, []), scores),
     ]
     parts.append(_steering_html(records, unit))
+    parts.append(_intervention_html(records, unit))
     if plot is not None:
         parts.append(_figure(plot, f"Specificity of {unit}: rubric score against activation level."))
     parts.append(f"<h4>Explanation contexts ({len(explain)})</h4>{_contexts_html(explain, scale, None)}")

@@ -8,9 +8,11 @@ from typing import Any
 from harness.records import EvaluatedUnit, Explanation, Judgment, Simulation, TokenContext
 from harness.steering.generate import STEERING, Steering
 from results.store import latest_by_key, read_records
+from scorers.intervention import InterventionJudgment
 
 UNITS, CONTEXTS = "units.jsonl", "contexts.jsonl"
 EXPLANATIONS, JUDGMENTS, SIMULATIONS = "explanations.jsonl", "judgments.jsonl", "simulations.jsonl"
+INTERVENTIONS = "interventions.jsonl"
 
 
 @dataclass
@@ -23,6 +25,7 @@ class RunRecords:
     judgments: dict[tuple[str, str, str], Judgment] = field(default_factory=dict)
     simulations: dict[tuple[str, str, str], Simulation] = field(default_factory=dict)
     steerings: list[Steering] = field(default_factory=list)
+    interventions: dict[tuple[str, str, str, float], InterventionJudgment] = field(default_factory=dict)
     steering_kl_threshold: float = 0.5  # the run's steering.kl_threshold (harness.config.SteeringConfig)
 
 
@@ -35,6 +38,7 @@ def load_run(run_dir: Path) -> RunRecords:
         judgments=latest_by_key(read_records(run_dir / JUDGMENTS, Judgment)),
         simulations=latest_by_key(read_records(run_dir / SIMULATIONS, Simulation)),
         steerings=read_records(run_dir / STEERING, Steering),
+        interventions=latest_by_key(read_records(run_dir / INTERVENTIONS, InterventionJudgment)),
         steering_kl_threshold=float(read_manifest_file(run_dir).get("config", {}).get("steering", {}).get("kl_threshold", 0.5)),
     )
 

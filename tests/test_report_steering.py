@@ -40,3 +40,19 @@ def test_the_card_escapes_the_continuations_and_shows_line_breaks():
     html = _steering_html(RunRecords(steerings=RECORDS, steering_kl_threshold=0.5), "a/1")
     assert "steered &lt;b&gt;text&lt;/b&gt;⏎" in html and "<b>text</b>" not in html
     assert "Clamped to 10× its maximum activation (20)" in html and "over 2 prompts" in html
+
+
+def test_the_card_shows_the_intervention_score_per_source_when_the_run_has_it():
+    from results.cards import _intervention_html
+    from scorers.intervention import InterventionJudgment
+
+    def judgment(source: str, index: int, correct: bool | None) -> InterventionJudgment:
+        p = None if correct is None else (0.9 if correct else 0.2)
+        failure = "undecided" if correct is None else None
+        return InterventionJudgment("a/1", source, "x", f"p{index}", 5.0, index % 2 == 0, p, correct, 0.4, "b", "m", "h", failure)
+
+    judged = [judgment("real", i, i < 9) for i in range(10)] + [judgment("shuffled", i, i < 5 if i < 9 else None) for i in range(10)]
+    html = _intervention_html(RunRecords(interventions={j.key: j for j in judged}), "a/1")
+    assert "real 0.90 [0.60, 0.98] (n=10)" in html and "shuffled 0.56" in html and "(n=9, 1 undecided or failed)" in html
+    assert "mean KL of the steerings 0.400" in html
+    assert _intervention_html(RunRecords(), "a/1") == ""
