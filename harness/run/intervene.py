@@ -17,7 +17,7 @@ from harness.llm.client import LLMClient
 from harness.llm.templates import load_template
 from harness.records import Explanation, UnitContexts
 from harness.run.evaluate import EXPLANATIONS, INTERVENTIONS, shuffled_sources, source_texts
-from harness.run.steering import cached_steerings, loaded_dictionaries
+from harness.run.steering import cached_steerings, loaded_dictionaries, read_steerings
 from harness.steering.units import resolve_unit
 from harness.subject.model import SubjectModel
 from results.store import append_records, latest_by_key, read_records
@@ -43,6 +43,7 @@ def intervention_stage(
     pairs = [(prompt, multiple) for multiple in config.intervention_multiples for prompt in prompts]
     loaded = loaded_dictionaries(run_dir)
     plains: dict = {}  # one plain continuation per prompt, shared by every unit
+    steered = read_steerings(run_dir)  # read once, kept current as steerings are generated
 
     def current(unit: str, source: str, text: str) -> bool:
         records = [done.get((unit, source, prompt, multiple)) for prompt, multiple in pairs]
@@ -60,7 +61,9 @@ def intervention_stage(
         if todo:
             unit = resolve_unit(run_dir, subject, contexts.unit, loaded)
             multiples, tokens = config.intervention_multiples, steering.tokens
-            steerings = cached_steerings(run_dir, subject, unit, prompts, multiples, tokens, steering.positions, plains=plains)
+            steerings = cached_steerings(
+                run_dir, subject, unit, prompts, multiples, tokens, steering.positions, plains=plains, done=steered
+            )
             for source, text in todo.items():
                 append_records(run_dir / INTERVENTIONS, judge_interventions(contexts.unit, text, source, steerings, judge, config.seed))
         if on_unit_done is not None:

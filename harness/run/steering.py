@@ -16,6 +16,7 @@ from harness.errors import MonoscopeError
 from harness.progress import Progress, progress_bar
 from harness.records import EvaluatedUnit, Explanation
 from harness.run.directory import cpu_threads, read_manifest, timed_stage
+from harness.run.evaluate import EXPLANATIONS
 from harness.steering.generate import STEERING, Steering, steer
 from harness.steering.search import Found, search_units
 from harness.steering.units import SteeredUnit, resolve_unit, unit_clamps
@@ -105,11 +106,21 @@ def search_command(
     """Return the run's units that fire on every positive prompt and on no negative one, with their explanations."""
     explanations = {
         unit: record.text
-        for (unit, explainer), record in latest_by_key(read_records(run_dir / "explanations.jsonl", Explanation)).items()
+        for (unit, explainer), record in latest_by_key(read_records(run_dir / EXPLANATIONS, Explanation)).items()
         if explainer == "llm" and record.text
     }
     subject = subject or run_subject(run_dir)
     return search_units(run_dir, subject, positive, negative, limit, explanations, loaded_dictionaries(run_dir))
+
+
+def greedy_key(model: str, unit: str, prompt: str, multiple: float, positions: str, tokens: int) -> tuple:
+    """Return the ``Steering.key`` of one unit's greedy steering (what ``steering.jsonl`` is looked up by)."""
+    return (model, (unit,), prompt, (multiple,), positions, tokens, "greedy")
+
+
+def read_steerings(run_dir: Path) -> dict[tuple, Steering]:
+    """Return the run's steering records by key (read once per stage, kept current by ``cached_steerings``)."""
+    return latest_by_key(read_records(run_dir / STEERING, Steering))
 
 
 def cached_steerings(
@@ -122,17 +133,19 @@ def cached_steerings(
     positions: str,
     on_generated: Callable[[], None] | None = None,
     plains: dict | None = None,
+    done: dict[tuple, Steering] | None = None,
 ) -> list[Steering]:
     """Return the unit's greedy steerings on ``prompts`` × ``multiples``, generating only those not yet in ``steering.jsonl``.
 
-    ``plains`` keeps the plain continuations across calls (``harness.steering.generate.steer``).
+    ``plains`` keeps the plain continuations across calls (``harness.steering.generate.steer``); ``done``
+    is ``read_steerings(run_dir)`` read once by the caller (read here when None) and gains what is generated.
     """
     plains = {} if plains is None else plains
-    done = latest_by_key(read_records(run_dir / STEERING, Steering))
+    done = read_steerings(run_dir) if done is None else done
     steerings = []
     for multiple in multiples:
         for prompt in prompts:
-            record = done.get((subject.name, (unit.name,), prompt, (multiple,), positions, tokens, "greedy"))
+            record = done.get(greedy_key(subject.name, unit.name, prompt, multiple, positions, tokens))
             if record is None:
                 record = steer(
                     subject,
@@ -146,6 +159,7 @@ def cached_steerings(
                     plains=plains,
                 )
                 append_records(run_dir / STEERING, [record])
+                done[record.key] = record
                 if on_generated is not None:
                     on_generated()
             steerings.append(record)
@@ -157,12 +171,12 @@ def steering_stage(run_dir: Path, config: SteeringConfig, subject: SubjectModel,
     if not config.enabled or not units:
         return
     prompts = neutral_prompts()[: config.prompts]
-    done = latest_by_key(read_records(run_dir / STEERING, Steering))
+    done = read_steerings(run_dir)
     missing = [
         unit.unit
         for unit in units
         if any(
-            (subject.name, (unit.unit,), prompt, (multiple,), config.positions, config.tokens, "greedy") not in done
+            greedy_key(subject.name, unit.unit, prompt, multiple, config.positions, config.tokens) not in done
             for multiple in config.multiples
             for prompt in prompts
         )
@@ -176,5 +190,5 @@ def steering_stage(run_dir: Path, config: SteeringConfig, subject: SubjectModel,
     with timed_stage(run_dir, "steer"), progress_bar(total, "steer", "generation") as bar:
         for name in missing:
             unit = resolve_unit(run_dir, subject, name, loaded)
-            settings = (config.multiples, config.tokens, config.positions, lambda: bar.update(1), plains)
+            settings = (config.multiples, config.tokens, config.positions, lambda: bar.update(1), plains, done)
             cached_steerings(run_dir, subject, unit, prompts, *settings)
