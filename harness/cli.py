@@ -54,7 +54,7 @@ def main() -> None:
 
 @main.command()
 @click.option("--run-dir", type=click.Path(path_type=Path), default=Path("runs/demo"), show_default=True)
-@click.option("--tokens", type=int, default=None, help="Token budget (default: the bundled config's 131,072).")
+@click.option("--tokens", type=int, default=None, help="Token budget (default: the bundled config's 98,304).")
 @user_errors
 def demo(run_dir: Path, tokens: int | None) -> None:
     """Run the bundled default config (embedded model and corpus, three dictionaries, neurons) and write the report."""

@@ -16,7 +16,7 @@ def test_bundled_default_config_loads_with_its_documented_values() -> None:
     assert config.foundation.dictionary_sizes == (512, 2048, 8192)
     assert config.foundation.neuron_pool_size == 512
     assert config.evaluation.units_per_dictionary == 2 and config.evaluation.sampling.score_zero == 2
-    assert config.evaluation.explain_contexts == 12 and config.foundation.tokens == 131_072
+    assert config.evaluation.explain_contexts == 12 and config.foundation.tokens == 98_304
     assert config.correlation.tokens == 16384 and config.neurons.enabled
 
 
