@@ -5,13 +5,16 @@ and returns its path. Missing values are skipped; an empty input draws axes
 saying "no data".
 """
 
+import functools
 import io
 import math
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import pandas as pd
+from matplotlib import rc_context
 from matplotlib.axes import Axes
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
@@ -23,6 +26,21 @@ SCORE_LABELS = ("0 – unrelated", "1 – vaguely related", "2 – loosely fits"
 SET_COLOURS = ("#1f77b4", "#2ca02c", "#9467bd", "#8c564b", "#e377c2", "#17becf", "#bcbd22")
 NEURON_COLOUR = "#d62728"
 DPI = 100
+
+
+Plot = TypeVar("Plot", bound=Callable[..., Path])
+
+
+def _literal_text(plot: Plot) -> Plot:
+    """Draw every text of ``plot`` as written: explanations and unit names may hold "$", which matplotlib
+    would otherwise parse as mathtext (and raise on when unbalanced)."""
+
+    @functools.wraps(plot)
+    def drawn(*args: Any, **kwargs: Any) -> Path:
+        with rc_context({"text.parse_math": False}):
+            return plot(*args, **kwargs)
+
+    return drawn  # type: ignore[return-value]
 
 
 def _figure(width: float, height: float) -> Figure:
@@ -67,6 +85,7 @@ def _set_colours(names: list[str], neuron_set: str) -> dict[str, str]:
     return colours
 
 
+@_literal_text
 def plot_specificity(table: pd.DataFrame, title: str, path: Path) -> Path:
     """Draw the specificity-versus-activation figure (stacked score fractions per activation level); return the path."""
     figure = _figure(8, 5)
@@ -104,6 +123,7 @@ def _set_names(unit_table_df: pd.DataFrame, neuron_set: str) -> list[str]:
     return features + ([neuron_set] if neuron_set in sizes.index else [])
 
 
+@_literal_text
 def plot_score_distributions(unit_table_df: pd.DataFrame, path: Path, neuron_set: str = "neurons") -> Path:
     """Draw per-unit real rubric and Pearson scores per unit set (box plot with the units as points); return the path."""
     figure = _figure(9, 4.5)
@@ -143,6 +163,7 @@ def plot_score_distributions(unit_table_df: pd.DataFrame, path: Path, neuron_set
     return _save(figure, path)
 
 
+@_literal_text
 def plot_max_correlation(correlations_df: pd.DataFrame, path: Path, threshold: float = 0.3) -> Path:
     """Draw histograms of each feature's max correlation with any neuron, one step outline per dictionary; return the path."""
     figure = _figure(8, 5)
@@ -171,6 +192,7 @@ def plot_max_correlation(correlations_df: pd.DataFrame, path: Path, threshold: f
     return _save(figure, path)
 
 
+@_literal_text
 def plot_metrics_vs_size(set_table_df: pd.DataFrame, path: Path) -> Path:
     """Draw L0, variance explained, dead fraction, mean rubric and mean Pearson against dictionary size; return the path."""
     figure = _figure(10, 6.5)

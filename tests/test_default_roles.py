@@ -138,3 +138,55 @@ def test_the_default_roles_explain_and_score_two_units(tmp_path: Path, monkeypat
     assert spelling["simulator"]["prefix"] == " " and spelling["simulator"]["mass"] >= 0.5
     assert all(j.model.endswith("[chat]") for j in judgments)
     assert (run_dir / "results" / "report.html").exists()
+    planned = run_evaluation(config, run_dir, dry_run=True, log=lambda _message: None)
+    assert all(stage["calls"] == 0 for stage in planned["stages"].values()), "the plan recognises the finished records"
+
+
+@pytest.mark.usefixtures("tiny_subject")
+def test_a_dry_run_of_a_finished_run_recognises_the_chat_rendered_records(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from harness.subject.model import wrap_model
+
+    monkeypatch.setattr(local, "load_subject_model", lambda name, **_: wrap_model(tiny_gemma_model(), ChatByteTokenizer(), name=name))
+    monkeypatch.setattr(local, "local_tokenizer", lambda name: ChatByteTokenizer() if name == "chatty" else None)
+    role = {"backend": "local", "model": "chatty"}
+    # the likelihood formats need no answer a random model would have to get right
+    evaluation = {"judge_format": "likelihood", "simulator_format": "likelihood", "units_per_dictionary": 2, "min_explain_contexts": 1}
+    config = tiny_config(explainer=role, judge=role, simulator=role, evaluation=evaluation, neurons={"enabled": False})
+    run_dir = tmp_path / "run"
+    try:
+        run_evaluation(config, run_dir, log=lambda _message: None)
+    except MonoscopeError:
+        pass  # a random tiny model may fail some units; the records it wrote are what the plan must recognise
+    judgments = read_records(run_dir / "judgments.jsonl", Judgment)
+    assert judgments and all(j.model == "chatty [chat]" for j in judgments)
+    written = (run_dir / "judgments.jsonl").read_bytes()
+    lines: list[str] = []
+    planned = run_evaluation(config, run_dir, dry_run=True, log=lines.append)
+    assert planned["stages"]["judge"]["calls"] == 0, "every finished judgment is recognised as done"
+    assert not any("tokenizer is not on this machine" in line for line in lines)
+
+    monkeypatch.setattr(local, "local_tokenizer", lambda name: None)  # the tokenizer's files are not here
+    lines.clear()
+    unknown = run_evaluation(config, run_dir, dry_run=True, log=lines.append)
+    assert unknown["stages"]["judge"]["calls"] > 0  # counted again, and said so
+    assert any("chatty's tokenizer is not on this machine" in line and "chat: true or false" in line for line in lines)
+    assert (run_dir / "judgments.jsonl").read_bytes() == written  # dry runs write no record
+
+
+def test_planned_name_reads_only_the_tokenizer_and_says_when_it_cannot(tmp_path: Path) -> None:
+    from tokenizers import Tokenizer
+    from tokenizers.models import WordLevel
+    from transformers import PreTrainedTokenizerFast
+
+    from harness.llm.backends.local import planned_name
+
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=Tokenizer(WordLevel({"a": 0, "[UNK]": 1}, unk_token="[UNK]")))
+    tokenizer.save_pretrained(tmp_path / "plain")
+    tokenizer.chat_template = "{% for m in messages %}{{ m.content }}{% endfor %}"
+    tokenizer.save_pretrained(tmp_path / "chat")
+    assert planned_name(str(tmp_path / "plain"), None) == str(tmp_path / "plain")
+    assert planned_name(str(tmp_path / "chat"), None) == f"{tmp_path / 'chat'} [chat]"
+    assert planned_name(str(tmp_path / "chat"), False) == str(tmp_path / "chat")  # the role says: nothing is read
+    assert planned_name(str(tmp_path / "missing"), True) == f"{tmp_path / 'missing'} [chat]"
+    assert planned_name(str(tmp_path / "missing"), None) is None
+    assert planned_name("no-such-org/no-such-model", None) is None  # offline: nothing downloaded

@@ -459,3 +459,19 @@ def test_size_table_pairs_dictionaries_by_size():
     assert row["difference"] == pytest.approx(4 / 3 - 11 / 6)  # sae-2k: 4/3, 4/3; sae-512: 5/3, 2
     assert (row["ci_low"], row["ci_high"]) == pytest.approx((-2 / 3, -1 / 3))
     assert size_table(set_table(units[units["unit_set"] != "sae-2k"], DICTIONARY_ROWS[1:]), units).empty
+
+
+def test_plots_draw_dollar_signs_as_written(tmp_path: Path) -> None:
+    """An explanation or a dictionary name with "$" (shell variables, prices) must not be parsed as mathtext."""
+    from results.plots import plot_metrics_vs_size, plot_specificity
+
+    table = pd.DataFrame({"level": [0, 1], "label": ["$0", "1$"], "n": [3, 2], **{f"freq_{s}": [0.25, 0.25] for s in range(4)}})
+    for title in ("sae-16/7: $$$$****;;;H&&&^^^", "fires on $PATH and costs $5", "unbalanced $x^"):
+        path = plot_specificity(table, title, tmp_path / "specificity.png")
+        assert path.read_bytes().startswith(b"\x89PNG")
+    columns = ["l0", "variance_explained", "dead_fraction", "rubric_mean", "rubric_ci_low", "rubric_ci_high"]
+    columns += ["pearson_mean", "pearson_ci_low", "pearson_ci_high"]
+    sizes = pd.DataFrame(
+        {"unit_set": ["$ae-16", "neur$ns"], "kind": ["feature", "neuron"], "d_sae": [16, None], **{c: [0.5, 0.4] for c in columns}}
+    )
+    assert plot_metrics_vs_size(sizes, tmp_path / "sizes.png").read_bytes().startswith(b"\x89PNG")

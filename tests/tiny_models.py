@@ -12,8 +12,8 @@ class ByteTokenizer:
     def __call__(self, text: str, add_special_tokens: bool = False) -> dict[str, list[int]]:
         return {"input_ids": [10 + min(ord(c), 117) for c in text]}
 
-    def decode(self, ids: list[int]) -> str:
-        return "".join(chr(i - 10) if i >= 10 else "" for i in ids)
+    def decode(self, ids: list[int], skip_special_tokens: bool = False) -> str:
+        return "".join(chr(i - 10) if i >= 10 else "" for i in ids)  # ids below 10 are special: never shown
 
 
 def tiny_gemma_model(**overrides: Any) -> Any:

@@ -19,6 +19,7 @@ from typing import Any
 from harness.config import EvaluationConfig, Role, RunConfig
 from harness.dictionaries.formats import load_dictionary
 from harness.dictionaries.neurons import POOL_NAME
+from harness.llm.backends.local import planned_name
 from harness.llm.budget import estimated_tokens
 from harness.llm.client import LLMClient, report_usage
 from harness.llm.interface import CHOICE_LOGPROBS, CONTINUATION_LOGPROB, GENERATE, SLOT_LOGPROBS, Completion, Message, Usage
@@ -89,9 +90,19 @@ def _canned_replies() -> tuple[str, ...]:
     return ("2", *numbered, *lists)
 
 
+def recorded_model(role: Role) -> str | None:
+    """Return the model name ``role``'s records carry, so that the plan recognises finished ones; None if unknown here.
+
+    A local backend names its chat rendering ("<model> [chat]", ``harness.llm.backends.local.recorded_name``);
+    with ``chat`` unset that depends on the tokenizer, read from files on this machine (None when absent).
+    """
+    return planned_name(role.model, role.chat) if role.backend == "local" else role.model
+
+
 def planning_client(role: Role, prices: dict[str, tuple[float, float]]) -> PlanningClient:
-    """Return a PlanningClient standing in for ``role``."""
-    backend = PlanningBackend(role.backend, role.model, _CAPABILITIES.get(role.backend, frozenset(_CAPABILITIES["local"])))
+    """Return a PlanningClient standing in for ``role`` (named as its records are, where that can be told here)."""
+    model = recorded_model(role) or role.model
+    backend = PlanningBackend(role.backend, model, _CAPABILITIES.get(role.backend, frozenset(_CAPABILITIES["local"])))
     return PlanningClient(backend, cache_dir=None, max_concurrency=1, max_parse_attempts=1, retry_attempts=1, prices=prices)
 
 
@@ -132,6 +143,7 @@ def plan_calls(
             "prompt_tokens": usage.get("prompt_tokens", 0),
             "completion_tokens": usage.get("completion_tokens", 0),
             "cost_usd": usage.get("cost_usd") if usage else (0.0 if client._price() is not None else None),
+            "records_recognised": recorded_model(role) is not None,
         }
     return plan
 
@@ -183,4 +195,9 @@ def log_plan(plan: dict[str, dict[str, Any]], log: Progress, upper_bound: bool) 
             f" {row['completion_tokens']:>11} {cost_text:>10}"
         )
     log(f"estimated cost: ${total:.4f}" + ("" if priced else " for the priced models (add the others under llm.prices)"))
+    for model in sorted({row["model"] for row in plan.values() if not row.get("records_recognised", True)}):
+        log(
+            f"note: {model}'s tokenizer is not on this machine, so whether it renders with a chat template is unknown: "
+            "its finished records may be counted again (set chat: true or false in the role to say)"
+        )
     return {"dry_run": True, "upper_bound": upper_bound, "stages": plan, "estimated_cost_usd": total}

@@ -72,6 +72,12 @@ def _gemma_package() -> Any:
     return package
 
 
+def cached_checkpoint_dir(name: str) -> Path | None:
+    """Return embedded model ``name``'s de-quantised checkpoint directory if the cache holds it, else None (nothing is built)."""
+    target = cache_dir() / _CHECKPOINTS[name]
+    return target if is_embedded(name) and _complete(target) else None
+
+
 def _complete(checkpoint: Path) -> bool:
     return (checkpoint / "config.json").exists() and (checkpoint / "model.safetensors").exists()
 

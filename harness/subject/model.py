@@ -128,6 +128,25 @@ def load_subject_model(name: str = "embedded", device: str = "cpu", dtype: str =
     return wrap_model(model, tokenizer, name, device)
 
 
+def local_tokenizer(name: str) -> Any | None:
+    """Return the tokenizer of model ``name`` from files already on this machine, or None where there are none.
+
+    Nothing is downloaded, de-quantised or loaded beyond the tokenizer: an embedded model's comes
+    from its checkpoint in the cache, a hub id's or local path's from ``local_files_only``.
+    """
+    from transformers import AutoTokenizer
+
+    from harness.subject.embedded import cached_checkpoint_dir, is_embedded
+
+    source = cached_checkpoint_dir(name) if is_embedded(name) else name
+    if source is None:
+        return None
+    try:
+        return AutoTokenizer.from_pretrained(str(source), local_files_only=True)
+    except (OSError, ValueError):
+        return None
+
+
 def config_shape(config: Any) -> tuple[int, int, int]:
     """Return (n_layers, d_model, d_mlp) read from a HF model config."""
     config = config.get_text_config() if hasattr(config, "get_text_config") else config

@@ -57,7 +57,7 @@ from harness.errors import MonoscopeError
 from harness.llm.batching import RequestBatcher
 from harness.llm.client import register_backend
 from harness.llm.interface import CHOICE_LOGPROBS, CONTINUATION_LOGPROB, GENERATE, SLOT_LOGPROBS, Completion, Message, Usage
-from harness.subject.model import SubjectModel, load_subject_model
+from harness.subject.model import SubjectModel, load_subject_model, local_tokenizer
 
 _GENERATE_PARAMS = frozenset({"temperature", "max_new_tokens", "max_tokens", "stop", "seed"})
 _OPTIONS = frozenset({"chat", "batch_size", "logit_rows", "reuse"})
@@ -99,8 +99,7 @@ class LocalBackend:
         self.subject = subject
         self.model = model or subject.name
         self.chat = bool(getattr(subject.tokenizer, "chat_template", None)) if chat is None else bool(chat)
-        if self.chat:  # the rendering changes every answer: records and the response cache name it with the model
-            self.model = f"{self.model} [chat]"
+        self.model = recorded_name(self.model, self.chat)
         self.batch_size = max(1, int(batch_size))  # continuations per forward pass after a shared prompt
         self.logit_rows = max(1, int(logit_rows))  # positions per LM-head matmul (each row is vocab-wide)
         self.reuse = bool(reuse)  # shared-prefix KV caches (greedy generation and scoring) and previous reply as a draft
@@ -551,6 +550,26 @@ def _croppable(layer: Any) -> bool:
 
 _LOADED: "weakref.WeakValueDictionary[tuple[str, str, str], SubjectModel]" = weakref.WeakValueDictionary()
 _LOADING = threading.Lock()
+
+
+def recorded_name(model: str, chat: bool) -> str:
+    """Return the model name a local backend's records and response-cache keys carry: "<model> [chat]" when it
+    renders messages with the chat template (the rendering changes every answer), else ``model``."""
+    return f"{model} [chat]" if chat else model
+
+
+def planned_name(model: str, chat: bool | None) -> str | None:
+    """Return ``recorded_name`` of a local backend for ``model`` without loading its weights (for a dry run's plan).
+
+    ``chat`` None (when the tokenizer has a chat template) reads the tokenizer from files on this
+    machine (``harness.subject.model.local_tokenizer``); None when they are not here.
+    """
+    if chat is None:
+        tokenizer = local_tokenizer(model)
+        if tokenizer is None:
+            return None
+        chat = bool(getattr(tokenizer, "chat_template", None))
+    return recorded_name(model, chat)
 
 
 def shared_model(model: str, device: str = "cpu", dtype: str = "float32") -> SubjectModel:
