@@ -165,6 +165,22 @@ class SteeringConfig:
 
 
 @dataclass(frozen=True)
+class ClusterConfig:
+    """Where the run's passes execute: in this process, or on Ray (``harness.run.cluster``).
+
+    With ``ray`` the index pass (the neuron pool and every dictionary) splits the corpus into
+    tasks of ``chunks_per_task`` chunks run by ``workers`` actors, each holding the subject model
+    and the dictionaries once; training stays in the driver on ``model.device``.
+    """
+
+    ray: bool = False
+    address: str | None = None  # an existing cluster ("auto", "ray://host:10001"); None = start a local one
+    workers: int | None = None  # actors; None = one per GPU on a GPU device, else CPUs ÷ threads_per_worker
+    threads_per_worker: int = 1  # torch threads (and Ray CPUs) per actor on a CPU device
+    chunks_per_task: int = 256  # corpus chunks per task (rounded up to whole forward batches)
+
+
+@dataclass(frozen=True)
 class RunConfig:
     """A whole evaluation: foundation, unit sets, scoring roles, comparisons."""
 
@@ -180,11 +196,12 @@ class RunConfig:
     simulator: Role = field(default_factory=Role)
     max_concurrency: int = 4
     prices: dict[str, tuple[float, float]] = field(default_factory=dict)
+    cluster: ClusterConfig = field(default_factory=ClusterConfig)
 
 
 _SECTIONS = (
     "name", "seed", "model", "corpus", "dictionaries", "index", "neurons", "evaluation", "correlation", "steering",
-    "explainer", "judge", "simulator", "llm",
+    "explainer", "judge", "simulator", "llm", "cluster",
 )  # fmt: skip
 _MODEL_KEYS = {
     "name": "model",
@@ -285,6 +302,7 @@ def config_from_mapping(data: dict[str, Any], default_name: str = "run") -> RunC
         simulator=_build(Role, _section(data, "simulator"), "simulator"),
         max_concurrency=_typed(llm.get("max_concurrency", 4), int, "llm.max_concurrency"),
         prices=_prices(llm.get("prices") or {}),
+        cluster=_build(ClusterConfig, _section(data, "cluster"), "cluster"),
     )
     check_config(config)
     return config
@@ -306,6 +324,9 @@ def check_config(config: RunConfig) -> None:
         "evaluation.min_explain_contexts": evaluation.min_explain_contexts,
         "neurons.pool_size": foundation.neuron_pool_size,
         "llm.max_concurrency": config.max_concurrency,
+        "cluster.threads_per_worker": config.cluster.threads_per_worker,
+        "cluster.chunks_per_task": config.cluster.chunks_per_task,
+        "cluster.workers": config.cluster.workers if config.cluster.workers is not None else 1,
     }
     for key, value in positive.items():
         if value < 1:

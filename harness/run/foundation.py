@@ -16,7 +16,7 @@ import torch
 
 from harness.config import FoundationConfig, RunConfig, forward_batch_chunks, index_batch_tokens
 from harness.dictionaries.activation_buffer import ActivationSource
-from harness.dictionaries.dictionary import Dictionary
+from harness.dictionaries.dictionary import Dictionary, dictionary_to
 from harness.dictionaries.formats import STATS_FILE, load_dictionary, load_saelens_directory, save_saelens_directory
 from harness.dictionaries.neurons import POOL_NAME, pool_activations, pool_dictionary, pool_hooks, pool_unit_names, sample_neuron_pool
 from harness.dictionaries.training import TrainingConfig, dictionary_stats, train_dictionary
@@ -103,10 +103,7 @@ def collect_foundation_activations(
     if config.store_residuals:
         shape = (chunks.shape[0], chunks.shape[1], subject.d_model)
         store = open_residual_store(run_dir / "activations", resid_hook, *shape, subject.model.dtype)
-    pool = sample_neuron_pool(layer + 1, subject.d_mlp, config.neuron_pool_size, config.seed)
-    about = {"corpus_fingerprint": fingerprint(chunks), "model": subject.name, "unit_names": pool_unit_names(pool)}
-    index_path = run_dir / "index" / f"{POOL_NAME}.safetensors"
-    builder = IndexBuilder(index_path, pool_dictionary(pool, layer), config.index, chunks.shape[1], about, config.device)
+    builder, pool = pool_builder(run_dir, subject, chunks, config)
     indexed = builder.done_chunks()
     stored = store.written() if store is not None else set(range(chunks.shape[0]))
     todo = [chunk for chunk in range(chunks.shape[0]) if chunk not in indexed or chunk not in stored]
@@ -133,6 +130,17 @@ def collect_foundation_activations(
             bar.update(len(ids))
         _checkpoint_activations(builder, store, stored)
     return store
+
+
+def pool_builder(
+    run_dir: Path, subject: SubjectModel, chunks: np.ndarray, config: FoundationConfig
+) -> tuple[IndexBuilder, list[tuple[int, int]]]:
+    """Return the builder of the neuron pool's index (resumed from disk when it exists) and the pool's (layer, neuron) pairs."""
+    layer = config.layer if config.layer is not None else subject.default_layer
+    pool = sample_neuron_pool(layer + 1, subject.d_mlp, config.neuron_pool_size, config.seed)
+    about = {"corpus_fingerprint": fingerprint(chunks), "model": subject.name, "unit_names": pool_unit_names(pool)}
+    index_path = run_dir / "index" / f"{POOL_NAME}.safetensors"
+    return IndexBuilder(index_path, pool_dictionary(pool, layer), config.index, chunks.shape[1], about, config.device), pool
 
 
 def _checkpoint_activations(builder: IndexBuilder, store: ResidualStore | None, stored: set[int]) -> None:
@@ -220,16 +228,7 @@ def index_dictionaries(
 
     Each batch of ``index.batch_tokens`` tokens is read once and folded into every index that lacks its chunks.
     """
-    about = {"corpus_fingerprint": fingerprint(chunks)}
-    builders = []
-    for dictionary in dictionaries:
-        path = run_dir / "index" / f"{dictionary.name}.safetensors"
-        builder = IndexBuilder(path, dictionary, config.index, chunks.shape[1], about, config.device)
-        done = builder.done_chunks()
-        if all(chunk in done for chunk in range(chunks.shape[0])):
-            log(f"index: reusing {dictionary.name}")
-            continue
-        builders.append((builder, done))
+    builders = dictionary_builders(run_dir, chunks, dictionaries, config, log)
     if not builders:
         return
     todo = [chunk for chunk in range(chunks.shape[0]) if any(chunk not in done for _builder, done in builders)]
@@ -257,6 +256,39 @@ def index_dictionaries(
             bar.update(len(ids))
         for builder, _done in builders:
             builder.save()
+
+
+def dictionary_builders(
+    run_dir: Path, chunks: np.ndarray, dictionaries: list[Dictionary], config: FoundationConfig, log: Progress
+) -> list[tuple[IndexBuilder, set[int]]]:
+    """Return (builder, chunk ids it holds) of every dictionary whose index lacks chunks (the others are logged as reused)."""
+    about = {"corpus_fingerprint": fingerprint(chunks)}
+    builders = []
+    for dictionary in dictionaries:
+        path = run_dir / "index" / f"{dictionary.name}.safetensors"
+        builder = IndexBuilder(path, dictionary, config.index, chunks.shape[1], about, config.device)
+        done = builder.done_chunks()
+        if all(chunk in done for chunk in range(chunks.shape[0])):
+            log(f"index: reusing {dictionary.name}")
+            continue
+        builders.append((builder, done))
+    return builders
+
+
+def index_on_ray(
+    run_dir: Path, subject: SubjectModel, chunks: np.ndarray, dictionaries: list[Dictionary], config: RunConfig, log: Progress
+) -> None:
+    """Build (or resume) the neuron pool's and every dictionary's index in one pass split over Ray actors (``harness.run.cluster``)."""
+    from harness.run.cluster import IndexTarget, model_loader, ray_index_pass  # imports Ray only when a run asks for it
+
+    foundation = config.foundation
+    pool_index, pool = pool_builder(run_dir, subject, chunks, foundation)
+    builders = [(pool_index, pool_index.done_chunks())] + dictionary_builders(run_dir, chunks, dictionaries, foundation, log)
+    targets = [IndexTarget(POOL_NAME, len(pool), pool=tuple(pool))]
+    targets += [IndexTarget(b.dictionary.name, b.dictionary.d_sae, dictionary=dictionary_to(b.dictionary, "cpu")) for b, _ in builders[1:]]
+    hook = residual_hook(subject, foundation)
+    with timed_stage(run_dir, "index"):
+        ray_index_pass(builders, targets, chunks, hook, foundation, config.cluster, model_loader(foundation), log)
 
 
 def dictionary_table(run_dir: Path) -> list[dict[str, Any]]:
@@ -290,14 +322,20 @@ def build_foundation(run_dir: Path, config: RunConfig, log: Progress) -> tuple[S
     update_manifest(run_dir, model={"name": subject.name, "n_layers": subject.n_layers, "d_model": subject.d_model, "hook": hook_name})
     log(f"model: {subject.name} ({subject.n_layers} blocks, d_model {subject.d_model}); dictionaries read {hook_name}")
     chunks = prepare_corpus(run_dir, subject, foundation, log)
-    store = collect_foundation_activations(run_dir, subject, chunks, foundation, log)
+    on_ray = config.cluster.ray
+    if on_ray:  # workers may sit on other machines: no residual store, training runs its own pass here
+        log("ray: the residual stream is not stored; training runs the model over its chunks in this process")
+    store = None if on_ray else collect_foundation_activations(run_dir, subject, chunks, foundation, log)
     dictionaries = train_default_dictionaries(run_dir, subject, chunks, store, foundation, log) if foundation.dictionary_sizes else []
     _train_ids, held_ids = split_chunks(chunks.shape[0], foundation.held_out_fraction)
     held_out = residual_source(subject, chunks, held_ids, store, foundation)
     for spec in config.load_dictionaries:
         dictionaries.append(_loaded_dictionary(run_dir, spec, held_out, foundation))
     dictionaries.sort(key=lambda d: (d.d_sae, d.name))
-    index_dictionaries(run_dir, subject, chunks, store, dictionaries, foundation, log)
+    if on_ray:
+        index_on_ray(run_dir, subject, chunks, dictionaries, config, log)
+    else:
+        index_dictionaries(run_dir, subject, chunks, store, dictionaries, foundation, log)
     rows = [row for row in dictionary_table(run_dir) if row["dictionary"] in {d.name for d in dictionaries}]
     for row in rows:
         row["dead_fraction_all_tokens"] = firing_summary(run_dir / "index" / f"{row['dictionary']}.safetensors")["dead_fraction_all_tokens"]

@@ -1,0 +1,201 @@
+"""Scale out on Ray (config ``cluster.ray``, ``monoscope run --ray [ADDRESS]``): the index pass split over actors.
+
+The chunks still to index go out as tasks of whole forward batches (``cluster.chunks_per_task``
+rounded up). Each task runs on an ``IndexWorker`` actor that built the subject model and received
+the neuron pool and every dictionary once; it runs blocks 0..L over its chunks and returns one
+partial index per target, over the chunks that target still lacks. The driver merges each partial
+into its index in task order (``harness.index.state.merge_indexes``: exact, float sums aside) and
+checkpoints every ``checkpoint_seconds``, so a killed driver resumes with the chunks not yet
+merged, and Ray restarts a worker that died and runs its task again (``max_restarts``,
+``max_task_retries``). Task batches start where the single-process pass's batches start, so each
+forward pass sees the same chunks.
+
+Training stays in the driver on ``model.device`` and runs its own streaming pass over the
+training chunks: under Ray the residual stream is not stored (workers may sit on other machines).
+
+Ray is imported here only, and only when a run asks for it (``ray_module``).
+"""
+
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from functools import partial
+from types import ModuleType
+from typing import Any
+
+import numpy as np
+import torch
+
+from harness.config import ClusterConfig, FoundationConfig, forward_batch_chunks
+from harness.dictionaries.dictionary import Dictionary, dictionary_to, encode
+from harness.dictionaries.neurons import pool_activations, pool_hooks
+from harness.errors import MonoscopeError
+from harness.index.builder import IndexBuilder
+from harness.index.state import IndexState, index_to, merge_indexes, new_index, update_index
+from harness.progress import Progress, progress_bar
+from harness.subject.activations import stream_activations
+from harness.subject.model import SubjectModel, load_subject_model
+
+RAY_INSTALL = "pip install 'monoscope[ray]'"
+RETRIES = 3  # times Ray restarts a dead worker and runs its task again
+
+
+def ray_module() -> ModuleType:
+    """Return the ``ray`` module; a one-line MonoscopeError saying how to install it when it is missing."""
+    try:
+        import ray
+    except ImportError as exc:
+        raise MonoscopeError("Ray is not installed, so the run cannot use it", f"{RAY_INSTALL}, or run without --ray") from exc
+    return ray
+
+
+def start_ray(cluster: ClusterConfig) -> ModuleType:
+    """Return ``ray`` connected: to ``cluster.address``, to the cluster this process already joined, or to a new local one."""
+    ray = ray_module()
+    if not ray.is_initialized():
+        options: dict[str, Any] = {"address": cluster.address} if cluster.address else {}
+        ray.init(**options, include_dashboard=False, log_to_driver=False)
+    return ray
+
+
+def model_loader(config: FoundationConfig) -> Callable[[], SubjectModel]:
+    """Return a picklable function that builds the subject model where it is called (each worker loads its own copy).
+
+    A worker on a GPU sees only its own device (Ray sets ``CUDA_VISIBLE_DEVICES``), so a
+    ``cuda:N`` device becomes ``cuda`` there.
+    """
+    device = "cuda" if config.device.startswith("cuda") else config.device
+    return partial(load_subject_model, config.model, device=device, dtype=config.dtype)
+
+
+def task_chunks(todo: list[int], batch_chunks: int, chunks_per_task: int) -> list[list[int]]:
+    """Split the chunk ids ``todo`` into tasks of ``chunks_per_task`` chunks rounded up to whole forward batches."""
+    size = max(1, math.ceil(chunks_per_task / batch_chunks)) * batch_chunks
+    return [todo[start : start + size] for start in range(0, len(todo), size)]
+
+
+@dataclass(frozen=True)
+class IndexTarget:
+    """One index the pass builds: its name, and the dictionary that encodes the residuals or the neuron pool it gathers."""
+
+    name: str
+    n_units: int
+    dictionary: Dictionary | None = None  # encodes the residual stream at ``hook``
+    pool: tuple[tuple[int, int], ...] = ()  # (layer, neuron) pairs read from the MLP hooks instead
+
+
+class IndexWorker:
+    """A Ray actor: the subject model, the corpus chunks and the index targets, loaded once; ``index`` runs one task."""
+
+    def __init__(
+        self,
+        loader: Callable[[], SubjectModel],
+        threads: int,
+        chunks: np.ndarray,
+        targets: list[IndexTarget],
+        hook: str,
+        index_config: Any,
+        batch_chunks: int,
+    ):
+        torch.set_num_threads(threads)
+        self.subject = loader()
+        self.chunks = chunks
+        self.device = self.subject.device
+        self.targets = [
+            IndexTarget(t.name, t.n_units, dictionary_to(t.dictionary, self.device) if t.dictionary else None, t.pool) for t in targets
+        ]
+        self.hook = hook
+        self.index_config = index_config
+        self.batch_chunks = batch_chunks
+        pools = [list(t.pool) for t in targets if t.pool]
+        self.hooks = ([hook] if any(t.dictionary is not None for t in targets) else []) + (pool_hooks(pools[0]) if pools else [])
+
+    def index(self, wanted: dict[str, list[int]]) -> dict[str, IndexState]:
+        """Return {target: partial index over the chunks ``wanted[target]``} (on the CPU), one forward pass per batch."""
+        ids = sorted({chunk for chunks in wanted.values() for chunk in chunks})
+        lacking = {name: set(chunks) for name, chunks in wanted.items()}
+        length = self.chunks.shape[1]
+        partials = {t.name: new_index(t.n_units, self.index_config, length, self.device) for t in self.targets if t.name in wanted}
+        for batch in stream_activations(self.subject, self.chunks, self.hooks, ids, self.batch_chunks):
+            batch_ids = batch.chunk_ids.tolist()
+            for target in self.targets:
+                if target.name not in wanted:
+                    continue
+                rows = [row for row, chunk in enumerate(batch_ids) if chunk in lacking[target.name]]
+                if not rows:
+                    continue
+                if target.dictionary is not None:
+                    acts = encode(target.dictionary, batch.activations[self.hook][rows].to(self.device))
+                else:
+                    acts = pool_activations(batch.activations, list(target.pool))[rows]
+                update_index(partials[target.name], acts, batch.chunk_ids[rows])
+        return {name: index_to(state, "cpu") for name, state in partials.items()}
+
+
+def worker_count(ray: ModuleType, cluster: ClusterConfig, gpu: bool) -> int:
+    """Return the number of actors: ``cluster.workers``, else one per GPU (on a GPU device) or per ``threads_per_worker`` CPUs."""
+    if cluster.workers is not None:
+        return cluster.workers
+    resources = ray.cluster_resources()
+    if gpu:
+        gpus = int(resources.get("GPU", 0))
+        if gpus < 1:
+            raise MonoscopeError("the device is a GPU but the Ray cluster has none", "add GPU nodes, or set model.device: cpu")
+        return gpus
+    return max(1, int(resources.get("CPU", 1)) // cluster.threads_per_worker)
+
+
+def ray_index_pass(
+    builders: list[tuple[IndexBuilder, set[int]]],
+    targets: list[IndexTarget],
+    chunks: np.ndarray,
+    hook: str,
+    foundation: FoundationConfig,
+    cluster: ClusterConfig,
+    loader: Callable[[], SubjectModel],
+    log: Progress,
+) -> None:
+    """Fold every chunk each builder lacks into it, the work split over Ray actors; save each builder when done.
+
+    ``builders`` pairs each target's IndexBuilder (same order as ``targets``) with the chunk ids it holds.
+    """
+    ray = start_ray(cluster)
+    todo = [chunk for chunk in range(chunks.shape[0]) if any(chunk not in done for _builder, done in builders)]
+    if not todo:
+        return
+    batch_chunks = forward_batch_chunks(foundation)
+    tasks = task_chunks(todo, batch_chunks, cluster.chunks_per_task)
+    gpu = foundation.device.startswith("cuda")
+    n_workers = min(worker_count(ray, cluster, gpu), len(tasks))
+    actor = ray.remote(IndexWorker).options(
+        num_cpus=0 if gpu else cluster.threads_per_worker,
+        num_gpus=1 if gpu else 0,
+        max_restarts=RETRIES,
+        max_task_retries=RETRIES,
+    )
+    log(f"ray: {len(todo)} chunks in {len(tasks)} tasks on {n_workers} workers ({', '.join(t.name for t in targets)})")
+    shared = (ray.put(chunks), ray.put(targets))
+    index_config = builders[0][0].state.config
+    workers = [actor.remote(loader, cluster.threads_per_worker, *shared, hook, index_config, batch_chunks) for _ in range(n_workers)]
+    pool = ray.util.ActorPool(workers)
+
+    def wanted(task: list[int]) -> dict[str, list[int]]:
+        lacking = {t.name: [c for c in task if c not in done] for t, (_b, done) in zip(targets, builders, strict=True)}
+        return {name: ids for name, ids in lacking.items() if ids}
+
+    last_save = time.perf_counter()
+    with progress_bar(len(todo), "index (ray)", "chunk") as bar:
+        for task, partials in zip(tasks, pool.map(lambda worker, task: worker.index.remote(wanted(task)), tasks), strict=True):
+            for target, (builder, _done) in zip(targets, builders, strict=True):
+                if target.name in partials:
+                    builder.state = merge_indexes(builder.state, index_to(partials[target.name], builder.device))
+            if time.perf_counter() - last_save > foundation.checkpoint_seconds:
+                for builder, _done in builders:
+                    builder.save()
+                last_save = time.perf_counter()
+            bar.update(len(task))
+    for builder, _done in builders:
+        builder.save()
+    for worker in workers:
+        ray.kill(worker)

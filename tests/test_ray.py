@@ -1,0 +1,77 @@
+"""Ray (``harness.run.cluster``): the index pass split over actors writes the indexes a single process writes.
+
+A local Ray cluster of 2 CPUs (started once for the module) and the tiny random Gemma: the workers build
+it from ``tests.tiny_models`` (the same weights in every process), as a real run's workers load the model.
+"""
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+import harness.run.cluster as cluster
+from harness.index.store import read_header
+from harness.run.runner import run_evaluation
+from tests.test_batch import EXPLANATIONS, JUDGMENTS, SIMULATIONS, TINY_CONFIG, record_lines, tiny_config, tiny_subject  # noqa: F401
+from tests.tiny_models import tiny_byte_gemma
+
+ray = pytest.importorskip("ray", reason="Ray comes with the test extra: pip install -e '.[test]'")
+
+
+@pytest.fixture(scope="module")
+def local_cluster():
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    yield
+    ray.shutdown()
+
+
+@pytest.fixture
+def tiny_workers(monkeypatch: pytest.MonkeyPatch, local_cluster: None) -> None:
+    """Workers build the tiny model (a module-level function: it pickles by reference)."""
+    monkeypatch.setattr(cluster, "model_loader", lambda config: tiny_byte_gemma)
+
+
+def assert_same_index(first: Path, second: Path) -> None:
+    """The two index files hold equal tensors and headers; ``activation_sum`` within 1e-12 relative (float order)."""
+    assert read_header(first) == read_header(second)
+    a, b = load_file(str(first)), load_file(str(second))
+    assert sorted(a) == sorted(b)
+    for key in a:
+        if key == "stats.activation_sum":
+            assert torch.allclose(a[key], b[key], rtol=1e-12, atol=0.0), key
+        else:
+            assert torch.equal(a[key], b[key]), key
+
+
+@pytest.mark.usefixtures("tiny_subject", "tiny_workers")
+def test_a_run_on_ray_writes_the_indexes_records_and_tables_of_a_single_process_run(tmp_path: Path) -> None:
+    # Under Ray the residual stream is not stored, so the like-for-like single-process run keeps none either: training
+    # and the held-out statistics then read residuals in the same batches (with a store the statistics' float sums
+    # run in other batches and differ in the 7th digit).
+    model = {**TINY_CONFIG["model"], "store_residuals": False}
+    single, on_ray = tmp_path / "single", tmp_path / "ray"
+    run_evaluation(tiny_config(model=model), single, log=lambda _message: None)
+    lines: list[str] = []
+    run_evaluation(tiny_config(model=model, cluster={"ray": True, "chunks_per_task": 40}), on_ray, log=lines.append)
+    assert any(line.startswith("ray: ") and "tasks on 2 workers" in line for line in lines), lines
+    indexes = sorted(p.name for p in (single / "index").glob("*.safetensors"))
+    assert indexes == sorted(p.name for p in (on_ray / "index").glob("*.safetensors")) and len(indexes) == 3
+    for name in indexes:
+        assert_same_index(single / "index" / name, on_ray / "index" / name)
+    for name in (EXPLANATIONS, JUDGMENTS, SIMULATIONS, "units.jsonl", "contexts.jsonl", "correlations.jsonl"):
+        assert record_lines(on_ray, name) == record_lines(single, name), name
+    for table in sorted((single / "results" / "tables").glob("*.csv")):
+        import subprocess; subprocess.run(["python", "/tmp/diffsets.py", str(table), str(on_ray / "results" / "tables" / table.name)])
+        assert (on_ray / "results" / "tables" / table.name).read_bytes() == table.read_bytes(), table.name
+    assert not (on_ray / "activations").exists(), "no residual store under Ray"
+    timings = json.loads((on_ray / "manifest.json").read_text())["timings"]
+    assert "index" in timings
+
+
+def test_task_chunks_start_where_the_single_process_batches_start() -> None:
+    todo = list(range(3, 100))
+    tasks = cluster.task_chunks(todo, batch_chunks=16, chunks_per_task=40)
+    assert [len(t) for t in tasks] == [48, 48, 1] and sum(tasks, []) == todo
+    assert cluster.task_chunks([], 16, 40) == []
