@@ -3,6 +3,7 @@
 Use them from a notebook as the CLI does (``log`` receives the progress lines)::
 
     monoscope run CONFIG        run_evaluation(load_config(path), run_dir, dry_run=, max_cost=, shard=)
+    monoscope run --ray [ADDR]  run_evaluation(on_ray(load_config(path), address), ...)
     monoscope demo              run_demo(run_dir, tokens=)
     monoscope compare CONFIG    compare_features_and_neurons(config, run_dir, dictionary, units, match_density)
     monoscope correlate CONFIG  correlate(config, run_dir, features, tokens)
@@ -36,6 +37,7 @@ from harness.config import (
     forward_batch_chunks,
     index_batch_tokens,
     load_config,
+    on_ray,
 )
 from harness.dictionaries.formats import STATS_FILE, resolve_dictionary, save_saelens_directory
 from harness.dictionaries.training import TrainingConfig, dictionary_stats, train_dictionary
@@ -86,6 +88,7 @@ __all__ = [
     "Role",
     "SamplingConfig",
     "load_config",
+    "on_ray",
     "run_evaluation",
     "run_demo",
     "compare_features_and_neurons",

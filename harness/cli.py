@@ -79,12 +79,23 @@ def _config_options(command: Callable[..., Any]) -> Callable[..., Any]:
 @click.option("--dry-run", is_flag=True, help="Print estimated time, memory, disk, LLM calls and cost; spends nothing, needs no key.")
 @click.option("--max-cost", type=float, default=None, help="Stop cleanly (resumable) before spending more than this many USD.")
 @click.option("--shard", default=None, help="Evaluate unit shard i of n (i/n) in this process; the last shard writes the results.")
+@click.option(
+    "--ray",
+    "ray_address",
+    is_flag=False,
+    flag_value="",
+    default=None,
+    metavar="[ADDRESS]",
+    help="Split the index pass over Ray workers: a new local cluster, or the cluster at ADDRESS (e.g. auto, ray://host:10001).",
+)
 @user_errors
-def run(config_path: Path, run_dir: Path | None, dry_run: bool, max_cost: float | None, shard: str | None) -> None:
+def run(config_path: Path, run_dir: Path | None, dry_run: bool, max_cost: float | None, shard: str | None, ray_address: str | None) -> None:
     """Run (or resume) the whole evaluation a YAML/TOML config describes, ending with the HTML report."""
-    from harness.api import load_config, run_evaluation
+    from harness.api import load_config, on_ray, run_evaluation
 
     config = load_config(config_path)
+    if ray_address is not None:
+        config = on_ray(config, ray_address or None)
     run_evaluation(config, run_dir, dry_run=dry_run, max_cost=max_cost, shard=parse_shard(shard), log=_log)
 
 

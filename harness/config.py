@@ -28,7 +28,7 @@ and key before any work starts.
 import tomllib
 import types
 import typing
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -306,6 +306,11 @@ def config_from_mapping(data: dict[str, Any], default_name: str = "run") -> RunC
     )
     check_config(config)
     return config
+
+
+def on_ray(config: RunConfig, address: str | None = None) -> RunConfig:
+    """Return ``config`` run on Ray (``monoscope run --ray [ADDRESS]``): at ``address``, else the config's own or a new local cluster."""
+    return replace(config, cluster=replace(config.cluster, ray=True, address=address or config.cluster.address))
 
 
 def check_config(config: RunConfig) -> None:

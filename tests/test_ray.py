@@ -5,6 +5,7 @@ it from ``tests.tiny_models`` (the same weights in every process), as a real run
 """
 
 import json
+from functools import partial
 from pathlib import Path
 
 import pytest
@@ -13,9 +14,11 @@ from safetensors.torch import load_file
 
 import harness.run.cluster as cluster
 from harness.index.store import read_header
+from harness.run.directory import prepare_run_directory
+from harness.run.foundation import build_foundation
 from harness.run.runner import run_evaluation
 from tests.test_batch import EXPLANATIONS, JUDGMENTS, SIMULATIONS, TINY_CONFIG, record_lines, tiny_config, tiny_subject  # noqa: F401
-from tests.tiny_models import tiny_byte_gemma
+from tests.tiny_models import tiny_byte_gemma, tiny_byte_gemma_dying_once
 
 ray = pytest.importorskip("ray", reason="Ray comes with the test extra: pip install -e '.[test]'")
 
@@ -63,7 +66,6 @@ def test_a_run_on_ray_writes_the_indexes_records_and_tables_of_a_single_process_
     for name in (EXPLANATIONS, JUDGMENTS, SIMULATIONS, "units.jsonl", "contexts.jsonl", "correlations.jsonl"):
         assert record_lines(on_ray, name) == record_lines(single, name), name
     for table in sorted((single / "results" / "tables").glob("*.csv")):
-        import subprocess; subprocess.run(["python", "/tmp/diffsets.py", str(table), str(on_ray / "results" / "tables" / table.name)])
         assert (on_ray / "results" / "tables" / table.name).read_bytes() == table.read_bytes(), table.name
     assert not (on_ray / "activations").exists(), "no residual store under Ray"
     timings = json.loads((on_ray / "manifest.json").read_text())["timings"]
@@ -75,3 +77,20 @@ def test_task_chunks_start_where_the_single_process_batches_start() -> None:
     tasks = cluster.task_chunks(todo, batch_chunks=16, chunks_per_task=40)
     assert [len(t) for t in tasks] == [48, 48, 1] and sum(tasks, []) == todo
     assert cluster.task_chunks([], 16, 40) == []
+
+
+@pytest.mark.usefixtures("tiny_subject", "local_cluster")
+def test_a_worker_that_dies_mid_task_is_restarted_and_the_indexes_are_unchanged(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    marker = tmp_path / "killed"
+    monkeypatch.setattr(cluster, "model_loader", lambda config: partial(tiny_byte_gemma_dying_once, str(marker)))
+    model = {**TINY_CONFIG["model"], "store_residuals": False}
+    built = {}
+    for name, extra in (("single", {}), ("ray", {"cluster": {"ray": True, "chunks_per_task": 40}})):
+        run_dir = tmp_path / name
+        prepare_run_directory(run_dir)
+        build_foundation(run_dir, tiny_config(model=model, **extra), log=lambda _message: None)
+        built[name] = sorted((run_dir / "index").glob("*.safetensors"))
+    assert marker.exists(), "a worker died in its first task"
+    assert [p.name for p in built["single"]] == [p.name for p in built["ray"]] and built["ray"]
+    for single, on_ray in zip(built["single"], built["ray"], strict=True):
+        assert_same_index(single, on_ray)

@@ -45,3 +45,22 @@ def tiny_byte_gemma(**overrides: Any) -> Any:
     from harness.subject.model import wrap_model
 
     return wrap_model(tiny_gemma_model(**overrides), ByteTokenizer(), name="tiny-byte-gemma")
+
+
+def tiny_byte_gemma_dying_once(marker: str) -> Any:
+    """Return ``tiny_byte_gemma()`` whose first forward pass in any process ends that process, once: the first
+    process to run one creates the file ``marker`` and exits at once (a worker dying mid-task); later ones run."""
+    import os
+
+    subject = tiny_byte_gemma()
+
+    def die_once(_module: Any, _args: Any) -> None:
+        try:
+            with open(marker, "x"):
+                pass
+        except FileExistsError:
+            return
+        os._exit(1)
+
+    subject.model.model.layers[0].register_forward_pre_hook(die_once)
+    return subject

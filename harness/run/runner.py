@@ -204,6 +204,10 @@ def preflight(config: RunConfig, max_cost: float | None, dry_run: bool = False) 
                 raise
             notes.append(f"{what}: {exc} (planned for another machine; a real run here stops)")
 
+    if config.cluster.ray:
+        from harness.run.cluster import ray_module
+
+        ray_module()  # a one-line error saying how to install Ray, before any work
     if max_cost is not None and max_cost < 0:
         raise MonoscopeError(f"--max-cost {max_cost} is negative", "give a limit in USD >= 0")
     check_corpus_spec(config.foundation.corpus)
