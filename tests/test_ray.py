@@ -94,3 +94,49 @@ def test_a_worker_that_dies_mid_task_is_restarted_and_the_indexes_are_unchanged(
     assert [p.name for p in built["single"]] == [p.name for p in built["ray"]] and built["ray"]
     for single, on_ray in zip(built["single"], built["ray"], strict=True):
         assert_same_index(single, on_ray)
+
+
+def test_a_killed_driver_resumes_without_redoing_merged_chunks_and_the_indexes_are_unchanged(tmp_path: Path) -> None:
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from tests.ray_driver import DRIVER_CONFIG
+
+    repository = Path(__file__).resolve().parent.parent
+    run_dir = tmp_path / "ray"
+    log = tmp_path / "driver.log"
+
+    def driver(seconds: float) -> subprocess.Popen:
+        command = [sys.executable, str(repository / "tests" / "ray_driver.py"), str(run_dir), str(seconds)]
+        with log.open("a") as out:
+            return subprocess.Popen(command, cwd=repository, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+
+    first = driver(0.5)
+    pool_index = run_dir / "index" / "neurons.safetensors"
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline and first.poll() is None:
+        if pool_index.exists() and read_header(pool_index)["chunk_ranges"]:
+            break  # some tasks merged and checkpointed: kill the driver and its local cluster mid-pass
+        time.sleep(0.2)
+    assert first.poll() is None, log.read_text()
+    os.killpg(first.pid, signal.SIGKILL)
+    first.wait()
+    merged = sum(end - start for start, end in read_header(pool_index)["chunk_ranges"])
+    assert 0 < merged < 192
+
+    second = driver(0.0)
+    assert second.wait(timeout=600) == 0, log.read_text()
+    resumed = [line for line in log.read_text().splitlines() if line.startswith("ray: ") and "tasks on" in line]
+    assert len(resumed) == 2 and resumed[1].startswith(f"ray: {192 - merged} chunks"), resumed
+
+    single = tmp_path / "single"
+    prepare_run_directory(single)
+    subject = tiny_byte_gemma()
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr("harness.run.foundation.load_subject_model", lambda *args, **kwargs: subject)
+        build_foundation(single, tiny_config(model=DRIVER_CONFIG["model"]), log=lambda _message: None)
+    for index in sorted((single / "index").glob("*.safetensors")):
+        assert_same_index(index, run_dir / "index" / index.name)

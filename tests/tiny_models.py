@@ -64,3 +64,12 @@ def tiny_byte_gemma_dying_once(marker: str) -> Any:
 
     subject.model.model.layers[0].register_forward_pre_hook(die_once)
     return subject
+
+
+def tiny_byte_gemma_slow(seconds: float) -> Any:
+    """Return ``tiny_byte_gemma()`` that sleeps ``seconds`` before each forward pass (so a pass lasts long enough to be interrupted)."""
+    import time
+
+    subject = tiny_byte_gemma()
+    subject.model.model.layers[0].register_forward_pre_hook(lambda _module, _args: time.sleep(seconds))
+    return subject
