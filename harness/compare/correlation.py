@@ -10,7 +10,7 @@ O(features × units) whatever the number of tokens.
 """
 
 from collections.abc import Callable
-from dataclasses import replace
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
@@ -56,6 +56,11 @@ class CorrelationAccumulator:
     def device(self) -> torch.device:
         """Return the device the accumulated state lives on."""
         return self._comoment.device
+
+    def to(self, device: str | torch.device) -> "CorrelationAccumulator":
+        """Return this accumulator with its state moved to ``device`` (in place; e.g. to the CPU to send it elsewhere)."""
+        self._move_to(torch.device(device))
+        return self
 
     def _move_to(self, device: torch.device) -> None:
         for name in ("_mean_x", "_mean_y", "_m2_x", "_m2_y", "_comoment"):
@@ -148,7 +153,7 @@ def best_matches(pearson: np.ndarray, names: list[str]) -> list[tuple[str | None
     return matches
 
 
-def _check_inputs(
+def check_correlation_inputs(
     subject: SubjectModel, chunks: np.ndarray, chunk_ids: list[int], features: list[tuple[Dictionary, list[int]]], batch_size: int
 ) -> int:
     """Raise MonoscopeError for anything that would fail or mislead mid-run; return L, the block the dictionaries read."""
@@ -209,6 +214,88 @@ def _selected_encoder(dictionary: Dictionary, indices: list[int]) -> tuple[Dicti
     return reduced, None
 
 
+@dataclass
+class CorrelationSums:
+    """The sufficient statistics of a correlation pass over some tokens: they merge exactly over disjoint tokens."""
+
+    neurons: CorrelationAccumulator  # features × every MLP neuron of blocks 0..L
+    residual: CorrelationAccumulator  # features × every residual basis direction at the hook
+    fire_count: torch.Tensor  # [features] tokens where each feature is positive
+
+    def merge(self, other: "CorrelationSums") -> None:
+        """Fold in ``other``, accumulated over a disjoint set of tokens."""
+        self.neurons.merge(other.neurons)
+        self.residual.merge(other.residual)
+        self.fire_count += other.fire_count.to(self.fire_count.device)
+
+    def to(self, device: str | torch.device) -> "CorrelationSums":
+        """Return these sums with every tensor on ``device``."""
+        return CorrelationSums(self.neurons.to(device), self.residual.to(device), self.fire_count.to(device))
+
+
+def accumulate_correlations(
+    subject: SubjectModel,
+    chunks: np.ndarray,
+    chunk_ids: list[int],
+    features: list[tuple[Dictionary, list[int]]],
+    batch_size: int,
+    progress: Callable[[int], None] | None = None,
+) -> CorrelationSums:
+    """Return the correlation sums of the selected features over the tokens of ``chunk_ids`` (see ``correlate_features``)."""
+    layer = check_correlation_inputs(subject, chunks, chunk_ids, features, batch_size)
+    hook = features[0][0].hook_name
+    mlp_hooks = [f"blocks.{block}.mlp.hook_post" for block in range(layer + 1)]
+    encoders = []
+    for dictionary, indices in features:
+        if indices:
+            reduced, keep = _selected_encoder(dictionary, indices)
+            encoders.append((dictionary_to(reduced, subject.device), keep))
+    n_features = sum(len(indices) for _, indices in features)
+    sums = CorrelationSums(
+        CorrelationAccumulator(n_features, len(mlp_hooks) * subject.d_mlp, subject.device),
+        CorrelationAccumulator(n_features, subject.d_model, subject.device),
+        torch.zeros(n_features, dtype=torch.long, device=subject.device),
+    )
+    for batch in stream_activations(subject, chunks, mlp_hooks + [hook], chunk_ids, batch_size):
+        resid = batch.activations[hook].reshape(-1, subject.d_model)
+        activations = []
+        for dictionary, keep in encoders:
+            encoded = encode(dictionary, resid)
+            activations.append(encoded if keep is None else encoded[:, keep])
+        x = torch.cat(activations, dim=1)
+        y = torch.cat([batch.activations[name].reshape(-1, subject.d_mlp) for name in mlp_hooks], dim=1)
+        sums.neurons.update(x, y)
+        sums.residual.update(x, resid)
+        sums.fire_count += (x > 0).sum(0)
+        if progress is not None:
+            progress(len(batch.chunk_ids))
+    return sums
+
+
+def correlation_records(
+    sums: CorrelationSums, features: list[tuple[Dictionary, list[int]]], layer: int, d_mlp: int, d_model: int
+) -> list[FeatureCorrelation]:
+    """Return one FeatureCorrelation per selected feature (input order): its best neuron and residual direction."""
+    neuron_names = [f"mlp.{block}/{i}" for block in range(layer + 1) for i in range(d_mlp)]
+    residual_names = [f"resid.{layer}/{i}" for i in range(d_model)]
+    neuron_best = best_matches(sums.neurons.pearson(), neuron_names)
+    residual_best = best_matches(sums.residual.pearson(), residual_names)
+    units = [(dictionary, index) for dictionary, indices in features for index in indices]
+    return [
+        FeatureCorrelation(
+            unit=dictionary.unit_name(index),
+            dictionary=dictionary.name,
+            n_tokens=sums.neurons.n,
+            fire_count=int(sums.fire_count[row]),
+            max_neuron_correlation=neuron_best[row][1],
+            neuron=neuron_best[row][0],
+            max_residual_correlation=residual_best[row][1],
+            residual_direction=residual_best[row][0],
+        )
+        for row, (dictionary, index) in enumerate(units)
+    ]
+
+
 def correlate_features(
     subject: SubjectModel,
     chunks: np.ndarray,
@@ -226,48 +313,6 @@ def correlate_features(
     accumulators live too. ``progress`` is called with the number of chunks done
     after each batch.
     """
-    layer = _check_inputs(subject, chunks, chunk_ids, features, batch_size)
-    hook = features[0][0].hook_name
-    mlp_hooks = [f"blocks.{block}.mlp.hook_post" for block in range(layer + 1)]
-    encoders = []
-    for dictionary, indices in features:
-        if indices:
-            reduced, keep = _selected_encoder(dictionary, indices)
-            encoders.append((dictionary_to(reduced, subject.device), keep))
-    n_features = sum(len(indices) for _, indices in features)
-    neurons = CorrelationAccumulator(n_features, len(mlp_hooks) * subject.d_mlp, subject.device)
-    residual = CorrelationAccumulator(n_features, subject.d_model, subject.device)
-    fire_count = torch.zeros(n_features, dtype=torch.long, device=subject.device)
-
-    for batch in stream_activations(subject, chunks, mlp_hooks + [hook], chunk_ids, batch_size):
-        resid = batch.activations[hook].reshape(-1, subject.d_model)
-        activations = []
-        for dictionary, keep in encoders:
-            encoded = encode(dictionary, resid)
-            activations.append(encoded if keep is None else encoded[:, keep])
-        x = torch.cat(activations, dim=1)
-        y = torch.cat([batch.activations[name].reshape(-1, subject.d_mlp) for name in mlp_hooks], dim=1)
-        neurons.update(x, y)
-        residual.update(x, resid)
-        fire_count += (x > 0).sum(0)
-        if progress is not None:
-            progress(len(batch.chunk_ids))
-
-    neuron_names = [f"mlp.{block}/{i}" for block in range(layer + 1) for i in range(subject.d_mlp)]
-    residual_names = [f"resid.{layer}/{i}" for i in range(subject.d_model)]
-    neuron_best = best_matches(neurons.pearson(), neuron_names)
-    residual_best = best_matches(residual.pearson(), residual_names)
-    units = [(dictionary, index) for dictionary, indices in features for index in indices]
-    return [
-        FeatureCorrelation(
-            unit=dictionary.unit_name(index),
-            dictionary=dictionary.name,
-            n_tokens=neurons.n,
-            fire_count=int(fire_count[row]),
-            max_neuron_correlation=neuron_best[row][1],
-            neuron=neuron_best[row][0],
-            max_residual_correlation=residual_best[row][1],
-            residual_direction=residual_best[row][0],
-        )
-        for row, (dictionary, index) in enumerate(units)
-    ]
+    layer = check_correlation_inputs(subject, chunks, chunk_ids, features, batch_size)
+    sums = accumulate_correlations(subject, chunks, chunk_ids, features, batch_size, progress)
+    return correlation_records(sums, features, layer, subject.d_mlp, subject.d_model)

@@ -27,6 +27,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from harness.compare.correlation import CorrelationSums, accumulate_correlations
 from harness.config import ClusterConfig, FoundationConfig, forward_batch_chunks
 from harness.dictionaries.dictionary import Dictionary, dictionary_to, encode
 from harness.dictionaries.neurons import pool_activations, pool_hooks
@@ -85,31 +86,39 @@ class IndexTarget:
     pool: tuple[tuple[int, int], ...] = ()  # (layer, neuron) pairs read from the MLP hooks instead
 
 
-class IndexWorker:
-    """A Ray actor: the subject model, the corpus chunks and the index targets, loaded once; ``index`` runs one task."""
+class PassWorker:
+    """A Ray actor for the passes over the corpus: the subject model, the chunks and what a pass folds in, loaded once.
+
+    The index pass gives it ``targets`` (and the ``hook`` the dictionaries read) and calls ``index``;
+    the correlation pass gives it ``features`` and calls ``correlate``.
+    """
 
     def __init__(
         self,
         loader: Callable[[], SubjectModel],
         threads: int,
         chunks: np.ndarray,
-        targets: list[IndexTarget],
-        hook: str,
-        index_config: Any,
         batch_chunks: int,
+        targets: list[IndexTarget] | None = None,
+        hook: str | None = None,
+        index_config: Any = None,
+        features: list[tuple[Dictionary, list[int]]] | None = None,
     ):
         torch.set_num_threads(threads)
         self.subject = loader()
         self.chunks = chunks
+        self.batch_chunks = batch_chunks
         self.device = self.subject.device
         self.targets = [
-            IndexTarget(t.name, t.n_units, dictionary_to(t.dictionary, self.device) if t.dictionary else None, t.pool) for t in targets
+            IndexTarget(t.name, t.n_units, dictionary_to(t.dictionary, self.device) if t.dictionary else None, t.pool)
+            for t in targets or []
         ]
         self.hook = hook
         self.index_config = index_config
-        self.batch_chunks = batch_chunks
-        pools = [list(t.pool) for t in targets if t.pool]
-        self.hooks = ([hook] if any(t.dictionary is not None for t in targets) else []) + (pool_hooks(pools[0]) if pools else [])
+        self.features = features or []
+        pools = [list(t.pool) for t in self.targets if t.pool]
+        encoded = [hook] if hook is not None and any(t.dictionary is not None for t in self.targets) else []
+        self.hooks = encoded + (pool_hooks(pools[0]) if pools else [])
 
     def index(self, wanted: dict[str, list[int]]) -> dict[str, IndexState]:
         """Return {target: partial index over the chunks ``wanted[target]``} (on the CPU), one forward pass per batch."""
@@ -132,6 +141,10 @@ class IndexWorker:
                 update_index(partials[target.name], acts, batch.chunk_ids[rows])
         return {name: index_to(state, "cpu") for name, state in partials.items()}
 
+    def correlate(self, chunk_ids: list[int]) -> CorrelationSums:
+        """Return the correlation sums of the features over ``chunk_ids`` (on the CPU)."""
+        return accumulate_correlations(self.subject, self.chunks, chunk_ids, self.features, self.batch_chunks).to("cpu")
+
 
 def worker_count(ray: ModuleType, cluster: ClusterConfig, gpu: bool) -> int:
     """Return the number of actors: ``cluster.workers``, else one per GPU (on a GPU device) or per ``threads_per_worker`` CPUs."""
@@ -144,6 +157,28 @@ def worker_count(ray: ModuleType, cluster: ClusterConfig, gpu: bool) -> int:
             raise MonoscopeError("the device is a GPU but the Ray cluster has none", "add GPU nodes, or set model.device: cpu")
         return gpus
     return max(1, int(resources.get("CPU", 1)) // cluster.threads_per_worker)
+
+
+def start_workers(
+    ray: ModuleType,
+    cluster: ClusterConfig,
+    foundation: FoundationConfig,
+    n_tasks: int,
+    loader: Callable[[], SubjectModel],
+    **pass_args: Any,
+) -> list[Any]:
+    """Return up to ``n_tasks`` PassWorker actors (``worker_count``), each asking for one GPU on a GPU device, restarted when they die."""
+    gpu = foundation.device.startswith("cuda")
+    actor = ray.remote(PassWorker).options(
+        num_cpus=0 if gpu else cluster.threads_per_worker,
+        num_gpus=1 if gpu else 0,
+        max_restarts=RETRIES,
+        max_task_retries=RETRIES,
+    )
+    refs = {name: ray.put(value) for name, value in pass_args.items()}  # one copy in the object store, shared by the actors
+    chunks = refs.pop("chunks")
+    n_workers = min(worker_count(ray, cluster, gpu), n_tasks)
+    return [actor.remote(loader, cluster.threads_per_worker, chunks, forward_batch_chunks(foundation), **refs) for _ in range(n_workers)]
 
 
 def ray_index_pass(
@@ -164,20 +199,28 @@ def ray_index_pass(
     todo = [chunk for chunk in range(chunks.shape[0]) if any(chunk not in done for _builder, done in builders)]
     if not todo:
         return
-    batch_chunks = forward_batch_chunks(foundation)
-    tasks = task_chunks(todo, batch_chunks, cluster.chunks_per_task)
-    gpu = foundation.device.startswith("cuda")
-    n_workers = min(worker_count(ray, cluster, gpu), len(tasks))
-    actor = ray.remote(IndexWorker).options(
-        num_cpus=0 if gpu else cluster.threads_per_worker,
-        num_gpus=1 if gpu else 0,
-        max_restarts=RETRIES,
-        max_task_retries=RETRIES,
-    )
-    log(f"ray: {len(todo)} chunks in {len(tasks)} tasks on {n_workers} workers ({', '.join(t.name for t in targets)})")
-    shared = (ray.put(chunks), ray.put(targets))
+    tasks = task_chunks(todo, forward_batch_chunks(foundation), cluster.chunks_per_task)
     index_config = builders[0][0].state.config
-    workers = [actor.remote(loader, cluster.threads_per_worker, *shared, hook, index_config, batch_chunks) for _ in range(n_workers)]
+    pass_args = {"chunks": chunks, "targets": targets, "hook": hook, "index_config": index_config}
+    workers = start_workers(ray, cluster, foundation, len(tasks), loader, **pass_args)
+    log(f"ray: {len(todo)} chunks in {len(tasks)} tasks on {len(workers)} workers ({', '.join(t.name for t in targets)})")
+    try:
+        _merge_tasks(ray, workers, tasks, builders, targets, foundation, len(todo))
+    finally:
+        for worker in workers:
+            ray.kill(worker)
+
+
+def _merge_tasks(
+    ray: ModuleType,
+    workers: list[Any],
+    tasks: list[list[int]],
+    builders: list[tuple[IndexBuilder, set[int]]],
+    targets: list[IndexTarget],
+    foundation: FoundationConfig,
+    n_chunks: int,
+) -> None:
+    """Run the index tasks on ``workers`` and merge their partial indexes into the builders in task order, checkpointing."""
     pool = ray.util.ActorPool(workers)
 
     def wanted(task: list[int]) -> dict[str, list[int]]:
@@ -185,7 +228,7 @@ def ray_index_pass(
         return {name: ids for name, ids in lacking.items() if ids}
 
     last_save = time.perf_counter()
-    with progress_bar(len(todo), "index (ray)", "chunk") as bar:
+    with progress_bar(n_chunks, "index (ray)", "chunk") as bar:
         for task, partials in zip(tasks, pool.map(lambda worker, task: worker.index.remote(wanted(task)), tasks), strict=True):
             for target, (builder, _done) in zip(targets, builders, strict=True):
                 if target.name in partials:
@@ -197,5 +240,36 @@ def ray_index_pass(
             bar.update(len(task))
     for builder, _done in builders:
         builder.save()
-    for worker in workers:
-        ray.kill(worker)
+
+
+def ray_correlation_pass(
+    features: list[tuple[Dictionary, list[int]]],
+    chunks: np.ndarray,
+    chunk_ids: list[int],
+    foundation: FoundationConfig,
+    cluster: ClusterConfig,
+    loader: Callable[[], SubjectModel],
+    log: Progress,
+    progress: Callable[[int], None] | None = None,
+) -> CorrelationSums:
+    """Return the correlation sums over ``chunk_ids``, the chunks split over Ray actors and the sums merged in task order."""
+    ray = start_ray(cluster)
+    tasks = task_chunks(chunk_ids, forward_batch_chunks(foundation), cluster.chunks_per_task)
+    cpu_features = [(dictionary_to(dictionary, "cpu"), indices) for dictionary, indices in features]
+    workers = start_workers(ray, cluster, foundation, len(tasks), loader, chunks=chunks, features=cpu_features)
+    log(f"ray: correlation over {len(chunk_ids)} chunks in {len(tasks)} tasks on {len(workers)} workers")
+    sums: CorrelationSums | None = None
+    try:
+        for task, partial_sums in zip(tasks, ray.util.ActorPool(workers).map(lambda w, task: w.correlate.remote(task), tasks), strict=True):
+            if sums is None:
+                sums = partial_sums
+            else:
+                sums.merge(partial_sums)
+            if progress is not None:
+                progress(len(task))
+    finally:
+        for worker in workers:
+            ray.kill(worker)
+    if sums is None:
+        raise MonoscopeError("no chunks to correlate over", "give at least one chunk id")
+    return sums

@@ -31,7 +31,7 @@ def correlation_stage(
     log: Progress,
 ) -> None:
     """Write correlations.jsonl: sampled features (the evaluated ones included) against every neuron of blocks 0..L."""
-    from harness.compare.correlation import correlate_features
+    from harness.compare.correlation import check_correlation_inputs, correlate_features, correlation_records
 
     settings = {**asdict(config.correlation), "dictionaries": [d.name for d in dictionaries], "units": [u.unit for u in units]}
     path = run_dir / CORRELATIONS
@@ -55,8 +55,17 @@ def correlation_stage(
         chunk_ids = sorted(np.random.default_rng(config.foundation.seed).choice(n_chunks, size=wanted, replace=False).tolist())
     n_features = sum(len(indices) for _d, indices in features)
     log(f"correlate: {n_features} features × every neuron of blocks 0..L over {len(chunk_ids) * chunks.shape[1]} tokens")
+    batch = forward_batch_chunks(config.foundation)
     with timed_stage(run_dir, "correlate"), progress_bar(len(chunk_ids), "correlate", "chunk") as bar:
-        records = correlate_features(subject, chunks, chunk_ids, features, forward_batch_chunks(config.foundation), bar.update)
+        if config.cluster.ray:  # the chunks split over Ray actors; their sums merge exactly (float order aside)
+            from harness.run.cluster import model_loader, ray_correlation_pass
+
+            layer = check_correlation_inputs(subject, chunks, chunk_ids, features, batch)
+            loader = model_loader(config.foundation)
+            sums = ray_correlation_pass(features, chunks, chunk_ids, config.foundation, config.cluster, loader, log, bar.update)
+            records = correlation_records(sums, features, layer, subject.d_mlp, subject.d_model)
+        else:
+            records = correlate_features(subject, chunks, chunk_ids, features, batch, bar.update)
     atomic_write_bytes(path, records_text(records).encode("utf-8"))
     update_manifest(run_dir, correlation=settings)
 
