@@ -11,7 +11,7 @@ Use them from a notebook as the CLI does (``log`` receives the progress lines)::
     monoscope explain RUN       explain_command(run_dir, EvaluationConfig, Role)
     monoscope score RUN         score_command(run_dir, EvaluationConfig, judge Role, simulator Role)
     monoscope train             train_command(run_dir, out, **options)
-    monoscope index             index_command(run_dir, specs, shard, **options)
+    monoscope index             index_command(run_dir, specs, chunk_range, **options)
     monoscope merge-index       merge_command(out, shards)
     monoscope show-unit         show_unit_command(index_path, unit, corpus_file, model, limit)
 
@@ -46,7 +46,7 @@ from harness.index.builder import IndexBuilder
 from harness.index.sampling import SamplingConfig
 from harness.index.sampling import render as render_context
 from harness.index.state import IndexConfig, check_context_length, merge_indexes
-from harness.index.store import load_index, save_index, unit_samples, unit_stats
+from harness.index.store import is_partial_index, load_index, save_index, unit_samples, unit_stats
 from harness.llm.render import with_marked_target
 from harness.progress import Progress
 from harness.records import ContextSample, EvaluatedUnit, FeatureCorrelation, Judgment, Simulation, UnitStats
@@ -254,7 +254,7 @@ def check_run(run_dir: Path, config: EvaluationConfig | None = None, roles: list
         raise MonoscopeError(f"--units is {config.units_per_dictionary}", "evaluate at least one unit per dictionary")
     missing = [name for name in config.dictionaries if not (run_dir / "index" / f"{name}.safetensors").exists()]
     if missing:
-        present = sorted(p.stem for p in (run_dir / "index").glob("*.safetensors") if ".shard-" not in p.name)
+        present = sorted(p.stem for p in (run_dir / "index").glob("*.safetensors") if not is_partial_index(p))
         raise MonoscopeError(f"{str(run_dir)!r} has no index named {', '.join(missing)}", f"choose among {', '.join(present)}")
     if config.judge_format not in RUBRIC_FORMATS:
         raise MonoscopeError(f"unknown judge format {config.judge_format!r}", f"choose one of {', '.join(RUBRIC_FORMATS)}")
@@ -308,9 +308,13 @@ def train_command(run_dir: Path, out: Path, log: Progress = print, **options: An
 
 
 def index_command(
-    run_dir: Path, specs: list[str], shard: tuple[int, int] | None = None, log: Progress = print, **options: Any
+    run_dir: Path, specs: list[str], chunk_range: tuple[int, int] | None = None, log: Progress = print, **options: Any
 ) -> list[Path]:
-    """Build (or resume) the indexes of ``specs`` over the run's corpus; return the index paths."""
+    """Build (or resume) the indexes of ``specs`` over the run's corpus; return the index paths.
+
+    ``chunk_range`` (start, end) indexes only chunks start..end-1 into ``index/<name>.chunks-<start>-<end>.safetensors``,
+    a partial index that ``merge_command`` combines with the others (processes or machines need no lock or wait).
+    """
     check_corpus_spec(options["corpus"])
     n_layers, d_model, d_mlp = model_shape(options["model"])
     dictionaries = [resolve_dictionary(spec, n_layers, d_model, d_mlp, options.get("hook")) for spec in specs]
@@ -322,18 +326,21 @@ def index_command(
     prepare_run_directory(run_dir)
     subject = load_subject_model(config.model, config.device, config.dtype)
     chunks = prepare_corpus(run_dir, subject, config, log)
-    suffix = "" if shard is None else f".shard-{shard[0]}-of-{shard[1]}"
+    if chunk_range is not None and chunk_range[1] > chunks.shape[0]:
+        raise MonoscopeError(f"chunk range {chunk_range[0]}:{chunk_range[1]} is out of range", f"the corpus has {chunks.shape[0]} chunks")
+    suffix = "" if chunk_range is None else f".chunks-{chunk_range[0]}-{chunk_range[1]}"
     about = {"corpus_fingerprint": fingerprint(chunks), "model": subject.name}
     builders = [
         IndexBuilder(run_dir / "index" / f"{d.name}{suffix}.safetensors", d, config.index, chunks.shape[1], about, config.device)
         for d in dictionaries
     ]
-    wanted = shard_chunks(chunks.shape[0], shard)
+    wanted = list(range(*chunk_range)) if chunk_range is not None else list(range(chunks.shape[0]))
     done_sets = [builder.done_chunks() for builder in builders]
     todo = [chunk for chunk in wanted if any(chunk not in done for done in done_sets)]
     hooks = sorted({d.hook_name for d in dictionaries})
     log(f"index: {len(todo)} of {len(wanted)} chunks to process for {', '.join(names)}")
-    update_manifest(run_dir, index={"dictionaries": specs, "shard": list(shard) if shard else None, "config": asdict(config.index)})
+    chunks_run = list(chunk_range) if chunk_range else None
+    update_manifest(run_dir, index={"dictionaries": specs, "chunks": chunks_run, "config": asdict(config.index)})
     last_save = time.perf_counter()
     for batch in stream_activations(subject, chunks, hooks, todo, forward_batch_chunks(config)):
         for builder, done in zip(builders, done_sets, strict=True):
@@ -348,14 +355,6 @@ def index_command(
     for builder in builders:
         builder.save()
     return [builder.path for builder in builders]
-
-
-def shard_chunks(n_chunks: int, shard: tuple[int, int] | None) -> list[int]:
-    """Return the chunk ids of shard (i, n): a contiguous i-th share of the chunks."""
-    if shard is None:
-        return list(range(n_chunks))
-    index, count = shard
-    return list(range(index * n_chunks // count, (index + 1) * n_chunks // count))
 
 
 def check_foundation_inputs(run_dir: Path, config: FoundationConfig) -> None:

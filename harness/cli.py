@@ -46,6 +46,22 @@ def parse_shard(text: str | None) -> tuple[int, int] | None:
     return index, count
 
 
+def parse_chunks(text: str | None, tokens: int, context_length: int) -> tuple[int, int] | None:
+    """Return (start, end) for a chunk range "START:END" of a corpus of ``tokens // context_length`` chunks, or None."""
+    if text is None:
+        return None
+    try:
+        start, end = (int(part) for part in text.split(":"))
+    except ValueError:
+        raise MonoscopeError(f"bad chunk range {text!r}", "write --chunks START:END, e.g. --chunks 0:1024") from None
+    n_chunks = tokens // context_length if context_length > 0 else 0
+    if not 0 <= start < end <= n_chunks:
+        raise MonoscopeError(
+            f"chunk range {text!r} is out of range", f"the corpus has {n_chunks} chunks: give 0 <= START < END <= {n_chunks}"
+        )
+    return start, end
+
+
 @click.group()
 @click.version_option(package_name="monoscope")
 def main() -> None:
@@ -178,13 +194,19 @@ def train(run_dir: Path, out: Path, **options: Any) -> None:
 @click.option("--device", default="cpu", show_default=True)
 @click.option("--dtype", default="float32", show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--shard", default=None, help="Index only chunk shard i of n (i/n); merge with 'monoscope merge-index'.")
+@click.option(
+    "--chunks",
+    default=None,
+    metavar="START:END",
+    help="Index only corpus chunks START..END-1 (a partial index); merge with 'monoscope merge-index'.",
+)
 @user_errors
-def index(run_dir: Path, dictionaries: tuple[str, ...], shard: str | None, **options: Any) -> None:
+def index(run_dir: Path, dictionaries: tuple[str, ...], chunks: str | None, **options: Any) -> None:
     """Build the activation index of one or more dictionaries in one streaming pass (resumable)."""
     from harness.api import index_command
 
-    index_command(run_dir, list(dictionaries), parse_shard(shard), log=_log, **options)
+    chunk_range = parse_chunks(chunks, options["tokens"], options["context_length"])
+    index_command(run_dir, list(dictionaries), chunk_range, log=_log, **options)
 
 
 @main.command("merge-index")

@@ -102,8 +102,12 @@ def test_missing_corpus(tmp_path, tiny_model_dir):
     assert_one_line_error(*run(index_args(tmp_path, tiny_model_dir, "neurons:1", "--corpus", str(tmp_path / "no.txt"))), "not found")
 
 
-def test_bad_shard(tmp_path, tiny_model_dir):
-    assert_one_line_error(*run(index_args(tmp_path, tiny_model_dir, "neurons:1", "--shard", "3/2")), "out of range")
+BAD_CHUNK_RANGES = [("5:3", "out of range"), ("0:99999", "out of range"), ("-1:2", "out of range"), ("a:b", "bad chunk range"), ("3", "bad")]
+
+
+@pytest.mark.parametrize(("chunks", "message"), BAD_CHUNK_RANGES)
+def test_bad_chunk_range(tmp_path, tiny_model_dir, chunks, message):
+    assert_one_line_error(*run(index_args(tmp_path, tiny_model_dir, "neurons:1", "--chunks", chunks)), message)
 
 
 def test_unwritable_run_directory(tmp_path, tiny_model_dir):

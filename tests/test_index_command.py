@@ -35,14 +35,16 @@ def tiny_setup(tmp_path: Path, monkeypatch, tiny_gemma):
     return tmp_path, options
 
 
-def build(run_dir: Path, options: dict, shard=None) -> list[Path]:
-    return index_command(run_dir, ["neurons:1", "residual-basis:2"], shard, log=lambda _m: None, **options)
+def build(run_dir: Path, options: dict, chunk_range=None) -> list[Path]:
+    return index_command(run_dir, ["neurons:1", "residual-basis:2"], chunk_range, log=lambda _m: None, **options)
 
 
-def test_shards_merge_to_the_unsharded_index(tiny_setup):
+def test_partial_indexes_over_chunk_ranges_merge_to_the_whole_index(tiny_setup):
     tmp_path, options = tiny_setup
     whole = build(tmp_path / "whole", options)
-    parts = [build(tmp_path / "sharded", options, shard=(i, 2)) for i in range(2)]
+    n_chunks = options["tokens"] // options["context_length"]
+    parts = [build(tmp_path / "parts", options, chunk_range=r) for r in ((0, 5), (5, n_chunks))]  # uneven, not batch-aligned
+    assert [p.name for p in parts[0]] == ["mlp.1.chunks-0-5.safetensors", "resid.2.chunks-0-5.safetensors"]
     for which in range(2):
         merge_command(tmp_path / f"merged{which}.safetensors", [parts[1][which], parts[0][which]], log=lambda _m: None)
         merged, _ = load_index(tmp_path / f"merged{which}.safetensors")

@@ -33,6 +33,12 @@ FORMAT_NAME = "monoscope-index"
 FORMAT_VERSION = 1
 
 
+def is_partial_index(path: Path) -> bool:
+    """Return True for a partial index file (``monoscope index --chunks``: ``<name>.chunks-<start>-<end>.safetensors``; older
+    versions wrote ``<name>.shard-<i>-of-<n>.safetensors``), which a run never reads as a unit set."""
+    return ".chunks-" in path.name or ".shard-" in path.name
+
+
 def save_index(state: IndexState, path: Path, about: dict[str, Any] | None = None) -> None:
     """Write ``state`` (on any device) to ``path`` atomically in the documented, device-free format."""
     from safetensors.torch import save

@@ -27,7 +27,7 @@ from explainers.token_stats import token_statistics_explanation
 from harness.config import EvaluationConfig, Role
 from harness.errors import MonoscopeError
 from harness.index.sampling import unit_contexts
-from harness.index.store import load_index, unit_samples
+from harness.index.store import is_partial_index, load_index, unit_samples
 from harness.llm.budget import Budget
 from harness.llm.client import BACKEND_FAILURE, BackendError, LLMClient, failure_reason, make_backend
 from harness.llm.render import RENDERING
@@ -76,7 +76,7 @@ def select_units(fire_count: np.ndarray, count: int, seed: int) -> list[int]:
 def load_unit_contexts(run_dir: Path, config: EvaluationConfig, tokenizer: Any) -> list[UnitContexts]:
     """Return the explanation and scoring sets of the selected units of every configured dictionary."""
     chunks = load_chunks(run_dir / "corpus")
-    names = list(config.dictionaries) or sorted(p.stem for p in (run_dir / "index").glob("*.safetensors") if ".shard-" not in p.name)
+    names = list(config.dictionaries) or sorted(p.stem for p in (run_dir / "index").glob("*.safetensors") if not is_partial_index(p))
     if not names:
         raise MonoscopeError(f"no index in {str(run_dir)!r}", "run 'monoscope index' or 'monoscope demo' first")
     result = []
