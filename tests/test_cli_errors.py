@@ -102,7 +102,7 @@ def test_missing_corpus(tmp_path, tiny_model_dir):
     assert_one_line_error(*run(index_args(tmp_path, tiny_model_dir, "neurons:1", "--corpus", str(tmp_path / "no.txt"))), "not found")
 
 
-BAD_CHUNK_RANGES = [("5:3", "out of range"), ("0:99999", "out of range"), ("-1:2", "out of range"), ("a:b", "bad chunk range"), ("3", "bad")]
+BAD_CHUNK_RANGES = [("5:3", "out of range"), ("0:99999", "out of range"), ("-1:2", "out of range"), ("a:b", "bad chunk"), ("3", "bad")]
 
 
 @pytest.mark.parametrize(("chunks", "message"), BAD_CHUNK_RANGES)
