@@ -51,7 +51,7 @@ from harness.llm.render import with_marked_target
 from harness.progress import Progress
 from harness.records import ContextSample, EvaluatedUnit, FeatureCorrelation, Judgment, Simulation, UnitStats
 from harness.run.comparisons import correlation_stage
-from harness.run.directory import prepare_run_directory, update_manifest
+from harness.run.directory import prepare_run_directory, record_usage, update_manifest
 from harness.run.evaluate import (
     EXPLANATIONS,
     JUDGMENTS,
@@ -197,7 +197,8 @@ def explain_command(run_dir: Path, config: EvaluationConfig, explainer: Role, lo
     failed = [unit for unit, record in explanations.items() if record.text is None]
     explained = len(explanations) - len(failed)
     log(f"explain: {explained} of {len(explanations)} units explained ({client.backend_calls} backend calls) → {run_dir / EXPLANATIONS}")
-    update_manifest(run_dir, roles={"explainer": explainer.__dict__}, usage={"explain": client.usage_by_stage()})
+    update_manifest(run_dir, roles={"explainer": explainer.__dict__})
+    record_usage(run_dir, {"explain": client.usage_by_stage()})
     return {"backend_calls": client.backend_calls, "failed": failed}
 
 

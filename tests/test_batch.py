@@ -141,10 +141,14 @@ def test_rerun_of_finished_run_makes_no_call_and_changes_nothing(tmp_path: Path,
     config = tiny_config()
     run_evaluation(config, tmp_path, log=lambda _message: None)
     before = {name: (tmp_path / name).read_bytes() for name in (EXPLANATIONS, JUDGMENTS, SIMULATIONS, "correlations.jsonl")}
+    first = json.loads((tmp_path / "manifest.json").read_text())
     CALLS.clear()
     run_evaluation(config, tmp_path, log=lambda _message: None)
     assert CALLS == []
     assert before == {name: (tmp_path / name).read_bytes() for name in before}
+    rerun = json.loads((tmp_path / "manifest.json").read_text())
+    assert all(not stages for stages in rerun["usage"].values()), "this invocation's usage: nothing asked"
+    assert rerun["usage_total"] == first["usage_total"] == first["usage"], "the run's accounting survives the rerun"
 
 
 def test_dry_run_counts_calls_and_spends_nothing(tmp_path: Path, tiny_subject: object) -> None:

@@ -31,10 +31,18 @@ def local_cluster():
     ray.shutdown()
 
 
+def register_fake_backend() -> None:
+    """Run in each Ray StageWorker: importing tests.test_batch registers its deterministic "fake-test" backend there."""
+    import tests.test_batch  # noqa: F401
+
+
 @pytest.fixture
 def tiny_workers(monkeypatch: pytest.MonkeyPatch, local_cluster: None) -> None:
-    """Workers build the tiny model (a module-level function: it pickles by reference)."""
+    """Workers build the tiny model and know the fake LLM backend (module-level functions: they pickle by reference)."""
+    import harness.run.ray_stages as ray_stages
+
     monkeypatch.setattr(cluster, "model_loader", lambda config: tiny_byte_gemma)
+    monkeypatch.setattr(ray_stages, "worker_setup", register_fake_backend)
 
 
 def assert_same_index(first: Path, second: Path) -> None:
@@ -153,3 +161,26 @@ def test_a_killed_driver_resumes_without_redoing_merged_chunks_and_the_indexes_a
         build_foundation(single, tiny_config(model=DRIVER_CONFIG["model"]), log=lambda _message: None)
     for index in sorted((single / "index").glob("*.safetensors")):
         assert_same_index(index, run_dir / "index" / index.name)
+
+
+@pytest.mark.usefixtures("tiny_subject", "tiny_workers")
+def test_explain_and_score_on_ray_write_the_records_of_a_single_process_run_and_a_rerun_asks_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    model = {**TINY_CONFIG["model"], "store_residuals": False}
+    single, on_ray = tmp_path / "single", tmp_path / "ray"
+    run_evaluation(tiny_config(model=model), single, log=lambda _message: None)
+    lines: list[str] = []
+    run_evaluation(tiny_config(model=model, cluster={"ray": True}), on_ray, log=lines.append)
+    assert any(line.startswith("ray: explaining and scoring") for line in lines), lines
+    for name in (EXPLANATIONS, JUDGMENTS, SIMULATIONS):
+        assert (on_ray / name).read_text() == (single / name).read_text(), name
+    manifest = json.loads((on_ray / "manifest.json").read_text())
+    calls = sum(counts["calls"] for stages in manifest["usage"].values() for counts in stages.values())
+    assert calls > 0 and manifest["usage_total"] == manifest["usage"]
+    before = {name: (on_ray / name).read_bytes() for name in (EXPLANATIONS, JUDGMENTS, SIMULATIONS)}
+    run_evaluation(tiny_config(model=model, cluster={"ray": True}), on_ray, log=lambda _message: None)
+    rerun = json.loads((on_ray / "manifest.json").read_text())
+    assert sum(counts["calls"] for stages in rerun["usage"].values() for counts in stages.values()) == 0, "a rerun asks nothing"
+    assert rerun["usage_total"] == manifest["usage_total"], "the run's total usage is kept"
+    assert before == {name: (on_ray / name).read_bytes() for name in before}

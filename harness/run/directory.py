@@ -57,14 +57,40 @@ def update_manifest(run_dir: Path, **fields: Any) -> dict[str, Any]:
 
     Read-modify-write under a file lock, so shard processes of one run never lose each other's updates.
     """
-    with (run_dir / ".manifest.lock").open("a") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        manifest = read_manifest(run_dir)
+
+    def merge(manifest: dict[str, Any]) -> None:
         for key, value in fields.items():
             if isinstance(value, dict) and isinstance(manifest.get(key), dict):
                 manifest[key] = {**manifest[key], **value}
             else:
                 manifest[key] = value
+
+    return _modify_manifest(run_dir, merge)
+
+
+def record_usage(run_dir: Path, usage: dict[str, dict[str, dict[str, Any]]]) -> dict[str, Any]:
+    """Record {client: {stage: counts}} of this invocation as the manifest's ``usage`` (replacing those clients' entries)
+    and add its numbers to ``usage_total``, the run's usage over every invocation (a rerun that asks nothing adds 0)."""
+
+    def merge(manifest: dict[str, Any]) -> None:
+        manifest["usage"] = {**manifest.get("usage", {}), **usage}
+        total = manifest.setdefault("usage_total", {})
+        for client, stages in usage.items():
+            for stage, counts in stages.items():
+                target = total.setdefault(client, {}).setdefault(stage, {})
+                for key, value in counts.items():
+                    if isinstance(value, int | float) and not isinstance(value, bool):
+                        target[key] = round(target.get(key, 0) + value, 6) if isinstance(value, float) else target.get(key, 0) + value
+
+    return _modify_manifest(run_dir, merge)
+
+
+def _modify_manifest(run_dir: Path, change: Any) -> dict[str, Any]:
+    """Apply ``change`` (a function that edits the manifest dict in place) under the manifest's file lock; return it."""
+    with (run_dir / ".manifest.lock").open("a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        manifest = read_manifest(run_dir)
+        change(manifest)
         atomic_write_json(run_dir / MANIFEST, manifest)
     return manifest
 

@@ -135,8 +135,14 @@ def explain_stage(
         return explanation
 
     client.map(explain, todo)
+    return compact_explanations(run_dir, units)
+
+
+def compact_explanations(run_dir: Path, units: list[UnitContexts]) -> dict[str, Explanation]:
+    """Rewrite the explanations file with the latest record per key in unit order; return {unit: LLM explanation}."""
     rank = {contexts.unit: index for index, contexts in enumerate(units)}  # explanations finish in any order: write them in unit order
-    records = compact(path, Explanation, order=lambda record: (rank.get(record.unit, -1), record.explainer != "token_stats"))
+    order = lambda record: (rank.get(record.unit, -1), record.explainer != "token_stats")  # noqa: E731
+    records = compact(run_dir / EXPLANATIONS, Explanation, order=order)
     return {r.unit: r for r in records if r.explainer == "llm"}
 
 
@@ -208,7 +214,13 @@ def score_stage(
                 append_records(run_dir / SIMULATIONS, simulations)
         if on_unit_done is not None:
             on_unit_done()
-    # Records of this run's units for contexts no longer scored (a smaller scoring set or simulation subset) are dropped.
+    compact_scores(run_dir, units, config)
+    return spellings
+
+
+def compact_scores(run_dir: Path, units: list[UnitContexts], config: EvaluationConfig) -> None:
+    """Rewrite the judgment and simulation files with the latest record per key, dropping records of ``units``' contexts
+    no longer scored (a smaller scoring set or simulation subset)."""
     scored = {(c.unit, context.context_id) for c in units for context in c.score}
     simulated_ids = {(c.unit, context.context_id) for c in units for context in simulation_subset(c, config.simulation_contexts).score}
     names = {c.unit for c in units}
@@ -218,7 +230,6 @@ def score_stage(
             RECORD_TYPES[name],
             keep=lambda record, kept=kept: record.unit not in names or (record.unit, record.context_id) in kept,
         )
-    return spellings
 
 
 def source_texts(unit: str, explanations: dict[tuple[str, str], Explanation], shuffle: dict[str, str]) -> dict[str, str | None]:

@@ -30,7 +30,7 @@ from harness.llm.budget import Budget, BudgetExhausted
 from harness.llm.client import make_backend
 from harness.progress import Progress, progress_bar
 from harness.run.comparisons import correlation_stage, neighbors_stage
-from harness.run.directory import prepare_run_directory, read_manifest, software_versions, update_manifest
+from harness.run.directory import prepare_run_directory, read_manifest, record_usage, software_versions, update_manifest
 from harness.run.estimates import estimate_resources, log_estimates
 from harness.run.evaluate import UnitsFailed, explain_stage, failed_units, make_client, score_stage
 from harness.run.foundation import build_foundation, corpus_settings, dictionary_label, foundation_done
@@ -72,6 +72,8 @@ def run_evaluation(
     """
     run_dir = run_dir or Path("runs") / config.name
     started = time.perf_counter()
+    if config.cluster.ray and shard is not None:
+        raise MonoscopeError("--shard and --ray both split the work", "use one of them: --ray splits it over Ray workers")
     notes = preflight(config, max_cost, dry_run)
     check_corpus_reuse(run_dir / "corpus", corpus_settings(config.foundation))
     prepare_run_directory(run_dir)
@@ -107,6 +109,12 @@ def run_evaluation(
         for note in notes:
             log(f"note: {note}")
         return plan | {"resources": "foundation already built", "notes": notes}
+    if config.cluster.ray:
+        _explain_and_score_on_ray(run_dir, contexts, config, max_cost, log)
+        correlation_stage(run_dir, config, subject, chunks, dictionaries, units, log)
+        neighbors_stage(run_dir, dictionaries, units, config.foundation.device)
+        steering_stage(run_dir, config.steering, subject, units, log)
+        return _finish(run_dir, units, started, log)
     records_dir = shard_directory(run_dir, shard)
     mine = [c for k, c in enumerate(contexts) if shard is None or k % shard[1] == shard[0]]
     budget = Budget(max_cost) if max_cost is not None else None
@@ -150,7 +158,24 @@ def run_evaluation(
             return {"shard": list(shard), "units": [c.unit for c in mine]}
     with file_lock(run_dir / ".results.lock"):
         merge_shards(run_dir)
-        summary = results_stage(run_dir, log)
+        return _finish(run_dir, units, started, log)
+
+
+def _explain_and_score_on_ray(run_dir: Path, contexts: list[Any], config: RunConfig, max_cost: float | None, log: Progress) -> None:
+    """Explain and score on Ray (``harness.run.ray_stages``), recording the answer spellings, usage and wall times."""
+    from harness.run.ray_stages import ray_explain_and_score
+
+    started = time.perf_counter()
+    spellings, usage = ray_explain_and_score(run_dir, contexts, config, max_cost, log)
+    if spellings:
+        update_manifest(run_dir, answer_spelling=spellings)
+    record_usage(run_dir, usage)
+    update_manifest(run_dir, timings={"explain_and_score": round(time.perf_counter() - started, 2)})
+
+
+def _finish(run_dir: Path, units: list[Any], started: float, log: Progress) -> dict[str, Any]:
+    """Write the results, record the summary and wall time, and raise UnitsFailed for units whose backend calls failed."""
+    summary = results_stage(run_dir, log)
     failures = failed_units(run_dir, [u.unit for u in units])
     summary = {**summary, "failures": [{"unit": unit, "reason": reason} for unit, reason in sorted(failures.items())]}
     elapsed = round(time.perf_counter() - started, 1)
@@ -208,6 +233,8 @@ def preflight(config: RunConfig, max_cost: float | None, dry_run: bool = False) 
         from harness.run.cluster import ray_module
 
         ray_module()  # a one-line error saying how to install Ray, before any work
+        if "intervention" in config.evaluation.scorers:
+            raise MonoscopeError("the intervention scorer does not run on Ray yet", "drop it from evaluation.scorers, or run without --ray")
     if max_cost is not None and max_cost < 0:
         raise MonoscopeError(f"--max-cost {max_cost} is negative", "give a limit in USD >= 0")
     check_corpus_spec(config.foundation.corpus)
@@ -319,7 +346,7 @@ def _record_usage(run_dir: Path, clients: dict[str, Any], shard: tuple[int, int]
             continue
         seen.add(id(client))
         usage[f"{name}{label}"] = client.usage_by_stage()
-    update_manifest(run_dir, usage=usage)
+    record_usage(run_dir, usage)
 
 
 def _jsonable(config: RunConfig) -> dict[str, Any]:
