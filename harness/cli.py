@@ -256,7 +256,7 @@ def show_unit(index_path: Path, unit: int, corpus_file: Path | None, model: str,
 )
 @click.option("--tokens", "max_new_tokens", type=int, default=24, show_default=True, help="Tokens generated per continuation.")
 @click.option("--seed", type=int, default=None, help="Sample with this seed (default: greedy).")
-@click.option("--temperature", type=float, default=1.0, show_default=True, help="Sampling temperature (with --seed).")
+@click.option("--temperature", type=float, default=None, help="Sampling temperature (with --seed; default 1).")
 @user_errors
 def steer(run_dir: Path, units: tuple[str, ...], prompts: tuple[str, ...], multiples: tuple[float, ...], **options: Any) -> None:
     """Continue prompts with the run's model, plain and with UNITS clamped (e.g. sae-2k/790 mlp.7/1513).

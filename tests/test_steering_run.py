@@ -172,3 +172,52 @@ def test_bad_search_prompts_are_clear_errors(run, positive, negative, message: s
     run_dir, subject = run
     with pytest.raises(MonoscopeError, match=message):
         search_command(run_dir, positive, negative, subject=subject)
+
+
+BAD_STEERING_OPTIONS = [
+    ({"units": ["foo"]}, "bad unit name"),
+    ({"units": ["sae-2k/abc"]}, "bad unit name"),
+    ({"units": ["neurons/3"]}, r"mlp\.L/I"),
+    ({"units": ["sae-2k/1", "mlp.3/7", "sae-2k/1"]}, "named twice"),
+    ({"multiples": [5.0, float("nan")]}, "not a finite number"),
+    ({"multiples": [float("-inf")]}, "not a finite number"),
+    ({"max_new_tokens": 0}, "--tokens is 0"),
+    ({"temperature": 0.5}, "without --seed"),
+    ({"seed": 0, "temperature": 0.0}, "--temperature is 0"),
+    ({"seed": 0, "temperature": -1.0}, "--temperature is -1"),
+    ({"seed": 0, "temperature": float("nan")}, "--temperature is nan"),
+]
+
+
+@pytest.mark.parametrize(("options", "message"), BAD_STEERING_OPTIONS)
+def test_bad_steering_options_are_refused_before_the_model_loads(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, options: dict, message: str
+) -> None:
+    import harness.run.steering as steering_run
+
+    monkeypatch.setattr(steering_run, "run_subject", lambda run_dir: pytest.fail("the model was loaded"))
+    arguments = {"units": ["sae-2k/1"], "prompts": ["The weather"], "multiples": [5.0]} | options
+    with pytest.raises(MonoscopeError, match=message):
+        steering_run.steer_command(tmp_path, **arguments)
+
+
+@pytest.mark.parametrize(
+    ("positive", "negative", "limit", "message"),
+    [
+        ([], [], 20, "at least one --positive"),
+        (["import os"], [], 0, "--limit is 0"),
+        (["import os"], [], -5, "--limit is -5"),
+        (["import ⟦os"], [], 20, "exactly one span"),
+        (["⟦⟧import"], [], 20, "empty span"),
+        (["import os"], ["a ⟦b⟧"], 20, "has a mark"),
+        (["import os", ""], [], 20, "empty"),
+    ],
+)
+def test_bad_search_options_are_refused_before_the_model_loads(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, positive: list, negative: list, limit: int, message: str
+) -> None:
+    import harness.run.steering as steering_run
+
+    monkeypatch.setattr(steering_run, "run_subject", lambda run_dir: pytest.fail("the model was loaded"))
+    with pytest.raises(MonoscopeError, match=message):
+        steering_run.search_command(tmp_path, positive, negative, limit)

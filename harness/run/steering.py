@@ -6,6 +6,7 @@ evaluated unit on the first few neutral prompts, skipping records already on dis
 settings (model, positions, tokens, greedy), so a rerun generates nothing.
 """
 
+import math
 from collections.abc import Callable
 from pathlib import Path
 
@@ -18,8 +19,8 @@ from harness.records import EvaluatedUnit, Explanation
 from harness.run.directory import cpu_threads, read_manifest, timed_stage
 from harness.run.evaluate import EXPLANATIONS
 from harness.steering.generate import STEERING, Steering, steer
-from harness.steering.search import Found, search_units
-from harness.steering.units import SteeredUnit, resolve_unit, unit_clamps
+from harness.steering.search import Found, marked_parts, search_units
+from harness.steering.units import SteeredUnit, check_unit_name, resolve_unit, unit_clamps
 from harness.subject.model import SubjectModel, load_subject_model
 from results.store import append_records, latest_by_key, read_records
 from scorers.intervention import neutral_prompts
@@ -48,7 +49,7 @@ def steer_command(
     positions: str = "all",
     max_new_tokens: int = 24,
     seed: int | None = None,
-    temperature: float = 1.0,
+    temperature: float | None = None,
     subject: SubjectModel | None = None,
 ) -> list[Steering]:
     """Return (and record) one steering per prompt and multiple, every unit clamped at once.
@@ -61,6 +62,7 @@ def steer_command(
         raise MonoscopeError("steering needs at least one unit, one --prompt and one --value", "e.g. --prompt 'def f(x):' --value 5")
     if any(not prompt for prompt in prompts):
         raise MonoscopeError("a --prompt is empty", "give text to continue")
+    check_steering_options(units, multiples, max_new_tokens, seed, temperature)
     subject = subject or run_subject(run_dir)
     resolved = [resolve_unit(run_dir, subject, name, loaded_dictionaries(run_dir)) for name in units]
     records, plains = [], {}
@@ -77,12 +79,35 @@ def steer_command(
                 max_new_tokens=max_new_tokens,
                 positions=positions,
                 seed=seed,
-                temperature=temperature,
+                temperature=1.0 if temperature is None else temperature,
                 plains=plains,
             )
             append_records(run_dir / STEERING, [record])
             records.append(record)
     return records
+
+
+def check_steering_options(
+    units: list[str], multiples: list[float], max_new_tokens: int, seed: int | None, temperature: float | None
+) -> None:
+    """Raise MonoscopeError, before any model loads, for a malformed or repeated unit, a value that is not finite, a
+    non-positive length, or a temperature without a seed (greedy decoding has none) or not positive."""
+    for name in units:
+        check_unit_name(name)
+    repeated = sorted({name for name in units if units.count(name) > 1})
+    if repeated:
+        raise MonoscopeError(f"unit {', '.join(repeated)} is named twice", "name each unit once")
+    bad = [value for value in multiples if not math.isfinite(value)]
+    if bad:
+        raise MonoscopeError(f"--value {bad[0]} is not a finite number", "give multiples of the maximum activation such as 5 or -2")
+    if max_new_tokens < 1:
+        raise MonoscopeError(f"--tokens is {max_new_tokens}", "generate at least one token")
+    if temperature is not None and seed is None:
+        raise MonoscopeError(
+            "--temperature applies to sampling, and without --seed decoding is greedy", "add --seed N, or drop --temperature"
+        )
+    if temperature is not None and not (math.isfinite(temperature) and temperature > 0):
+        raise MonoscopeError(f"--temperature is {temperature}", "give a temperature above 0 (1: the model's own distribution)")
 
 
 def steering_text(record: Steering) -> str:
@@ -103,7 +128,18 @@ def steering_text(record: Steering) -> str:
 def search_command(
     run_dir: Path, positive: list[str], negative: list[str], limit: int = 20, subject: SubjectModel | None = None
 ) -> list[Found]:
-    """Return the run's units that fire on every positive prompt and on no negative one, with their explanations."""
+    """Return the run's units that fire on every positive prompt and on no negative one, with their explanations.
+
+    Raises MonoscopeError before any model loads for no positive prompt, a malformed mark or a ``limit`` below 1.
+    """
+    if not positive:
+        raise MonoscopeError("feature search needs at least one --positive prompt", "e.g. --positive 'for x ⟦in⟧ items'")
+    if limit < 1:
+        raise MonoscopeError(f"--limit is {limit}", "list at least one unit")
+    for text in positive:
+        marked_parts(text)
+    for text in negative:
+        marked_parts(text, allow_mark=False)
     explanations = {
         unit: record.text
         for (unit, explainer), record in latest_by_key(read_records(run_dir / EXPLANATIONS, Explanation)).items()

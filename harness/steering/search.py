@@ -47,8 +47,8 @@ class Found:
     explanation: str | None
 
 
-def parse_prompt(subject: SubjectModel, text: str, allow_mark: bool = True) -> SearchPrompt:
-    """Return the tokens of ``text`` and the positions of its ⟦marked⟧ span (None without a mark).
+def marked_parts(text: str, allow_mark: bool = True) -> tuple[str, str, str] | None:
+    """Return (before, marked span, after) of a prompt with one ⟦marked⟧ span, None without a mark (text only: no model needed).
 
     Raises MonoscopeError for an empty prompt, more than one mark, an unclosed or empty mark, or a
     mark where none is allowed (negative prompts).
@@ -56,7 +56,7 @@ def parse_prompt(subject: SubjectModel, text: str, allow_mark: bool = True) -> S
     if not text:
         raise MonoscopeError("a search prompt is empty", "give text, with one span marked ⟦like this⟧ if it matters where")
     if OPEN not in text and CLOSE not in text:
-        return SearchPrompt(text, _tokens(subject, text), None)
+        return None
     if not allow_mark:
         raise MonoscopeError(f"negative prompt {text!r} has a mark", "a unit must fire nowhere in a negative prompt: remove ⟦ ⟧")
     before, opened, rest = text.partition(OPEN)
@@ -65,6 +65,19 @@ def parse_prompt(subject: SubjectModel, text: str, allow_mark: bool = True) -> S
         raise MonoscopeError(f"prompt {text!r} must mark exactly one span as {OPEN}text{CLOSE}", "mark one span, or none")
     if not span:
         raise MonoscopeError(f"prompt {text!r} marks an empty span", "put the token between the marks")
+    return before, span, after
+
+
+def parse_prompt(subject: SubjectModel, text: str, allow_mark: bool = True) -> SearchPrompt:
+    """Return the tokens of ``text`` and the positions of its ⟦marked⟧ span (None without a mark).
+
+    Raises MonoscopeError for an empty prompt, more than one mark, an unclosed or empty mark, or a
+    mark where none is allowed (negative prompts).
+    """
+    parts = marked_parts(text, allow_mark)
+    if parts is None:
+        return SearchPrompt(text, _tokens(subject, text), None)
+    before, span, after = parts
     head, middle, tail = _tokens(subject, before), _tokens(subject, span), _tokens(subject, after)
     if not middle:
         raise MonoscopeError(f"the marked span of {text!r} has no tokens", "mark text")

@@ -47,6 +47,15 @@ def run_dictionary(run_dir: Path, name: str, loaded: tuple[str, ...] = ()) -> Di
     raise MonoscopeError(f"run {str(run_dir)!r} has no dictionary {name!r}", f"name a unit of one of: {', '.join(indexed) or 'none'}")
 
 
+def check_unit_name(name: str) -> None:
+    """Raise MonoscopeError for a unit name that is neither ``DICTIONARY/INDEX`` nor ``mlp.L/I`` (no model or file needed)."""
+    feature = _FEATURE.match(name)
+    if not _NEURON.match(name) and not feature:
+        raise MonoscopeError(f"bad unit name {name!r}", "write DICTIONARY/INDEX (e.g. sae-2k/790) or mlp.L/I (e.g. mlp.7/1513)")
+    if feature and feature.group(1) == POOL_NAME:
+        raise MonoscopeError(f"{name}: the neuron pool's units are named by block and neuron", "write mlp.L/I (e.g. mlp.7/1513)")
+
+
 def resolve_unit(run_dir: Path, subject: SubjectModel, name: str, loaded: tuple[str, ...] = ()) -> SteeredUnit:
     """Return the unit ``name`` (``DICTIONARY/INDEX`` or ``mlp.L/I``) of a run with its maximum activation.
 
@@ -54,6 +63,7 @@ def resolve_unit(run_dir: Path, subject: SubjectModel, name: str, loaded: tuple[
     Raises MonoscopeError for a malformed name, an unknown dictionary, an index out of range, a
     neuron outside the run's indexed pool, or a unit that never fired (no maximum to scale).
     """
+    check_unit_name(name)
     neuron = _NEURON.match(name)
     if neuron:
         layer, index = int(neuron.group(1)), int(neuron.group(2))
