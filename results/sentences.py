@@ -2,12 +2,16 @@
 
 Every function takes table rows (dicts, None for a missing value) and returns plain text; the
 report escapes it. A difference is given a direction only when its 95% interval excludes the
-reference (0 for a difference, 0.5 for an AUC); otherwise the sentence says it is not resolved.
+reference (0 for a difference, 0.5 for an AUC) and it rests on at least ``MIN_UNITS`` units on each
+side; otherwise the sentence says it is not resolved. A percentile bootstrap over 2–4 units has at
+most 35 distinct resamples and its interval only spans the few values there are (two units with
+equal scores give [x, x]), so it cannot carry a claim.
 """
 
 from typing import Any
 
 NOT_RESOLVED = "not resolved"
+MIN_UNITS = 5  # units per side below which a bootstrap interval over units gives no direction
 METRIC_NAMES = {
     "rubric": "rubric score (0–3)",
     "pearson": "simulation correlation (Pearson r)",
@@ -50,11 +54,20 @@ def estimate(mean: float | None, low: float | None, high: float | None, n: int |
     return f"{fmt(mean)} ({bounds}{count})"
 
 
-def verdict(value: float | None, low: float | None, high: float | None, above: str, below: str, reference: float = 0.0) -> str:
+def verdict(
+    value: float | None,
+    low: float | None,
+    high: float | None,
+    above: str,
+    below: str,
+    reference: float = 0.0,
+    n: int | None = None,
+) -> str:
     """Return a measured value with its interval and what it says against ``reference``.
 
     "+0.80 (95% CI [+0.40, +1.20]): {above}" when the interval lies above the reference, "…: {below}" when
-    below; "not resolved" when the interval contains the reference or is missing; "not measured" without a value.
+    below; "not resolved" when the interval contains the reference or is missing, or when ``n`` (the
+    fewest units on a side) is below ``MIN_UNITS``; "not measured" without a value.
     """
     signed = reference == 0.0
     if value is None:
@@ -63,6 +76,8 @@ def verdict(value: float | None, low: float | None, high: float | None, above: s
     bounds = interval(low, high, signed=signed)
     if bounds is None or low is None or high is None:
         return f"{shown} with no interval (fewer than 2 units): {NOT_RESOLVED}"
+    if n is not None and n < MIN_UNITS:
+        return f"{shown} ({bounds}): {NOT_RESOLVED}, {units(n)} are too few for an interval over units to say (at least {MIN_UNITS})"
     if low > reference:
         return f"{shown} ({bounds}): {above}"
     if high < reference:
@@ -88,7 +103,12 @@ def neuron_sentence(row: dict[str, Any], feature_set: dict[str, Any] | None, neu
         f"{fmt(row['neuron_mean'])} over {units(row['n_neurons'])}"
     )
     difference = verdict(
-        row["difference"], row["ci_low"], row["ci_high"], "features score higher than neurons", "neurons score higher than features"
+        row["difference"],
+        row["ci_low"],
+        row["ci_high"],
+        "features score higher than neurons",
+        "neurons score higher than features",
+        n=_fewest(row, "n_features", "n_neurons"),
     )
     return f"Real-explanation {METRIC_NAMES[metric]}: {means}; difference {difference}."
 
@@ -98,7 +118,12 @@ def pooled_neuron_sentence(rows: dict[str, dict[str, Any]], n_sets: int) -> str:
     parts = []
     for metric, row in rows.items():
         difference = verdict(
-            row["difference"], row["ci_low"], row["ci_high"], "features score higher than neurons", "neurons score higher than features"
+            row["difference"],
+            row["ci_low"],
+            row["ci_high"],
+            "features score higher than neurons",
+            "neurons score higher than features",
+            n=_fewest(row, "n_features", "n_neurons"),
         )
         parts.append(f"{METRIC_NAMES[metric]} {difference}")
     scope = "the dictionary's features" if n_sets == 1 else f"the features of the {n_sets} dictionaries pooled"
@@ -111,7 +136,12 @@ def size_sentence(rows: dict[str, dict[str, Any]]) -> str:
     parts = []
     for metric, row in rows.items():
         difference = verdict(
-            row["difference"], row["ci_low"], row["ci_high"], "the larger dictionary scores higher", "the larger dictionary scores lower"
+            row["difference"],
+            row["ci_low"],
+            row["ci_high"],
+            "the larger dictionary scores higher",
+            "the larger dictionary scores lower",
+            n=_fewest(row, "n_smaller", "n_larger"),
         )
         parts.append(
             f"the real-explanation {METRIC_NAMES[metric]} goes from {fmt(row['smaller_mean'])} to {fmt(row['larger_mean'])}, "
@@ -150,6 +180,7 @@ def specificity_sentence(row: dict[str, Any]) -> str:
         row["ci_high"],
         "the rubric score rises with activation level (the explanation fits strong activations best)",
         "the rubric score falls as activation rises",
+        n=row.get("n_units"),
     )
     return (
         f"{row['unit_set']}, over {units(row['n_units'])}{missing_clause(row)}: the mean per-unit Spearman correlation of the real "
@@ -175,6 +206,7 @@ def control_sentence(unit_set: str, metric: str, means: dict[str, dict[str, Any]
             row["ci_high"],
             f"real explanations score higher than {name} ones",
             f"{name} explanations score higher than real ones",
+            n=row.get("n_units"),
         )
         parts.append(f"real − {name}, paired over {units(row['n_units'])}: {difference}")
     return "; ".join(parts) + "."
@@ -189,6 +221,7 @@ def auc_chance_sentence(unit_set: str, row: dict[str, Any]) -> str:
         "the judge ranks firing contexts above non-firing ones",
         "the judge ranks non-firing contexts above firing ones",
         reference=0.5,
+        n=row.get("n_units"),
     )
     return f"{unit_set}, over {units(row['n_units'])}{missing_clause(row)}: the mean judge AUC of the real explanation is {ranking}."
 
@@ -196,16 +229,28 @@ def auc_chance_sentence(unit_set: str, row: dict[str, Any]) -> str:
 def pooled_control_sentence(metric: str, row: dict[str, Any]) -> str:
     """Return real − shuffled on ``metric`` pooled over every unit of the run, from its control-table row."""
     difference = verdict(
-        row["difference"], row["ci_low"], row["ci_high"], "real explanations score higher", "shuffled explanations score higher"
+        row["difference"],
+        row["ci_low"],
+        row["ci_high"],
+        "real explanations score higher",
+        "shuffled explanations score higher",
+        n=row.get("n_units"),
     )
     return f"Pooled over all {units(row['n_units'])}, {METRIC_NAMES[metric]}, real − shuffled: {difference}."
 
 
 def tally_sentence(rows: list[dict[str, Any]], metric: str, control: str) -> str:
     """Return how many unit sets resolve real − ``control`` on ``metric`` above 0, below 0, or not at all."""
-    above = sum(1 for row in rows if row["ci_low"] is not None and row["ci_low"] > 0)
-    below = sum(1 for row in rows if row["ci_high"] is not None and row["ci_high"] < 0)
+    enough = [row for row in rows if row.get("n_units") is None or row["n_units"] >= MIN_UNITS]
+    above = sum(1 for row in enough if row["ci_low"] is not None and row["ci_low"] > 0)
+    below = sum(1 for row in enough if row["ci_high"] is not None and row["ci_high"] < 0)
     return (
         f"Real minus {SOURCE_NAMES[control]} explanations on the {METRIC_NAMES[metric]}: the 95% interval lies above 0 in "
         f"{above} of {len(rows)} unit sets, below 0 in {below}, and the difference is {NOT_RESOLVED} in {len(rows) - above - below}."
     )
+
+
+def _fewest(row: dict[str, Any], *columns: str) -> int | None:
+    """Return the smallest of a row's unit counts ``columns`` (None when the row has none of them)."""
+    counts = [int(row[column]) for column in columns if row.get(column) is not None]
+    return min(counts) if counts else None

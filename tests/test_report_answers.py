@@ -75,7 +75,8 @@ def test_question_one_features_versus_neurons_carries_the_compare_numbers(full_r
     low, high = sets.loc["neurons", "rubric_ci_low"], sets.loc["neurons", "rubric_ci_high"]
     assert f"sae-512 1.83 (95% CI [{sets.loc['sae-512', 'rubric_ci_low']:.2f}, {sets.loc['sae-512', 'rubric_ci_high']:.2f}])" in text
     assert f"over 2 units vs neurons 0.33 (95% CI [{low:.2f}, {high:.2f}]) over 3 units" in text
-    assert f"difference {_difference(rubric)}: features score higher than neurons" in text
+    # 2 units against 3: an interval over so few units claims no direction, whatever it spans
+    assert f"difference {_difference(rubric)}: {NOT_RESOLVED}, 2 units are too few for an interval over units to say" in text
     pooled = _row(run_dir, "compare", feature_set="all features", metric="rubric")
     assert f"the features of the 2 dictionaries pooled minus the neurons: rubric score (0–3) {_difference(pooled)}" in text
 
@@ -86,9 +87,10 @@ def test_question_two_sizes_says_not_resolved_when_the_interval_contains_zero(fu
     rubric = _row(run_dir, "sizes", metric="rubric")
     assert rubric["difference"] == pytest.approx(4 / 3 - 11 / 6)
     assert "From the smallest dictionary (sae-512, 512 features) to the largest (sae-2k, 2048 features)" in text
-    assert f"goes from 1.83 to 1.33, difference {_difference(rubric)}: the larger dictionary scores lower" in text
+    assert rubric["ci_high"] < 0  # the interval excludes 0, but over 2 units per dictionary it claims nothing
+    assert f"goes from 1.83 to 1.33, difference {_difference(rubric)}: {NOT_RESOLVED}, 2 units are too few" in text
     pearson = _row(run_dir, "sizes", metric="pearson")  # both dictionaries predict perfectly: difference 0, interval [0, 0]
-    assert f"difference {_difference(pearson)}: {NOT_RESOLVED}, the interval contains 0" in text
+    assert f"difference {_difference(pearson)}: {NOT_RESOLVED}" in text
     assert "sae-512 (512 features, 2 units): L0 20.0, variance explained 0.700, dead fraction 0.000" in text
 
 
@@ -100,7 +102,7 @@ def test_question_three_specificity_is_the_per_unit_spearman_over_units(full_run
     assert row["mean"] == pytest.approx((1 + 1.5 / 3**0.5) / 2)
     assert (
         f"sae-512, over 2 units: the mean per-unit Spearman correlation of the real explanation's rubric score with activation "
-        f"level is +0.93 (95% CI [{row['ci_low']:+.2f}, {row['ci_high']:+.2f}]): the rubric score rises with activation level"
+        f"level is +0.93 (95% CI [{row['ci_low']:+.2f}, {row['ci_high']:+.2f}]): {NOT_RESOLVED}, 2 units are too few"
     ) in text
     assert "neurons, over 2 units (1 unit without a value: 1 constant rubric score)" in text  # mlp.3/2 scores 0 everywhere
 
@@ -110,10 +112,11 @@ def test_controls_give_paired_differences_auc_and_every_mapping(full_run: tuple[
     text = _text(_section(page, "controls"))
     neurons = _row(run_dir, "controls", unit_set="neurons", metric="rubric", control="shuffled")
     assert neurons["ci_low"] <= 0 <= neurons["ci_high"]
-    assert f"real − shuffled, paired over 3 units: {_difference(neurons)}: {NOT_RESOLVED}, the interval contains 0" in text
+    assert f"real − shuffled, paired over 3 units: {_difference(neurons)}: {NOT_RESOLVED}, 3 units are too few" in text
     features = _row(run_dir, "controls", unit_set="sae-512", metric="rubric", control="shuffled")
-    assert f"{_difference(features)}: real explanations score higher than shuffled ones" in text
-    assert "the 95% interval lies above 0 in 2 of 3 unit sets, below 0 in 0, and the difference is not resolved in 1" in text
+    assert features["ci_low"] > 0  # excludes 0, but over 2 units
+    assert f"{_difference(features)}: {NOT_RESOLVED}, 2 units are too few" in text
+    assert "the 95% interval lies above 0 in 0 of 3 unit sets, below 0 in 0, and the difference is not resolved in 3" in text
     # the pooled row pairs every unit of every set: its mean difference is the unit-weighted mean of the sets'
     pooled = _row(run_dir, "controls", unit_set="all units", metric="rubric", control="shuffled")
     sets = [_row(run_dir, "controls", unit_set=name, metric="rubric", control="shuffled") for name in ("sae-512", "sae-2k", "neurons")]
@@ -180,3 +183,12 @@ def test_tables_from_an_older_version_are_named_not_guessed(tmp_path: Path) -> N
 )
 def test_a_direction_is_claimed_only_when_the_interval_excludes_the_reference(value, low, high, reference, expected) -> None:
     assert verdict(value, low, high, "up", "down", reference) == expected
+    assert verdict(value, low, high, "up", "down", reference, n=5) == expected  # 5 units per side: enough
+
+
+@pytest.mark.parametrize("n", [2, 3, 4])
+def test_no_direction_is_claimed_from_fewer_than_five_units(n: int) -> None:
+    assert verdict(0.4, 0.1, 0.7, "up", "down", n=n) == (
+        f"+0.40 (95% CI [+0.10, +0.70]): {NOT_RESOLVED}, {n} units are too few for an interval over units to say (at least 5)"
+    )
+    assert verdict(0.4, 0.4, 0.4, "up", "down", n=n).endswith("too few for an interval over units to say (at least 5)")
