@@ -23,7 +23,7 @@ from harness.dictionaries.training import TrainingConfig, dictionary_stats, trai
 from harness.index.builder import IndexBuilder
 from harness.index.store import firing_summary
 from harness.progress import Progress, progress_bar
-from harness.run.directory import cpu_threads, timed_stage, update_manifest
+from harness.run.directory import cpu_threads, read_manifest, timed_stage, update_manifest
 from harness.storage import atomic_write_json, read_json
 from harness.subject.activations import ForwardSource, stream_activations
 from harness.subject.corpus import check_corpus_reuse, chunk_documents, corpus_documents, fingerprint, load_chunks, save_chunks
@@ -316,8 +316,11 @@ def build_foundation(run_dir: Path, config: RunConfig, log: Progress) -> tuple[S
     """Return (subject model, corpus chunks, dictionaries smallest first) after building or reusing every foundation stage."""
     foundation = config.foundation
     torch.set_num_threads(cpu_threads())
-    with timed_stage(run_dir, "load_model"):
+    if "load_model" in read_manifest(run_dir).get("timings", {}):  # timings are the run's first build (a rerun or dry run keeps them)
         subject = load_subject_model(foundation.model, foundation.device, foundation.dtype)
+    else:
+        with timed_stage(run_dir, "load_model"):
+            subject = load_subject_model(foundation.model, foundation.device, foundation.dtype)
     hook_name = check_layer(subject, foundation)
     update_manifest(run_dir, model={"name": subject.name, "n_layers": subject.n_layers, "d_model": subject.d_model, "hook": hook_name})
     log(f"model: {subject.name} ({subject.n_layers} blocks, d_model {subject.d_model}); dictionaries read {hook_name}")

@@ -19,7 +19,8 @@ def results_stage(run_dir: Path, log: Progress) -> dict[str, Any]:
     from results.saebench import write_saebench_summary
 
     for name, record_type in RECORD_TYPES.items():
-        compact(run_dir / name, record_type)
+        if (run_dir / name).exists():  # a scorer the run does not use leaves no empty file behind
+            compact(run_dir / name, record_type)
     shutil.rmtree(run_dir / "results" / "plots", ignore_errors=True)  # plots of units a previous config evaluated
     with timed_stage(run_dir, "results"):
         summary = write_results(run_dir)
