@@ -2,7 +2,7 @@
 
 Use them from a notebook as the CLI does (``log`` receives the progress lines)::
 
-    monoscope run CONFIG        run_evaluation(load_config(path), run_dir, dry_run=, max_cost=, shard=)
+    monoscope run CONFIG        run_evaluation(load_config(path), run_dir, dry_run=, max_cost=)
     monoscope run --ray [ADDR]  run_evaluation(on_ray(load_config(path), address), ...)
     monoscope demo              run_demo(run_dir, tokens=)
     monoscope compare CONFIG    compare_features_and_neurons(config, run_dir, dictionary, units, match_density)

@@ -33,19 +33,6 @@ def user_errors(command: Callable[..., Any]) -> Callable[..., Any]:
     return wrapper
 
 
-def parse_shard(text: str | None) -> tuple[int, int] | None:
-    """Return (i, n) for a shard spec "i/n", or None."""
-    if text is None:
-        return None
-    try:
-        index, count = (int(part) for part in text.split("/"))
-    except ValueError:
-        raise MonoscopeError(f"bad shard {text!r}", "write --shard i/n, e.g. --shard 0/2") from None
-    if not 0 <= index < count:
-        raise MonoscopeError(f"shard {text!r} is out of range", "i must be in 0..n-1")
-    return index, count
-
-
 def parse_chunks(text: str | None, tokens: int, context_length: int) -> tuple[int, int] | None:
     """Return (start, end) for a chunk range "START:END" of a corpus of ``tokens // context_length`` chunks, or None."""
     if text is None:
@@ -94,7 +81,6 @@ def _config_options(command: Callable[..., Any]) -> Callable[..., Any]:
 @_config_options
 @click.option("--dry-run", is_flag=True, help="Print estimated time, memory, disk, LLM calls and cost; spends nothing, needs no key.")
 @click.option("--max-cost", type=float, default=None, help="Stop cleanly (resumable) before spending more than this many USD.")
-@click.option("--shard", default=None, help="Evaluate unit shard i of n (i/n) in this process; the last shard writes the results.")
 @click.option(
     "--ray",
     "ray_address",
@@ -105,14 +91,14 @@ def _config_options(command: Callable[..., Any]) -> Callable[..., Any]:
     help="Split the index pass over Ray workers: a new local cluster, or the cluster at ADDRESS (e.g. auto, ray://host:10001).",
 )
 @user_errors
-def run(config_path: Path, run_dir: Path | None, dry_run: bool, max_cost: float | None, shard: str | None, ray_address: str | None) -> None:
+def run(config_path: Path, run_dir: Path | None, dry_run: bool, max_cost: float | None, ray_address: str | None) -> None:
     """Run (or resume) the whole evaluation a YAML/TOML config describes, ending with the HTML report."""
     from harness.api import load_config, on_ray, run_evaluation
 
     config = load_config(config_path)
     if ray_address is not None:
         config = on_ray(config, ray_address or None)
-    run_evaluation(config, run_dir, dry_run=dry_run, max_cost=max_cost, shard=parse_shard(shard), log=_log)
+    run_evaluation(config, run_dir, dry_run=dry_run, max_cost=max_cost, log=_log)
 
 
 @main.command()
@@ -214,7 +200,7 @@ def index(run_dir: Path, dictionaries: tuple[str, ...], chunks: str | None, **op
 @click.argument("shards", nargs=-1, required=True, type=click.Path(path_type=Path))
 @user_errors
 def merge_index(out: Path, shards: tuple[Path, ...]) -> None:
-    """Merge shard indexes over disjoint chunks into OUT (exact, order-free)."""
+    """Merge partial indexes over disjoint chunks (monoscope index --chunks) into OUT (exact, order-free)."""
     from harness.api import merge_command
 
     merge_command(out, list(shards), log=_log)

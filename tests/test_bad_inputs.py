@@ -1,7 +1,7 @@
 """Bad input against an existing, finished run: one line naming the problem and the fix, exit code 2,
 no model loaded, and the run directory left exactly as it was.
 
-With tests/test_cli_errors.py (dictionary, corpus, model, layer, shard and
+With tests/test_cli_errors.py (dictionary, corpus, model, layer, chunk range and
 run-directory cases) and tests/test_config.py (config typos and wrong types),
 these make up the bad-input suite.
 """

@@ -1,4 +1,4 @@
-"""Config-driven batch runs (``monoscope run``): sharding, reruns, dry runs and the spending limit.
+"""Config-driven batch runs (``monoscope run``): reruns, dry runs and the spending limit (Ray: tests/test_ray.py).
 
 The subject model is a tiny random Gemma with a byte tokenizer (the loader is
 patched), the LLM a deterministic fake whose replies depend only on the prompt,
@@ -105,36 +105,6 @@ def tiny_config(**overrides: object):
 def record_lines(run_dir: Path, name: str) -> list[str]:
     """Return a record file's lines, sorted (record order depends on scheduling, content must not)."""
     return sorted((run_dir / name).read_text(encoding="utf-8").splitlines())
-
-
-def test_shards_merged_equal_an_unsharded_run(tmp_path: Path, tiny_subject: object) -> None:
-    config = tiny_config()
-    whole = tmp_path / "whole"
-    run_evaluation(config, whole, log=lambda _message: None)
-
-    sharded = tmp_path / "sharded"
-    errors: list[BaseException] = []
-
-    def shard(index: int) -> None:
-        try:
-            run_evaluation(config, sharded, shard=(index, 2), log=lambda _message: None, wait_seconds=300)
-        except BaseException as error:  # reported below
-            errors.append(error)
-
-    threads = [threading.Thread(target=shard, args=(index,)) for index in (0, 1)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    assert not errors, errors
-    assert (sharded / "shards" / "0-of-2" / "done.json").exists() and (sharded / "shards" / "1-of-2" / "done.json").exists()
-    for name in (EXPLANATIONS, JUDGMENTS, SIMULATIONS, "units.jsonl", "contexts.jsonl", "correlations.jsonl", "neighbors.jsonl"):
-        assert record_lines(sharded, name) == record_lines(whole, name), name
-    units = [json.loads(line)["unit_set"] for line in record_lines(whole, "units.jsonl")]
-    assert sorted(set(units)) == ["neurons", "sae-16", "sae-32"]
-    for table in sorted((whole / "results" / "tables").glob("*.csv")):
-        assert (sharded / "results" / "tables" / table.name).read_bytes() == table.read_bytes(), table.name
-    assert (sharded / "results" / "report.html").exists()
 
 
 def test_rerun_of_finished_run_makes_no_call_and_changes_nothing(tmp_path: Path, tiny_subject: object) -> None:

@@ -56,11 +56,16 @@ def test_bad_config_is_a_one_line_error_before_any_work(tmp_path: Path, text: st
     assert not (tmp_path / "run").exists()
 
 
-def test_cli_rejects_a_missing_config_and_a_bad_shard(tmp_path: Path) -> None:
+def test_cli_rejects_a_missing_config_and_bad_cluster_settings(tmp_path: Path) -> None:
     result = CliRunner().invoke(main, ["run", str(tmp_path / "nope.yaml")])
     assert result.exit_code == 2 and "not found" in result.output
-    result = CliRunner().invoke(main, ["run", str(DEFAULT_CONFIG), "--shard", "2/2", "--run-dir", str(tmp_path / "r")])
-    assert result.exit_code == 2 and "out of range" in result.output
+    for setting, message in (("chunks_per_task: 0", "cluster.chunks_per_task is 0"), ("workers: -1", "cluster.workers is -1")):
+        path = tmp_path / "cluster.yaml"
+        path.write_text(f"cluster: {{ray: true, {setting}}}\n")
+        result = CliRunner().invoke(main, ["run", str(path), "--run-dir", str(tmp_path / "r")])
+        assert result.exit_code == 2 and message in result.output, result.output
+    result = CliRunner().invoke(main, ["run", str(DEFAULT_CONFIG), "--shard", "0/2"])  # retired: Ray splits the work
+    assert result.exit_code == 2 and "No such option" in result.output
     assert not (tmp_path / "r").exists()
 
 

@@ -75,7 +75,7 @@ def fault_config(server: FaultServer) -> Any:
 
 def fresh_copy(source: Path, target: Path) -> Path:
     """Copy a finished run's foundation (corpus, dictionaries, index, units) without its LLM records and cache."""
-    shutil.copytree(source, target, ignore=shutil.ignore_patterns(*RECORD_FILES, "llm-cache", "results", "shards"))
+    shutil.copytree(source, target, ignore=shutil.ignore_patterns(*RECORD_FILES, "llm-cache", "results"))
     return target
 
 

@@ -184,3 +184,32 @@ def test_explain_and_score_on_ray_write_the_records_of_a_single_process_run_and_
     assert sum(counts["calls"] for stages in rerun["usage"].values() for counts in stages.values()) == 0, "a rerun asks nothing"
     assert rerun["usage_total"] == manifest["usage_total"], "the run's total usage is kept"
     assert before == {name: (on_ray / name).read_bytes() for name in before}
+
+
+def test_the_single_process_path_does_not_import_ray() -> None:
+    import subprocess
+    import sys
+
+    code = (
+        "import sys; import harness.cli, harness.api, harness.run.runner, harness.run.foundation, harness.run.comparisons; "
+        "sys.exit(1 if 'ray' in sys.modules else 0)"
+    )
+    assert subprocess.run([sys.executable, "-c", code], cwd=Path(__file__).resolve().parent.parent).returncode == 0
+
+
+def test_without_ray_installed_a_ray_run_stops_with_one_line_before_any_work(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import builtins
+
+    from harness.errors import MonoscopeError
+
+    real_import = builtins.__import__
+
+    def no_ray(name: str, *args: object, **kwargs: object) -> object:
+        if name == "ray" or name.startswith("ray."):
+            raise ImportError("No module named 'ray'")
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_ray)
+    with pytest.raises(MonoscopeError, match=r"Ray is not installed.*pip install 'monoscope\[ray\]'"):
+        run_evaluation(tiny_config(cluster={"ray": True}), tmp_path / "run", log=lambda _message: None)
+    assert not (tmp_path / "run").exists()

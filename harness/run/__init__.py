@@ -1,1 +1,1 @@
-"""A run directory and its stages: foundation, units, explain/score, comparisons, planning, shards, reporting, the runner."""
+"""A run directory and its stages: foundation, units, explain/score, comparisons, planning, reporting, the runner, Ray."""

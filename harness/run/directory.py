@@ -34,7 +34,7 @@ def prepare_run_directory(path: Path) -> Path:
     except OSError as exc:
         raise MonoscopeError(f"cannot create run directory {str(path)!r} ({exc.strerror})", "choose a writable --run-dir") from exc
     try:
-        with tempfile.NamedTemporaryFile(dir=path, prefix=".write-test-"):  # a name of its own: shard processes probe at once
+        with tempfile.NamedTemporaryFile(dir=path, prefix=".write-test-"):  # a name of its own: concurrent processes probe at once
             pass
     except OSError as exc:
         raise MonoscopeError(f"run directory {str(path)!r} is not writable ({exc.strerror})", "choose a writable --run-dir") from exc
@@ -55,7 +55,7 @@ def read_manifest(run_dir: Path) -> dict[str, Any]:
 def update_manifest(run_dir: Path, **fields: Any) -> dict[str, Any]:
     """Merge ``fields`` into the manifest (dictionaries merge one level deep) and return it.
 
-    Read-modify-write under a file lock, so shard processes of one run never lose each other's updates.
+    Read-modify-write under a file lock, so concurrent processes of one run never lose each other's updates.
     """
 
     def merge(manifest: dict[str, Any]) -> None:

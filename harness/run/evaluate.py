@@ -45,7 +45,7 @@ from scorers.simulation import SIMULATION_FORMATS, simulate_unit, simulator_prom
 EXPLANATIONS, JUDGMENTS, SIMULATIONS = "explanations.jsonl", "judgments.jsonl", "simulations.jsonl"
 SOURCES = ("real", "shuffled", "token_stats")
 INTERVENTIONS = "interventions.jsonl"
-# The record files of the scoring stages, merged across shards (the last record per key wins).
+# The record files of the explain and score stages (the last record per key wins).
 RECORD_TYPES = {
     EXPLANATIONS: Explanation,
     JUDGMENTS: Judgment,
@@ -167,7 +167,7 @@ def score_stage(
     """Write judgments and simulations of every unit for real, shuffled and token-statistics explanations.
 
     ``all_explanations`` (default: those in ``run_dir``) are the explanations of every unit of the
-    run, the shuffled control's source; a shard scores its own ``units`` against all of them.
+    run, the shuffled control's source; a Ray task scores its own ``units`` against all of them.
     Just before the first context is scored, the spelling of the answer options of a log-probability
     format is checked (``scorers.answers``: refused when the model puts under half its probability
     on them); returns {role: that spelling} ({} when nothing was left to score), for the caller to

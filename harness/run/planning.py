@@ -107,7 +107,7 @@ def planning_client(role: Role, prices: dict[str, tuple[float, float]]) -> Plann
 
 
 def plan_calls(
-    record_dirs: list[Path],
+    run_dir: Path,
     units: list[UnitContexts],
     config: EvaluationConfig,
     roles: dict[str, Role],
@@ -115,18 +115,14 @@ def plan_calls(
 ) -> dict[str, dict[str, Any]]:
     """Return {stage: {role, backend, model, calls, prompt_tokens, completion_tokens, cost_usd}} still needed.
 
-    ``record_dirs`` hold the records written so far (the run directory and any shard
-    directories); they are copied to a scratch directory, never written.
+    The run directory's records written so far are copied to a scratch directory, never written.
     """
     clients = {name: planning_client(role, prices) for name, role in roles.items()}
     with tempfile.TemporaryDirectory(prefix="monoscope-plan-") as scratch:
         work = Path(scratch)
         for name in (EXPLANATIONS, JUDGMENTS, SIMULATIONS):
-            with (work / name).open("ab") as merged:
-                for directory in record_dirs:
-                    if (directory / name).exists():
-                        with (directory / name).open("rb") as part:
-                            shutil.copyfileobj(part, merged)
+            if (run_dir / name).exists():
+                shutil.copyfile(run_dir / name, work / name)
         explain_stage(work, units, clients["explainer"], config)
         simulator = clients["judge"] if roles["simulator"] == roles["judge"] else clients["simulator"]
         score_stage(work, units, clients["judge"], simulator, config, read_records(work / EXPLANATIONS, Explanation))
@@ -166,7 +162,7 @@ def placeholder_units(unit_names: list[str], config: EvaluationConfig, window: i
     return units
 
 
-def placeholder_plan(record_dirs: list[Path], config: RunConfig) -> dict[str, dict[str, Any]]:
+def placeholder_plan(run_dir: Path, config: RunConfig) -> dict[str, dict[str, Any]]:
     """Return the call plan of a run whose indexes do not exist yet, from placeholder contexts (an upper bound)."""
     sets = [dictionary_label(size) for size in config.foundation.dictionary_sizes]
     sets += [load_dictionary(spec).name for spec in config.load_dictionaries]
@@ -175,7 +171,7 @@ def placeholder_plan(record_dirs: list[Path], config: RunConfig) -> dict[str, di
     names = [f"{unit_set}/{i}" for unit_set in sets for i in range(config.evaluation.units_per_dictionary)]
     units = placeholder_units(names, config.evaluation, config.foundation.index.window)
     roles = {"explainer": config.explainer, "judge": config.judge, "simulator": config.simulator}
-    return plan_calls(record_dirs, units, config.evaluation, roles, config.prices)
+    return plan_calls(run_dir, units, config.evaluation, roles, config.prices)
 
 
 def log_plan(plan: dict[str, dict[str, Any]], log: Progress, upper_bound: bool) -> dict[str, Any]:

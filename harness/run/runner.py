@@ -1,4 +1,4 @@
-"""``monoscope run CONFIG``: a whole evaluation from one config, resumable, shardable, with a spending limit.
+"""``monoscope run CONFIG``: a whole evaluation from one config, resumable, with a spending limit, in one process or on Ray.
 
 Stages, each reading what the one before wrote into the run directory:
 foundation (corpus → activations → dictionaries → indexes) → units and contexts
@@ -6,12 +6,9 @@ foundation (corpus → activations → dictionaries → indexes) → units and c
 tables, plots, report. Every stage skips finished work, so a rerun of a finished
 run makes no LLM call and an interrupted run resumes where it stopped.
 
-Sharding (``shard=(i, n)``): the foundation is built once (the first process to
-take its lock builds it; the others wait and reuse it); unit k belongs to shard
-k mod n, whose records go to ``shards/<i>-of-<n>/``; scoring waits until every
-unit has an explanation (the shuffled control draws on all of them); shard 0
-computes the correlations; whichever shard finishes last merges the shard
-records into the run directory and writes the results.
+More than one process means Ray (``config.cluster.ray``, ``monoscope run --ray``): the index and
+correlation passes split the corpus over actors (``harness.run.cluster``), explaining and scoring
+split the units (``harness.run.ray_stages``); the driver writes every record.
 """
 
 import time
@@ -37,10 +34,8 @@ from harness.run.foundation import build_foundation, corpus_settings, dictionary
 from harness.run.intervene import intervention_stage
 from harness.run.planning import log_plan, placeholder_plan, plan_calls
 from harness.run.reporting import results_stage
-from harness.run.shards import file_lock, merge_shards, record_dirs, shard_directory, wait_for_explanations
 from harness.run.steering import steering_stage
 from harness.run.units import choose_units, sample_contexts
-from harness.storage import atomic_write_json
 from harness.subject.corpus import check_corpus_reuse, check_corpus_spec
 from harness.subject.embedded import check_embedded_installed
 from harness.subject.model import check_context_fits, check_device, model_shape, parse_device, resolve_dtype
@@ -56,9 +51,7 @@ def run_evaluation(
     *,
     dry_run: bool = False,
     max_cost: float | None = None,
-    shard: tuple[int, int] | None = None,
     log: Progress = print,
-    wait_seconds: float = 24 * 3600.0,
 ) -> dict[str, Any]:
     """Run (or resume) the evaluation ``config`` describes; return the results summary.
 
@@ -72,21 +65,18 @@ def run_evaluation(
     """
     run_dir = run_dir or Path("runs") / config.name
     started = time.perf_counter()
-    if config.cluster.ray and shard is not None:
-        raise MonoscopeError("--shard and --ray both split the work", "use one of them: --ray splits it over Ray workers")
     notes = preflight(config, max_cost, dry_run)
     check_corpus_reuse(run_dir / "corpus", corpus_settings(config.foundation))
     prepare_run_directory(run_dir)
     check_same_foundation(run_dir, config)
     if dry_run and not foundation_done(run_dir, config):
         resources = _dry_run_estimates(config, log)
-        plan = log_plan(placeholder_plan(record_dirs(run_dir), config), log, upper_bound=True)
+        plan = log_plan(placeholder_plan(run_dir, config), log, upper_bound=True)
         for note in notes:
             log(f"note: {note}")
         return plan | {"resources": resources, "notes": notes}
-    with file_lock(run_dir / ".foundation.lock"):
-        update_manifest(run_dir, config=_jsonable(config), seed=config.foundation.seed, versions=software_versions())
-        subject, chunks, dictionaries = build_foundation(run_dir, config, log)
+    update_manifest(run_dir, config=_jsonable(config), seed=config.foundation.seed, versions=software_versions())
+    subject, chunks, dictionaries = build_foundation(run_dir, config, log)
     chosen_sets = config.evaluation.dictionaries
     units = choose_units(
         run_dir,
@@ -105,7 +95,7 @@ def run_evaluation(
         log(f"contexts: {repeats} held-out windows dropped: their text repeats one of the same unit's explanation windows")
     roles = {"explainer": config.explainer, "judge": config.judge, "simulator": config.simulator}
     if dry_run:
-        plan = log_plan(plan_calls(record_dirs(run_dir), contexts, config.evaluation, roles, config.prices), log, upper_bound=False)
+        plan = log_plan(plan_calls(run_dir, contexts, config.evaluation, roles, config.prices), log, upper_bound=False)
         for note in notes:
             log(f"note: {note}")
         return plan | {"resources": "foundation already built", "notes": notes}
@@ -115,8 +105,6 @@ def run_evaluation(
         neighbors_stage(run_dir, dictionaries, units, config.foundation.device)
         steering_stage(run_dir, config.steering, subject, units, log)
         return _finish(run_dir, units, started, log)
-    records_dir = shard_directory(run_dir, shard)
-    mine = [c for k, c in enumerate(contexts) if shard is None or k % shard[1] == shard[0]]
     budget = Budget(max_cost) if max_cost is not None else None
     clients = {name: make_client(role, run_dir, subject, config.max_concurrency, config.prices, budget) for name, role in roles.items()}
     if config.simulator == config.judge:
@@ -127,38 +115,27 @@ def run_evaluation(
     if "simulation" in config.evaluation.scorers:
         clients["simulator"].require(SIMULATION_FORMATS[config.evaluation.simulator_format][0])
     try:
-        with _timed_if_called(run_dir, "explain", clients), progress_bar(len(mine), "explain", "unit") as bar:
-            explain_stage(records_dir, mine, clients["explainer"], config.evaluation, on_unit_done=lambda: bar.update(1))
-        all_explanations = wait_for_explanations(run_dir, units, shard, wait_seconds, log)
-        with _timed_if_called(run_dir, "score", clients), progress_bar(len(mine), "score", "unit") as bar:
+        with _timed_if_called(run_dir, "explain", clients), progress_bar(len(contexts), "explain", "unit") as bar:
+            explain_stage(run_dir, contexts, clients["explainer"], config.evaluation, on_unit_done=lambda: bar.update(1))
+        all_explanations = None  # the stages read every unit's explanations from the run directory (the shuffled control's source)
+        with _timed_if_called(run_dir, "score", clients), progress_bar(len(contexts), "score", "unit") as bar:
             spellings = score_stage(
-                records_dir, mine, clients["judge"], clients["simulator"], config.evaluation, all_explanations, lambda: bar.update(1)
+                run_dir, contexts, clients["judge"], clients["simulator"], config.evaluation, all_explanations, lambda: bar.update(1)
             )
         if spellings:
             update_manifest(run_dir, answer_spelling={role: spelling.record() for role, spelling in spellings.items()})
         if "intervention" in config.evaluation.scorers:
-            with _timed_if_called(run_dir, "intervene", clients), progress_bar(len(mine), "intervene", "unit") as bar:
+            with _timed_if_called(run_dir, "intervene", clients), progress_bar(len(contexts), "intervene", "unit") as bar:
                 judge, explained = clients["judge"], all_explanations
-                intervention_stage(records_dir, mine, subject, judge, config.evaluation, config.steering, explained, lambda: bar.update(1))
+                intervention_stage(run_dir, contexts, subject, judge, config.evaluation, config.steering, explained, lambda: bar.update(1))
     except BudgetExhausted:
-        _record_usage(run_dir, clients, shard)
+        _record_usage(run_dir, clients)
         raise
-    _record_usage(run_dir, clients, shard)
-    if shard is None or shard[0] == 0:
-        correlation_stage(run_dir, config, subject, chunks, dictionaries, units, log)
-        neighbors_stage(run_dir, dictionaries, units, config.foundation.device)
-        steering_stage(run_dir, config.steering, subject, units, log)
-    if shard is not None:
-        atomic_write_json(records_dir / "done.json", {"units": [c.unit for c in mine]})
-        if not all((shard_directory(run_dir, (i, shard[1])) / "done.json").exists() for i in range(shard[1])):
-            log(f"shard {shard[0]}/{shard[1]} done; the last shard to finish writes the results")
-            mine_failed = failed_units(records_dir, [c.unit for c in mine])
-            if mine_failed:
-                raise UnitsFailed(mine_failed)
-            return {"shard": list(shard), "units": [c.unit for c in mine]}
-    with file_lock(run_dir / ".results.lock"):
-        merge_shards(run_dir)
-        return _finish(run_dir, units, started, log)
+    _record_usage(run_dir, clients)
+    correlation_stage(run_dir, config, subject, chunks, dictionaries, units, log)
+    neighbors_stage(run_dir, dictionaries, units, config.foundation.device)
+    steering_stage(run_dir, config.steering, subject, units, log)
+    return _finish(run_dir, units, started, log)
 
 
 def _explain_and_score_on_ray(run_dir: Path, contexts: list[Any], config: RunConfig, max_cost: float | None, log: Progress) -> None:
@@ -337,15 +314,14 @@ def check_same_foundation(run_dir: Path, config: RunConfig) -> None:
             )
 
 
-def _record_usage(run_dir: Path, clients: dict[str, Any], shard: tuple[int, int] | None) -> None:
-    label = "" if shard is None else f".shard-{shard[0]}-of-{shard[1]}"
+def _record_usage(run_dir: Path, clients: dict[str, Any]) -> None:
     seen: set[int] = set()
     usage = {}
     for name, client in clients.items():
         if id(client) in seen:  # the judge's client may also be the simulator's
             continue
         seen.add(id(client))
-        usage[f"{name}{label}"] = client.usage_by_stage()
+        usage[name] = client.usage_by_stage()
     record_usage(run_dir, usage)
 
 
