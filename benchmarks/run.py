@@ -34,6 +34,7 @@ MODULES = (
     "bench_demo",
     "bench_gpu",
     "bench_steering",
+    "bench_ray",
 )
 for module in MODULES:
     if (Path(__file__).parent / f"{module}.py").exists():
@@ -105,6 +106,7 @@ def main() -> None:
     parser.add_argument("--scale-tokens", type=int, default=32768, help="tokens per size for index_scale")
     parser.add_argument("--scale-threads", type=int, default=1, help="torch threads in the index_scale subprocesses")
     parser.add_argument("--judge-run", type=Path, default=None, help="run directory whose contexts the judge benchmarks use")
+    parser.add_argument("--ray-chunks", type=int, default=256, help="corpus chunks of 64 tokens ray_scaling indexes")
     parser.add_argument("--judge-contexts", type=int, default=48)
     parser.add_argument("--judge-batch", type=int, default=8)
     parser.add_argument("--judge-speed-judgments", type=int, default=24)
