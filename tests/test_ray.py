@@ -213,3 +213,58 @@ def test_without_ray_installed_a_ray_run_stops_with_one_line_before_any_work(tmp
     with pytest.raises(MonoscopeError, match=r"Ray is not installed.*pip install 'monoscope\[ray\]'"):
         run_evaluation(tiny_config(cluster={"ray": True}), tmp_path / "run", log=lambda _message: None)
     assert not (tmp_path / "run").exists()
+
+
+def test_a_driver_killed_while_explaining_and_scoring_on_ray_resumes_without_repaying_and_the_records_are_unchanged(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from tests import slow_backend  # noqa: F401 (registers "fake-slow" for the reference run)
+    from tests.ray_driver import EVALUATE_CONFIG
+
+    repository = Path(__file__).resolve().parent.parent
+    run_dir, calls, log = tmp_path / "ray", tmp_path / "calls.log", tmp_path / "driver.log"
+
+    def driver(seconds: float) -> subprocess.Popen:
+        environment = os.environ | {"MONOSCOPE_TEST_SLOW_SECONDS": str(seconds), "MONOSCOPE_TEST_CALL_LOG": str(calls)}
+        environment["MONOSCOPE_PROGRESS"] = "0"
+        command = [sys.executable, str(repository / "tests" / "ray_driver.py"), str(run_dir), "0", "evaluate"]
+        with log.open("a") as out:
+            return subprocess.Popen(command, cwd=repository, env=environment, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+
+    first = driver(0.05)
+    judgments = run_dir / JUDGMENTS
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline and first.poll() is None:
+        if judgments.exists() and judgments.read_text().count("\n") >= 10:
+            break  # at least one scoring task's records are written: kill the driver and its cluster mid-stage
+        time.sleep(0.1)
+    assert first.poll() is None, log.read_text()
+    os.killpg(first.pid, signal.SIGKILL)
+    first.wait()
+    asked_before = calls.read_text().splitlines()
+    assert asked_before
+
+    second = driver(0.0)
+    assert second.wait(timeout=600) == 0, log.read_text()
+    asked = calls.read_text().splitlines()
+    assert len(asked) > len(asked_before), "the kill landed before the LLM work was done"
+    # every request the killed driver's workers finished is answered from the cache; at most the calls in flight
+    # at the kill (2 at a time) are asked again
+    assert len(asked) - len(set(asked)) <= 2, "the rerun re-paid finished calls"
+
+    monkeypatch.setenv("MONOSCOPE_PROGRESS", "0")
+    reference = tmp_path / "single"
+    with pytest.MonkeyPatch.context() as patch:
+        subject = tiny_byte_gemma()
+        patch.setattr("harness.run.foundation.load_subject_model", lambda *args, **kwargs: subject)
+        patch.setattr("harness.run.runner.model_shape", lambda name: (4, 32, 64))
+        single = {key: value for key, value in EVALUATE_CONFIG.items() if key != "cluster"}
+        run_evaluation(tiny_config(**single), reference, log=lambda _message: None)
+    for name in (EXPLANATIONS, JUDGMENTS, SIMULATIONS):
+        assert (run_dir / name).read_text() == (reference / name).read_text(), name
