@@ -268,3 +268,14 @@ def test_a_driver_killed_while_explaining_and_scoring_on_ray_resumes_without_rep
         run_evaluation(tiny_config(**single), reference, log=lambda _message: None)
     for name in (EXPLANATIONS, JUDGMENTS, SIMULATIONS):
         assert (run_dir / name).read_text() == (reference / name).read_text(), name
+
+
+@pytest.mark.usefixtures("tiny_subject", "local_cluster")
+def test_a_worker_that_cannot_load_the_model_stops_the_run_with_its_own_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from harness.errors import MonoscopeError
+    from tests.tiny_models import missing_model
+
+    monkeypatch.setattr(cluster, "model_loader", lambda config: missing_model)
+    model = {**TINY_CONFIG["model"], "store_residuals": False}
+    with pytest.raises(MonoscopeError, match="not installed on this node"):
+        run_evaluation(tiny_config(model=model, cluster={"ray": True}), tmp_path / "run", log=lambda _message: None)

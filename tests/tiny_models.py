@@ -73,3 +73,10 @@ def tiny_byte_gemma_slow(seconds: float) -> Any:
     subject = tiny_byte_gemma()
     subject.model.model.layers[0].register_forward_pre_hook(lambda _module, _args: time.sleep(seconds))
     return subject
+
+
+def missing_model() -> Any:
+    """Stand in for a worker whose model cannot be loaded there (e.g. its weights are not on that node)."""
+    from harness.errors import MonoscopeError
+
+    raise MonoscopeError("the embedded model package is not installed on this node", "pip install it on every node")

@@ -18,7 +18,7 @@ Ray is imported here only, and only when a run asks for it (``ray_module``).
 
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from functools import partial
 from types import ModuleType
@@ -104,8 +104,13 @@ class PassWorker:
         index_config: Any = None,
         features: list[tuple[Dictionary, list[int]]] | None = None,
     ):
-        torch.set_num_threads(threads)
-        self.subject = loader()
+        self.error: Exception | None = None  # raised by the first task: Ray reports a failed constructor only as text
+        try:
+            torch.set_num_threads(threads)
+            self.subject = loader()
+        except Exception as error:  # noqa: BLE001 (kept and raised where the driver sees it as itself)
+            self.error = error
+            return
         self.chunks = chunks
         self.batch_chunks = batch_chunks
         self.device = self.subject.device
@@ -120,8 +125,13 @@ class PassWorker:
         encoded = [hook] if hook is not None and any(t.dictionary is not None for t in self.targets) else []
         self.hooks = encoded + (pool_hooks(pools[0]) if pools else [])
 
+    def _ready(self) -> None:
+        if self.error is not None:
+            raise self.error
+
     def index(self, wanted: dict[str, list[int]]) -> dict[str, IndexState]:
         """Return {target: partial index over the chunks ``wanted[target]``} (on the CPU), one forward pass per batch."""
+        self._ready()
         ids = sorted({chunk for chunks in wanted.values() for chunk in chunks})
         lacking = {name: set(chunks) for name, chunks in wanted.items()}
         length = self.chunks.shape[1]
@@ -143,7 +153,20 @@ class PassWorker:
 
     def correlate(self, chunk_ids: list[int]) -> CorrelationSums:
         """Return the correlation sums of the features over ``chunk_ids`` (on the CPU)."""
+        self._ready()
         return accumulate_correlations(self.subject, self.chunks, chunk_ids, self.features, self.batch_chunks).to("cpu")
+
+
+def task_results(ray: ModuleType, workers: list[Any], tasks: list[Any], call: Callable[[Any, Any], Any]) -> Iterator[Any]:
+    """Yield each task's result in task order, the tasks spread over ``workers``; a task's error is raised as itself
+    (a MonoscopeError, BudgetExhausted), not wrapped in Ray's."""
+    try:
+        yield from ray.util.ActorPool(workers).map(call, tasks)
+    except ray.exceptions.RayTaskError as error:
+        cause = getattr(error, "cause", None)
+        if isinstance(cause, Exception):
+            raise cause from None
+        raise
 
 
 def worker_count(ray: ModuleType, cluster: ClusterConfig, gpu: bool) -> int:
@@ -221,7 +244,6 @@ def _merge_tasks(
     n_chunks: int,
 ) -> None:
     """Run the index tasks on ``workers`` and merge their partial indexes into the builders in task order, checkpointing."""
-    pool = ray.util.ActorPool(workers)
 
     def wanted(task: list[int]) -> dict[str, list[int]]:
         lacking = {t.name: [c for c in task if c not in done] for t, (_b, done) in zip(targets, builders, strict=True)}
@@ -229,7 +251,8 @@ def _merge_tasks(
 
     last_save = time.perf_counter()
     with progress_bar(n_chunks, "index (ray)", "chunk") as bar:
-        for task, partials in zip(tasks, pool.map(lambda worker, task: worker.index.remote(wanted(task)), tasks), strict=True):
+        results = task_results(ray, workers, tasks, lambda worker, task: worker.index.remote(wanted(task)))
+        for task, partials in zip(tasks, results, strict=True):
             for target, (builder, _done) in zip(targets, builders, strict=True):
                 if target.name in partials:
                     builder.state = merge_indexes(builder.state, index_to(partials[target.name], builder.device))
@@ -260,7 +283,7 @@ def ray_correlation_pass(
     log(f"ray: correlation over {len(chunk_ids)} chunks in {len(tasks)} tasks on {len(workers)} workers")
     sums: CorrelationSums | None = None
     try:
-        for task, partial_sums in zip(tasks, ray.util.ActorPool(workers).map(lambda w, task: w.correlate.remote(task), tasks), strict=True):
+        for task, partial_sums in zip(tasks, task_results(ray, workers, tasks, lambda w, task: w.correlate.remote(task)), strict=True):
             if sums is None:
                 sums = partial_sums
             else:

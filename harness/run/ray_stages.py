@@ -14,7 +14,7 @@ Each actor answers one task at a time and runs up to ``llm.max_concurrency`` req
 """
 
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
@@ -24,7 +24,7 @@ from harness.config import RunConfig
 from harness.llm.budget import Budget
 from harness.progress import Progress, progress_bar
 from harness.records import Explanation, Judgment, Simulation, UnitContexts
-from harness.run.cluster import RETRIES, start_ray
+from harness.run.cluster import RETRIES, start_ray, task_results
 from harness.run.evaluate import (
     EXPLANATIONS,
     JUDGMENTS,
@@ -136,17 +136,6 @@ def _stage_workers(ray: ModuleType, config: RunConfig, run_dir: Path, max_cost: 
     return [actor.remote(config, str(run_dir), max_cost, worker_setup) for _ in range(count)]
 
 
-def _results(ray: ModuleType, workers: list[Any], tasks: list[Any], call: Callable[[Any, Any], Any]) -> Iterator[TaskRecords]:
-    """Yield each task's records in task order, the tasks spread over ``workers``; a task's error is raised as itself."""
-    try:
-        yield from ray.util.ActorPool(workers).map(call, tasks)
-    except ray.exceptions.RayTaskError as error:
-        cause = getattr(error, "cause", None)
-        if isinstance(cause, Exception):
-            raise cause from None  # BudgetExhausted, MonoscopeError: what the single-process run raises
-        raise
-
-
 def ray_explain_and_score(
     run_dir: Path, units: list[UnitContexts], config: RunConfig, max_cost: float | None, log: Progress
 ) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -169,7 +158,7 @@ def ray_explain_and_score(
                 names = {u.unit for u in task}
                 return worker.explain.remote(task, [r for (unit, _), r in existing.items() if unit in names])
 
-            for result in _results(ray, workers, tasks, explain):
+            for result in task_results(ray, workers, tasks, explain):
                 append_records(run_dir / EXPLANATIONS, list(result.explanations))
                 bar.update(len(result.units))
         compact_explanations(run_dir, units)
@@ -184,7 +173,7 @@ def ray_explain_and_score(
                 mine = [r for key, r in judged.items() if key[0] in names], [r for key, r in simulated.items() if key[0] in names]
                 return worker.score.remote(task, explanations_ref, *mine)
 
-            for result in _results(ray, workers, tasks, score):
+            for result in task_results(ray, workers, tasks, score):
                 append_records(run_dir / JUDGMENTS, list(result.judgments))
                 append_records(run_dir / SIMULATIONS, list(result.simulations))
                 spellings.update(dict(result.spellings))
