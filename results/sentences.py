@@ -102,7 +102,12 @@ def neuron_sentence(row: dict[str, Any], feature_set: dict[str, Any] | None, neu
         else f"{row['feature_set']} {fmt(row['feature_mean'])} over {units(row['n_features'])} vs neurons "
         f"{fmt(row['neuron_mean'])} over {units(row['n_neurons'])}"
     )
-    difference = verdict(
+    return f"Real-explanation {METRIC_NAMES[metric]}: {means}; difference {_neuron_difference(row)}."
+
+
+def _neuron_difference(row: dict[str, Any]) -> str:
+    """Return the verdict on a compare-table row's features-minus-neurons difference."""
+    return verdict(
         row["difference"],
         row["ci_low"],
         row["ci_high"],
@@ -110,22 +115,13 @@ def neuron_sentence(row: dict[str, Any], feature_set: dict[str, Any] | None, neu
         "neurons score higher than features",
         n=_fewest(row, "n_features", "n_neurons"),
     )
-    return f"Real-explanation {METRIC_NAMES[metric]}: {means}; difference {difference}."
 
 
 def pooled_neuron_sentence(rows: dict[str, dict[str, Any]], n_sets: int) -> str:
     """Return the headline features-versus-neurons sentence from the pooled compare rows ({metric: row})."""
     parts = []
     for metric, row in rows.items():
-        difference = verdict(
-            row["difference"],
-            row["ci_low"],
-            row["ci_high"],
-            "features score higher than neurons",
-            "neurons score higher than features",
-            n=_fewest(row, "n_features", "n_neurons"),
-        )
-        parts.append(f"{METRIC_NAMES[metric]} {difference}")
+        parts.append(f"{METRIC_NAMES[metric]} {_neuron_difference(row)}")
     scope = "the dictionary's features" if n_sets == 1 else f"the features of the {n_sets} dictionaries pooled"
     return f"Real-explanation scores, {scope} minus the neurons: " + "; ".join(parts) + "."
 

@@ -74,15 +74,26 @@ def record_usage(run_dir: Path, usage: dict[str, dict[str, dict[str, Any]]]) -> 
 
     def merge(manifest: dict[str, Any]) -> None:
         manifest["usage"] = {**manifest.get("usage", {}), **usage}
-        total = manifest.setdefault("usage_total", {})
-        for client, stages in usage.items():
-            for stage, counts in stages.items():
-                target = total.setdefault(client, {}).setdefault(stage, {})
-                for key, value in counts.items():
-                    if isinstance(value, int | float) and not isinstance(value, bool):
-                        target[key] = round(target.get(key, 0) + value, 6) if isinstance(value, float) else target.get(key, 0) + value
+        manifest["usage_total"] = sum_usage([manifest.get("usage_total", {}), usage])
 
     return _modify_manifest(run_dir, merge)
+
+
+def sum_usage(usages: list[dict[str, dict[str, dict[str, Any]]]]) -> dict[str, Any]:
+    """Return the sum of {client: {stage: counts}} usages: numbers added (costs rounded to 1e-6), a client without calls kept as {}."""
+    total: dict[str, Any] = {client: {} for usage in usages for client in usage}
+    for usage in usages:
+        for client, stages in usage.items():
+            for stage, counts in stages.items():
+                target = total[client].setdefault(stage, {})
+                for key, value in counts.items():
+                    if isinstance(value, float):
+                        target[key] = round(target.get(key, 0) + value, 6)
+                    elif isinstance(value, int) and not isinstance(value, bool):
+                        target[key] = target.get(key, 0) + value
+                    else:
+                        target[key] = value
+    return total
 
 
 def _modify_manifest(run_dir: Path, change: Any) -> dict[str, Any]:

@@ -296,6 +296,17 @@ def failed_units(run_dir: Path, units: list[str]) -> dict[str, str]:
     return failures
 
 
+def usage_by_client(clients: dict[str, LLMClient]) -> dict[str, Any]:
+    """Return {role: usage by stage} of the clients, a client shared by two roles (judge and simulator) once."""
+    seen: set[int] = set()
+    usage = {}
+    for name, client in clients.items():
+        if id(client) not in seen:
+            seen.add(id(client))
+            usage[name] = client.usage_by_stage()
+    return usage
+
+
 def make_client(
     role: Role,
     run_dir: Path,

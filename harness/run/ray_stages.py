@@ -25,6 +25,7 @@ from harness.llm.budget import Budget
 from harness.progress import Progress, progress_bar
 from harness.records import Explanation, Judgment, Simulation, UnitContexts
 from harness.run.cluster import RETRIES, start_ray, task_results
+from harness.run.directory import sum_usage
 from harness.run.evaluate import (
     EXPLANATIONS,
     JUDGMENTS,
@@ -34,6 +35,7 @@ from harness.run.evaluate import (
     explain_stage,
     make_client,
     score_stage,
+    usage_by_client,
 )
 from results.store import append_records, latest_by_key, read_records
 
@@ -105,14 +107,8 @@ class StageWorker:
             )
 
     def usage(self) -> dict[str, Any]:
-        """Return {role: usage by stage} of this actor's clients (a client shared by two roles once)."""
-        seen: set[int] = set()
-        usage = {}
-        for name, client in self.clients.items():
-            if id(client) not in seen:
-                seen.add(id(client))
-                usage[name] = client.usage_by_stage()
-        return usage
+        """Return {role: usage by stage} of this actor's clients."""
+        return usage_by_client(self.clients)
 
 
 def _new(records: list[Any], given: list[Any]) -> tuple[Any, ...]:
@@ -179,23 +175,8 @@ def ray_explain_and_score(
                 spellings.update(dict(result.spellings))
                 bar.update(len(result.units))
         compact_scores(run_dir, units, config.evaluation)
-        usage = _merged_usage(ray.get([worker.usage.remote() for worker in workers]))
+        usage = sum_usage(ray.get([worker.usage.remote() for worker in workers]))
     finally:
         for worker in workers:
             ray.kill(worker)
     return spellings, usage
-
-
-def _merged_usage(per_worker: list[dict[str, Any]]) -> dict[str, Any]:
-    """Return {role: usage by stage} summed over the actors (each count and cost added)."""
-    merged: dict[str, Any] = {role: {} for usage in per_worker for role in usage}  # a role that asked nothing: {}
-    for usage in per_worker:
-        for role, stages in usage.items():
-            for stage, counts in stages.items():
-                target = merged.setdefault(role, {}).setdefault(stage, {})
-                for key, value in counts.items():
-                    if isinstance(value, int | float) and not isinstance(value, bool):
-                        target[key] = target.get(key, 0) + value
-                    else:
-                        target[key] = value
-    return merged

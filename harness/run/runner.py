@@ -29,7 +29,7 @@ from harness.progress import Progress, progress_bar
 from harness.run.comparisons import correlation_stage, neighbors_stage
 from harness.run.directory import prepare_run_directory, read_manifest, record_usage, software_versions, update_manifest
 from harness.run.estimates import estimate_resources, log_estimates
-from harness.run.evaluate import UnitsFailed, explain_stage, failed_units, make_client, score_stage
+from harness.run.evaluate import UnitsFailed, explain_stage, failed_units, make_client, score_stage, usage_by_client
 from harness.run.foundation import build_foundation, corpus_settings, dictionary_label, foundation_done
 from harness.run.intervene import intervention_stage
 from harness.run.planning import log_plan, placeholder_plan, plan_calls
@@ -101,10 +101,18 @@ def run_evaluation(
         return plan | {"resources": "foundation already built", "notes": notes}
     if config.cluster.ray:
         _explain_and_score_on_ray(run_dir, contexts, config, max_cost, log)
-        correlation_stage(run_dir, config, subject, chunks, dictionaries, units, log)
-        neighbors_stage(run_dir, dictionaries, units, config.foundation.device)
-        steering_stage(run_dir, config.steering, subject, units, log)
-        return _finish(run_dir, units, started, log)
+    else:
+        _explain_and_score(run_dir, contexts, config, subject, roles, max_cost)
+    correlation_stage(run_dir, config, subject, chunks, dictionaries, units, log)
+    neighbors_stage(run_dir, dictionaries, units, config.foundation.device)
+    steering_stage(run_dir, config.steering, subject, units, log)
+    return _finish(run_dir, units, started, log)
+
+
+def _explain_and_score(
+    run_dir: Path, contexts: list[Any], config: RunConfig, subject: Any, roles: dict[str, Any], max_cost: float | None
+) -> None:
+    """Explain, score and (when configured) run the intervention scorer in this process, recording usage and spellings."""
     budget = Budget(max_cost) if max_cost is not None else None
     clients = {name: make_client(role, run_dir, subject, config.max_concurrency, config.prices, budget) for name, role in roles.items()}
     if config.simulator == config.judge:
@@ -117,25 +125,20 @@ def run_evaluation(
     try:
         with _timed_if_called(run_dir, "explain", clients), progress_bar(len(contexts), "explain", "unit") as bar:
             explain_stage(run_dir, contexts, clients["explainer"], config.evaluation, on_unit_done=lambda: bar.update(1))
-        all_explanations = None  # the stages read every unit's explanations from the run directory (the shuffled control's source)
         with _timed_if_called(run_dir, "score", clients), progress_bar(len(contexts), "score", "unit") as bar:
             spellings = score_stage(
-                run_dir, contexts, clients["judge"], clients["simulator"], config.evaluation, all_explanations, lambda: bar.update(1)
+                run_dir, contexts, clients["judge"], clients["simulator"], config.evaluation, None, lambda: bar.update(1)
             )
         if spellings:
             update_manifest(run_dir, answer_spelling={role: spelling.record() for role, spelling in spellings.items()})
         if "intervention" in config.evaluation.scorers:
             with _timed_if_called(run_dir, "intervene", clients), progress_bar(len(contexts), "intervene", "unit") as bar:
-                judge, explained = clients["judge"], all_explanations
-                intervention_stage(run_dir, contexts, subject, judge, config.evaluation, config.steering, explained, lambda: bar.update(1))
-    except BudgetExhausted:
-        _record_usage(run_dir, clients)
+                judge = clients["judge"]
+                intervention_stage(run_dir, contexts, subject, judge, config.evaluation, config.steering, None, lambda: bar.update(1))
+    except BudgetExhausted:  # a spending limit reached mid-stage still records what was spent
+        record_usage(run_dir, usage_by_client(clients))
         raise
-    _record_usage(run_dir, clients)
-    correlation_stage(run_dir, config, subject, chunks, dictionaries, units, log)
-    neighbors_stage(run_dir, dictionaries, units, config.foundation.device)
-    steering_stage(run_dir, config.steering, subject, units, log)
-    return _finish(run_dir, units, started, log)
+    record_usage(run_dir, usage_by_client(clients))
 
 
 def _explain_and_score_on_ray(run_dir: Path, contexts: list[Any], config: RunConfig, max_cost: float | None, log: Progress) -> None:
@@ -312,17 +315,6 @@ def check_same_foundation(run_dir: Path, config: RunConfig) -> None:
                 f"{str(run_dir)!r} was built with another {key.replace('_', ' ')} config{which}",
                 "use a new run directory (or the config it was built with); evaluation settings may change between runs",
             )
-
-
-def _record_usage(run_dir: Path, clients: dict[str, Any]) -> None:
-    seen: set[int] = set()
-    usage = {}
-    for name, client in clients.items():
-        if id(client) in seen:  # the judge's client may also be the simulator's
-            continue
-        seen.add(id(client))
-        usage[name] = client.usage_by_stage()
-    record_usage(run_dir, usage)
 
 
 def _jsonable(config: RunConfig) -> dict[str, Any]:
