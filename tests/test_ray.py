@@ -167,22 +167,37 @@ def test_a_killed_driver_resumes_without_redoing_merged_chunks_and_the_indexes_a
 def test_explain_and_score_on_ray_write_the_records_of_a_single_process_run_and_a_rerun_asks_nothing(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    from harness.run.evaluate import INTERVENTIONS
+    from harness.steering.generate import STEERING
+
     model = {**TINY_CONFIG["model"], "store_residuals": False}
+    # every scorer, the intervention scorer included: it steers in the driver and judges on the actors
+    evaluation = {**TINY_CONFIG["evaluation"], "scorers": ["rubric", "simulation", "intervention"], "intervention_multiples": [5.0]}
+    settings = dict(model=model, evaluation=evaluation, steering={"prompts": 2, "multiples": [5.0], "tokens": 4})
     single, on_ray = tmp_path / "single", tmp_path / "ray"
-    run_evaluation(tiny_config(model=model), single, log=lambda _message: None)
+    run_evaluation(tiny_config(**settings), single, log=lambda _message: None)
     lines: list[str] = []
-    run_evaluation(tiny_config(model=model, cluster={"ray": True}), on_ray, log=lines.append)
+    run_evaluation(tiny_config(**settings, cluster={"ray": True}), on_ray, log=lines.append)
     assert any(line.startswith("ray: explaining and scoring") for line in lines), lines
-    for name in (EXPLANATIONS, JUDGMENTS, SIMULATIONS):
+    assert (on_ray / INTERVENTIONS).stat().st_size > 0
+    for name in (EXPLANATIONS, JUDGMENTS, SIMULATIONS, INTERVENTIONS, STEERING):
         assert (on_ray / name).read_text() == (single / name).read_text(), name
+    ray_units = pd.read_csv(on_ray / "results" / "tables" / "units.csv")
+    assert ray_units.equals(pd.read_csv(single / "results" / "tables" / "units.csv"))
+    assert ray_units["intervention_real"].notna().any()
     manifest = json.loads((on_ray / "manifest.json").read_text())
     calls = sum(counts["calls"] for stages in manifest["usage"].values() for counts in stages.values())
     assert calls > 0 and manifest["usage_total"] == manifest["usage"]
-    before = {name: (on_ray / name).read_bytes() for name in (EXPLANATIONS, JUDGMENTS, SIMULATIONS)}
-    run_evaluation(tiny_config(model=model, cluster={"ray": True}), on_ray, log=lambda _message: None)
+    before = {name: (on_ray / name).read_bytes() for name in (EXPLANATIONS, JUDGMENTS, SIMULATIONS, INTERVENTIONS, STEERING)}
+    run_evaluation(tiny_config(**settings, cluster={"ray": True}), on_ray, log=lambda _message: None)
     rerun = json.loads((on_ray / "manifest.json").read_text())
     assert sum(counts["calls"] for stages in rerun["usage"].values() for counts in stages.values()) == 0, "a rerun asks nothing"
-    assert rerun["usage_total"] == manifest["usage_total"], "the run's total usage is kept"
+
+    # what was paid is kept; a rerun re-reads undecided intervention judgments from the cache (cached_calls grows)
+    def paid(usage: dict) -> dict:
+        return {role: {stage: {k: v for k, v in c.items() if k != "cached_calls"} for stage, c in st.items()} for role, st in usage.items()}
+
+    assert paid(rerun["usage_total"]) == paid(manifest["usage_total"]), "the run's total usage is kept"
     assert before == {name: (on_ray / name).read_bytes() for name in before}
 
 

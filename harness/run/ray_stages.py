@@ -11,6 +11,10 @@ end. Explaining ends before scoring starts, so the shuffled control sees every e
 How many actors: one when every role is hosted (one concurrency limit and one spending limit
 for the run) or local on a CPU (one copy of the model per machine); on a GPU device one per GPU.
 Each actor answers one task at a time and runs up to ``llm.max_concurrency`` requests in it.
+
+The intervention scorer (``evaluation.scorers`` naming "intervention") steers in the driver, which
+holds the subject model as for the run's steering stage (``harness.run.intervene.intervention_tasks``),
+and sends each task's steerings to the actors, whose judge answers (``judge_task``).
 """
 
 import tempfile
@@ -28,6 +32,7 @@ from harness.run.cluster import RETRIES, start_ray, task_results
 from harness.run.directory import sum_usage
 from harness.run.evaluate import (
     EXPLANATIONS,
+    INTERVENTIONS,
     JUDGMENTS,
     SIMULATIONS,
     compact_explanations,
@@ -37,7 +42,10 @@ from harness.run.evaluate import (
     score_stage,
     usage_by_client,
 )
+from harness.run.intervene import InterventionTask, intervention_tasks, judge_settings, judge_task
+from harness.subject.model import SubjectModel
 from results.store import append_records, latest_by_key, read_records
+from scorers.intervention import InterventionJudgment
 
 UNITS_PER_TASK = 2
 
@@ -54,6 +62,7 @@ class TaskRecords:
     explanations: tuple[Explanation, ...] = ()
     judgments: tuple[Judgment, ...] = ()
     simulations: tuple[Simulation, ...] = ()
+    interventions: tuple[InterventionJudgment, ...] = ()
     spellings: tuple[tuple[str, Any], ...] = ()
 
 
@@ -106,6 +115,17 @@ class StageWorker:
                 spellings=tuple((role, spelling.record()) for role, spelling in spellings.items()),
             )
 
+    def intervention_settings(self) -> tuple[str, str, str]:
+        """Return ``judge_settings`` of this actor's judge (what makes an intervention judgment current)."""
+        self._ready()
+        return judge_settings(self.clients["judge"])
+
+    def intervene(self, tasks: list[InterventionTask]) -> TaskRecords:
+        """Judge the steerings of each task's unit for its explanations; return the judgments."""
+        self._ready()
+        judged = [judgment for task in tasks for judgment in judge_task(task, self.clients["judge"], self.config.evaluation.seed)]
+        return TaskRecords(tuple(task.unit for task in tasks), interventions=tuple(judged))
+
     def usage(self) -> dict[str, Any]:
         """Return {role: usage by stage} of this actor's clients."""
         return usage_by_client(self.clients)
@@ -117,7 +137,7 @@ def _new(records: list[Any], given: list[Any]) -> tuple[Any, ...]:
     return tuple(record for key, record in latest_by_key(records).items() if before.get(key) != record)
 
 
-def _tasks(units: list[UnitContexts]) -> list[list[UnitContexts]]:
+def _tasks(units: list[Any]) -> list[list[Any]]:
     return [units[start : start + UNITS_PER_TASK] for start in range(0, len(units), UNITS_PER_TASK)]
 
 
@@ -133,9 +153,11 @@ def _stage_workers(ray: ModuleType, config: RunConfig, run_dir: Path, max_cost: 
 
 
 def ray_explain_and_score(
-    run_dir: Path, units: list[UnitContexts], config: RunConfig, max_cost: float | None, log: Progress
+    run_dir: Path, units: list[UnitContexts], config: RunConfig, max_cost: float | None, log: Progress, subject: SubjectModel | None = None
 ) -> tuple[dict[str, Any], dict[str, Any]]:
     """Explain, then score, ``units`` on Ray; write the records to ``run_dir``; return (answer spellings, usage by role).
+
+    With the intervention scorer, ``subject`` (the driver's subject model) steers each unit first.
 
     A task's records are appended when it finishes, so an interrupted run keeps them, and a rerun
     finds them current. Raises what a task raised (BudgetExhausted, a MonoscopeError) after
@@ -175,8 +197,36 @@ def ray_explain_and_score(
                 spellings.update(dict(result.spellings))
                 bar.update(len(result.units))
         compact_scores(run_dir, units, config.evaluation)
+        if "intervention" in config.evaluation.scorers:
+            if subject is None:
+                raise ValueError("the intervention scorer needs the driver's subject model")
+            _intervene(ray, workers, run_dir, units, config, subject, explanations)
         usage = sum_usage(ray.get([worker.usage.remote() for worker in workers]))
     finally:
         for worker in workers:
             ray.kill(worker)
     return spellings, usage
+
+
+def _intervene(
+    ray: ModuleType,
+    workers: list[Any],
+    run_dir: Path,
+    units: list[UnitContexts],
+    config: RunConfig,
+    subject: SubjectModel,
+    explanations: list[Explanation],
+) -> None:
+    """Steer every unit that has something to judge (in the driver), then judge on the actors; append the judgments."""
+    settings = ray.get(workers[0].intervention_settings.remote())
+    tasks = []
+    with progress_bar(len(units), "steer for intervention", "unit") as bar:
+        for task in intervention_tasks(run_dir, units, subject, settings, config.evaluation, config.steering, explanations):
+            tasks.append(task)
+            bar.update(1)
+    todo = [task for task in tasks if task.texts]
+    with progress_bar(len(units), "intervene (ray)", "unit") as bar:
+        bar.update(len(tasks) - len(todo))
+        for result in task_results(ray, workers, _tasks(todo), lambda worker, task: worker.intervene.remote(task)):
+            append_records(run_dir / INTERVENTIONS, list(result.interventions))
+            bar.update(len(result.units))

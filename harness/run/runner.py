@@ -100,7 +100,7 @@ def run_evaluation(
             log(f"note: {note}")
         return plan | {"resources": "foundation already built", "notes": notes}
     if config.cluster.ray:
-        _explain_and_score_on_ray(run_dir, contexts, config, max_cost, log)
+        _explain_and_score_on_ray(run_dir, contexts, config, subject, max_cost, log)
     else:
         _explain_and_score(run_dir, contexts, config, subject, roles, max_cost)
     correlation_stage(run_dir, config, subject, chunks, dictionaries, units, log)
@@ -141,12 +141,14 @@ def _explain_and_score(
     record_usage(run_dir, usage_by_client(clients))
 
 
-def _explain_and_score_on_ray(run_dir: Path, contexts: list[Any], config: RunConfig, max_cost: float | None, log: Progress) -> None:
-    """Explain and score on Ray (``harness.run.ray_stages``), recording the answer spellings, usage and wall times."""
+def _explain_and_score_on_ray(
+    run_dir: Path, contexts: list[Any], config: RunConfig, subject: Any, max_cost: float | None, log: Progress
+) -> None:
+    """Explain, score and intervene on Ray (``harness.run.ray_stages``), recording the answer spellings, usage and wall times."""
     from harness.run.ray_stages import ray_explain_and_score
 
     started = time.perf_counter()
-    spellings, usage = ray_explain_and_score(run_dir, contexts, config, max_cost, log)
+    spellings, usage = ray_explain_and_score(run_dir, contexts, config, max_cost, log, subject)
     if spellings:
         update_manifest(run_dir, answer_spelling=spellings)
     record_usage(run_dir, usage)
@@ -213,8 +215,6 @@ def preflight(config: RunConfig, max_cost: float | None, dry_run: bool = False) 
         from harness.run.cluster import ray_module
 
         ray_module()  # a one-line error saying how to install Ray, before any work
-        if "intervention" in config.evaluation.scorers:
-            raise MonoscopeError("the intervention scorer does not run on Ray yet", "drop it from evaluation.scorers, or run without --ray")
     if max_cost is not None and max_cost < 0:
         raise MonoscopeError(f"--max-cost {max_cost} is negative", "give a limit in USD >= 0")
     check_corpus_spec(config.foundation.corpus)
