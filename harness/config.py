@@ -13,7 +13,7 @@ Sections and their keys (every key is optional; see ``harness/configs/default.ya
                   window_before, window_after}
     neurons:     {enabled, pool_size, match_density}   (pool_size: neurons of blocks 0..L indexed; see harness.dictionaries.neurons)
     evaluation:  {units_per_dictionary, simulation_contexts, min_explain_contexts, explain_contexts, judge_format, simulator_format,
-                  explainer_chat, scorers, intervention_multiples,
+                  explainer_chat, scorers, intervention_multiples, fuzzing_variant,
                   sampling: {score_fraction, explain_top, explain_per_level, explain_random, score_top,
                              score_per_level, score_random, score_zero, levels}}
     correlation: {enabled, features, tokens}
@@ -40,6 +40,7 @@ from harness.index.state import POSITION_BITS, IndexConfig
 from harness.llm.client import backend_names
 from harness.subject.embedded import EMBEDDED_JUDGE_NAME
 from harness.subject.shape import ModelShape
+from scorers.fuzzing import VARIANTS as FUZZING_VARIANTS
 from scorers.rubric import RUBRIC_FORMATS
 from scorers.simulation import SIMULATION_FORMATS
 
@@ -98,7 +99,8 @@ def index_batch_tokens(config: FoundationConfig) -> int:
     return DEVICE_BATCH_TOKENS.get(config.device.split(":")[0], DEVICE_BATCH_TOKENS["cpu"])[1]
 
 
-SCORERS = ("rubric", "simulation", "intervention")  # by name: scorers.rubric, scorers.simulation, scorers.intervention
+# by name: scorers.rubric, scorers.simulation, scorers.intervention, scorers.detection, scorers.fuzzing
+SCORERS = ("rubric", "simulation", "intervention", "detection", "fuzzing")
 
 
 @dataclass(frozen=True)
@@ -116,6 +118,7 @@ class EvaluationConfig:
     explain_contexts: int | None = None  # firing contexts shown to the explainer (most active first); None = 24 chat, 10 base
     scorers: tuple[str, ...] = ("rubric", "simulation")  # of SCORERS; "intervention" steers each unit (scorers.intervention)
     intervention_multiples: tuple[float, ...] = (5.0, 10.0)  # the intervention scorer's strengths, × each unit's maximum
+    fuzzing_variant: str = "default"  # delphi's fuzz_type: "default" (non-firing contexts marked at random) or "active"
     seed: int = 0
 
 
@@ -373,6 +376,11 @@ def check_config(config: RunConfig) -> None:
     unknown = [name for name in evaluation.scorers if name not in SCORERS]
     if unknown or not evaluation.scorers or len(set(evaluation.scorers)) != len(evaluation.scorers):
         raise MonoscopeError(f"evaluation.scorers is {list(evaluation.scorers)}", f"list one or more of {', '.join(SCORERS)}, each once")
+    if evaluation.fuzzing_variant not in FUZZING_VARIANTS:
+        raise MonoscopeError(
+            f"unknown evaluation.fuzzing_variant {evaluation.fuzzing_variant!r}",
+            f"choose one of {', '.join(FUZZING_VARIANTS)} (delphi's fuzz_type)",
+        )
     if "intervention" in evaluation.scorers and not evaluation.intervention_multiples:
         raise MonoscopeError("evaluation.intervention_multiples is empty", "give at least one strength, e.g. [5, 10]")
     steering = config.steering

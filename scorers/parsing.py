@@ -106,3 +106,23 @@ def parse_activation_list(reply: str, count: int, low: float = 0, high: float = 
             raise ValueError(f"value {value} outside {low:g}..{high:g}")
         numbers.append(float(value))
     return numbers
+
+
+YES_NO_LABELS = ("answer",)
+
+
+def yes_no_format() -> str:
+    """Return the words naming a yes/no reply, for a re-ask."""
+    return "one word, Yes or No"
+
+
+def parse_yes_no(reply: str) -> bool:
+    """Return True for a reply that is (after unwrapping) the word Yes, False for No, any case; else ValueError.
+
+    "Yes", " no ", "**Yes**", "Answer: No." are answers; "Yes, because …", "Y", "maybe" and "" raise.
+    """
+    answer = unwrap_reply(reply, YES_NO_LABELS, trailing_period=True).strip().lower()
+    if answer not in ("yes", "no"):
+        shown = answer if len(answer) <= 40 else answer[:40] + "…"
+        raise ValueError(f"expected Yes or No, got {shown!r}")
+    return answer == "yes"

@@ -129,3 +129,23 @@ def with_marked_target(context: TokenContext, position: int | None = None) -> st
     marked = unit_of(units, context.target if position is None else position)
     texts = [shown(unit_text(context.tokens, unit)) for unit in units]
     return "".join(f"{OPEN}{text}{CLOSE}" if unit == marked else text for unit, text in zip(units, texts, strict=True))
+
+
+def with_marks(context: TokenContext, positions: Iterable[int]) -> str:
+    """Return the context as one line with every display unit that holds one of token ``positions`` written ⟦text⟧.
+
+    Adjacent marked units are marked one by one (⟦a⟧⟦b⟧), as ``with_marked_target`` marks one.
+    With no positions the text is unmarked (``plain_text``).
+    """
+    wanted = set(positions)
+    units = display_units(context.tokens)
+    pieces = []
+    for unit in units:
+        text = shown(unit_text(context.tokens, unit))
+        pieces.append(f"{OPEN}{text}{CLOSE}" if wanted.intersection(unit) else text)
+    return "".join(pieces)
+
+
+def plain_text(context: TokenContext) -> str:
+    """Return the context's shown text on one line with no marks (the detection scorer's view of a window)."""
+    return with_marks(context, ())

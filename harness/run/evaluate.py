@@ -30,6 +30,7 @@ from harness.index.sampling import unit_contexts
 from harness.index.store import is_partial_index, load_index, unit_samples
 from harness.llm.budget import Budget
 from harness.llm.client import BACKEND_FAILURE, BackendError, LLMClient, failure_reason, make_backend
+from harness.llm.interface import CHOICE_LOGPROBS
 from harness.llm.render import RENDERING
 from harness.llm.templates import load_rubric, load_template
 from harness.records import Explanation, Judgment, Simulation, UnitContexts, contexts_digest
@@ -37,7 +38,9 @@ from harness.run.directory import read_manifest, update_manifest
 from harness.steering.generate import STEERING, Steering
 from harness.subject.corpus import load_chunks
 from results.store import append_records, compact, latest_by_key, read_records
-from scorers.answers import AnswerSpelling, answer_spellings
+from scorers import detection, fuzzing
+from scorers.answers import AnswerSpelling, answer_spelling, answer_spellings
+from scorers.binary import OPTIONS, BinaryJudgment, ClassifierItem, classify_unit, text_digest
 from scorers.intervention import InterventionJudgment
 from scorers.rubric import RUBRIC_FORMATS, judge_unit
 from scorers.simulation import SIMULATION_FORMATS, simulate_unit, simulator_prompt_hash
@@ -45,6 +48,8 @@ from scorers.simulation import SIMULATION_FORMATS, simulate_unit, simulator_prom
 EXPLANATIONS, JUDGMENTS, SIMULATIONS = "explanations.jsonl", "judgments.jsonl", "simulations.jsonl"
 SOURCES = ("real", "shuffled", "token_stats")
 INTERVENTIONS = "interventions.jsonl"
+DETECTIONS, FUZZINGS = "detection.jsonl", "fuzzing.jsonl"
+BINARY_FILES = {"detection": DETECTIONS, "fuzzing": FUZZINGS}  # the binary-classification scorers' records (scorers.binary)
 # The record files of the explain and score stages (the last record per key wins).
 RECORD_TYPES = {
     EXPLANATIONS: Explanation,
@@ -52,6 +57,8 @@ RECORD_TYPES = {
     SIMULATIONS: Simulation,
     INTERVENTIONS: InterventionJudgment,
     STEERING: Steering,
+    DETECTIONS: BinaryJudgment,
+    FUZZINGS: BinaryJudgment,
 }
 
 
@@ -182,6 +189,9 @@ def score_stage(
         if not probed:
             spellings.update(answer_spellings(judge, config.judge_format, simulator, config.simulator_format))
             probed = True
+        if role in BINARY_FILES and role not in spellings and CHOICE_LOGPROBS in judge.backend.capabilities:
+            template = BINARY_TEMPLATES[role]
+            spellings[role] = answer_spelling(judge, template, OPTIONS, role, f"the {role} scorer")
         return spellings[role].prefix if role in spellings else " "
 
     if all_explanations is None:
@@ -194,6 +204,9 @@ def score_stage(
     shuffle = shuffled_sources(llm_units, config.seed)
     judged = latest_by_key(read_records(run_dir / JUDGMENTS, Judgment))
     simulated = latest_by_key(read_records(run_dir / SIMULATIONS, Simulation))
+    binary = {
+        name: latest_by_key(read_records(run_dir / BINARY_FILES[name], BinaryJudgment)) for name in config.scorers if name in BINARY_FILES
+    }
     judge_settings = _scorer_settings(judge, "judge_format", config.judge_format, RUBRIC_FORMATS) | {"rubric_hash": load_rubric().sha256}
     simulator_settings = _scorer_settings(simulator, "simulator_format", config.simulator_format, SIMULATION_FORMATS)
     for contexts in units:
@@ -212,6 +225,14 @@ def score_stage(
             if "simulation" in config.scorers and not current:
                 simulations = simulate_unit(subset, text, source, simulator, config.simulator_format, prefix("simulator"))
                 append_records(run_dir / SIMULATIONS, simulations)
+            for name, done in binary.items():
+                items = binary_items(name, contexts, config)
+                if not all(
+                    _current_binary(done.get((contexts.unit, source, i.context_id, i.variant)), text, i, judge, config) for i in items
+                ):
+                    setting, template = binary_setting(name, config), BINARY_TEMPLATES[name]
+                    records = classify_unit(contexts.unit, items, text, source, judge, name, setting, template, prefix(name))
+                    append_records(run_dir / BINARY_FILES[name], records)
         if on_unit_done is not None:
             on_unit_done()
     compact_scores(run_dir, units, config)
@@ -230,6 +251,14 @@ def compact_scores(run_dir: Path, units: list[UnitContexts], config: EvaluationC
             RECORD_TYPES[name],
             keep=lambda record, kept=kept: record.unit not in names or (record.unit, record.context_id) in kept,
         )
+    for scorer, name in BINARY_FILES.items():
+        if scorer in config.scorers:
+            items = {(c.unit, item.context_id, item.variant) for c in units for item in binary_items(scorer, c, config)}
+            compact(
+                run_dir / name,
+                BinaryJudgment,
+                keep=lambda record, items=items: record.unit not in names or (record.unit, record.context_id, record.variant) in items,
+            )
 
 
 def source_texts(unit: str, explanations: dict[tuple[str, str], Explanation], shuffle: dict[str, str]) -> dict[str, str | None]:
@@ -253,6 +282,37 @@ def simulation_subset(contexts: UnitContexts, count: int) -> UnitContexts:
         return contexts
     picks = sorted({round(i * (len(ranked) - 1) / (count - 1)) for i in range(count)}) if count > 1 else [len(ranked) - 1]
     return UnitContexts(contexts.unit, contexts.max_activation, contexts.explain, tuple(ranked[i] for i in picks))
+
+
+BINARY_TEMPLATES = {"detection": detection.TEMPLATE, "fuzzing": fuzzing.TEMPLATE}
+
+
+def binary_setting(scorer: str, config: EvaluationConfig) -> str:
+    """Return the setting a binary scorer's records are made in: "monoscope" for detection, "delphi-<variant>" for fuzzing."""
+    return detection.SETTING if scorer == "detection" else f"delphi-{config.fuzzing_variant}"
+
+
+def binary_items(scorer: str, contexts: UnitContexts, config: EvaluationConfig) -> list[ClassifierItem]:
+    """Return the items the binary scorer ``scorer`` shows the judge for one unit (``scorers.detection``, ``scorers.fuzzing``)."""
+    if scorer == "detection":
+        return detection.detection_items(contexts)
+    return fuzzing.fuzzing_items(contexts, config.fuzzing_variant, config.seed)[0]
+
+
+def _current_binary(
+    record: BinaryJudgment | None, explanation: str, item: ClassifierItem, judge: LLMClient, config: EvaluationConfig
+) -> bool:
+    """Return True for a parsed binary judgment of ``explanation`` on ``item``'s text in this setting, by this judge and prompt."""
+    if (
+        record is None
+        or record.p_yes is None
+        or record.explanation != explanation
+        or record.setting != binary_setting(record.scorer, config)
+    ):
+        return False
+    template = BINARY_TEMPLATES[record.scorer]
+    settings = (judge.backend.name, judge.backend.model, load_template(template).sha256, RENDERING, text_digest(item.text))
+    return (record.backend, record.model, record.prompt_hash, record.rendering, record.text_sha256) == settings
 
 
 def _text(explanation: Explanation | None) -> str | None:
