@@ -13,18 +13,18 @@ import pytest
 from harness.config import EvaluationConfig
 from harness.errors import MonoscopeError
 from harness.index.sampling import SamplingConfig
+from harness.index.state import IndexConfig, new_index, update_index
+from harness.index.store import save_index
 from harness.llm.client import LLMClient
 from harness.llm.interface import CHOICE_LOGPROBS, GENERATE, Completion, Message, Usage
 from harness.records import TokenContext, UnitContexts
 from harness.run.evaluate import DETECTIONS, FUZZINGS, explain_stage, load_unit_contexts, score_stage
+from harness.subject.corpus import save_chunks
 from results.store import read_records
 from scorers.binary import BinaryJudgment, auc, binary_summary, level_accuracy, yes_probability
 from scorers.detection import detection_items
 from scorers.fuzzing import fuzzing_items
 from scorers.parsing import parse_yes_no
-from harness.index.state import IndexConfig, new_index, update_index
-from harness.index.store import save_index
-from harness.subject.corpus import save_chunks
 from tests.test_known_answer import OracleBackend
 
 WORDS = [f"word{i}" for i in range(24)]
@@ -194,7 +194,14 @@ def judgment(label: bool, p_yes: float | None, level: int = 0) -> BinaryJudgment
 
 
 def test_balanced_accuracy_and_auc_match_hand_computed_values_and_a_constant_answer_scores_half() -> None:
-    records = [judgment(True, 0.9), judgment(True, 0.4), judgment(True, 0.7), judgment(False, 0.6), judgment(False, 0.1), judgment(False, None)]
+    records = [
+        judgment(True, 0.9),
+        judgment(True, 0.4),
+        judgment(True, 0.7),
+        judgment(False, 0.6),
+        judgment(False, 0.1),
+        judgment(False, None),
+    ]
     summary = binary_summary(records)
     # TPR 2/3, TNR 1/2 → 7/12; AUC: of the 3×2 pairs, positives beat negatives in 5 (0.4 < 0.6 only) → 5/6
     assert summary["balanced_accuracy"] == pytest.approx(7 / 12) and summary["auc"] == pytest.approx(5 / 6)
