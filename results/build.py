@@ -17,6 +17,7 @@ import pandas as pd
 
 from harness.records import EvaluatedUnit, Explanation, FeatureCorrelation, Judgment, NearestFeatures, Simulation
 from harness.storage import read_json
+from results.binary_tables import binary_level_table
 from results.comparisons import NEURON_SET, compare_table, size_table
 from results.correlation_tables import correlation_summary, correlation_table
 from results.plots import plot_max_correlation, plot_metrics_vs_size, plot_score_distributions, plot_specificity
@@ -32,6 +33,7 @@ from results.tables import (
     unit_table,
     write_table,
 )
+from scorers.binary import BinaryJudgment
 from scorers.intervention import InterventionJudgment
 
 CORRELATION_THRESHOLD = 0.3
@@ -98,11 +100,12 @@ def write_results(run_dir: Path, levels: int = 10) -> dict[str, Any]:
     correlations = _latest(run_dir / "correlations.jsonl", FeatureCorrelation)
     neighbors = _latest(run_dir / "neighbors.jsonl", NearestFeatures)
     interventions = _latest(run_dir / "interventions.jsonl", InterventionJudgment)
+    classifications = _latest(run_dir / "detection.jsonl", BinaryJudgment) + _latest(run_dir / "fuzzing.jsonl", BinaryJudgment)
     dictionaries_path = run_dir / "dictionaries.json"
     dictionary_rows: list[dict] = read_json(dictionaries_path) if dictionaries_path.exists() else []
     dictionary_order = [row["dictionary"] for row in sorted(dictionary_rows, key=lambda row: (row.get("d_sae") or 0, row["dictionary"]))]
 
-    units_df = unit_table(units, explanations, judgments, simulations, correlations, neighbors, interventions)
+    units_df = unit_table(units, explanations, judgments, simulations, correlations, neighbors, interventions, classifications)
     sets_df = set_table(units_df, dictionary_rows)
     set_means_df = set_means_table(units_df)
     compare_df = compare_table(units_df, NEURON_SET)
@@ -117,6 +120,7 @@ def write_results(run_dir: Path, levels: int = 10) -> dict[str, Any]:
     for judgment in judgments:
         by_unit[judgment.unit].append(judgment)
     per_unit = {unit: specificity_table(by_unit[unit], unit=unit, levels=levels) for unit in units_df["unit"]}
+    levels_df = binary_level_table(classifications, units, levels)
     pooled_df = _stack(pooled, "unit_set")
     per_unit_df = _stack(per_unit, "unit")
 
@@ -131,6 +135,7 @@ def write_results(run_dir: Path, levels: int = 10) -> dict[str, Any]:
         "correlation_summary": correlation_summary_df,
         "specificity_pooled": pooled_df,
         "specificity_units": per_unit_df,
+        "binary_levels": levels_df,
     }
     table_paths = {name: str(write_table(run_dir, name, df)) for name, df in tables.items()}
 
@@ -139,7 +144,8 @@ def write_results(run_dir: Path, levels: int = 10) -> dict[str, Any]:
     for name, table in pooled.items():
         n_units = int((units_df["unit_set"] == name).sum())
         title = f"Specificity vs activation: {name} ({n_units} units, real explanations)"
-        plot_paths[f"specificity_{name}"] = str(plot_specificity(table, title, plots_dir / f"specificity_{name}.png"))
+        accuracy = levels_df[(levels_df["unit_set"] == name) & (levels_df["source"] == "real")]
+        plot_paths[f"specificity_{name}"] = str(plot_specificity(table, title, plots_dir / f"specificity_{name}.png", accuracy))
     explanation_of = dict(zip(units_df["unit"], units_df["explanation"], strict=True))
     for unit, table in per_unit.items():
         stem = f"specificity_unit_{safe_name(unit)}"

@@ -23,6 +23,7 @@ from harness.storage import atomic_write_bytes
 
 SCORE_COLOURS = ("#dbe9f6", "#9ecae1", "#4292c6", "#08306b")  # light to dark: score 0 to 3
 SCORE_LABELS = ("0 – unrelated", "1 – vaguely related", "2 – loosely fits", "3 – specific")
+ACCURACY_STYLES = (("#d95f02", "o"), ("#7570b3", "s"))  # the detection and fuzzing lines over the specificity bars
 SET_COLOURS = ("#1f77b4", "#2ca02c", "#9467bd", "#8c564b", "#e377c2", "#17becf", "#bcbd22")
 NEURON_COLOUR = "#d62728"
 DPI = 100
@@ -86,8 +87,12 @@ def _set_colours(names: list[str], neuron_set: str) -> dict[str, str]:
 
 
 @_literal_text
-def plot_specificity(table: pd.DataFrame, title: str, path: Path) -> Path:
-    """Draw the specificity-versus-activation figure (stacked score fractions per activation level); return the path."""
+def plot_specificity(table: pd.DataFrame, title: str, path: Path, accuracy: pd.DataFrame | None = None) -> Path:
+    """Draw the specificity-versus-activation figure (stacked score fractions per activation level); return the path.
+
+    ``accuracy``: rows of ``results.binary_tables.binary_level_table`` (one source) drawn over the bars as
+    one line per scorer, the fraction of windows at each level it judged right, on the same 0–1 axis.
+    """
     figure = _figure(8, 5)
     axes = figure.add_subplot()
     axes.set_title(title)
@@ -105,13 +110,21 @@ def plot_specificity(table: pd.DataFrame, title: str, path: Path) -> Path:
         bottom += heights
     for position, n in zip(positions, table["n"], strict=True):
         axes.text(position, 1.02, f"n={int(n)}", ha="center", va="bottom", fontsize=8)
+    at = {int(level): position for level, position in zip(table["level"], positions, strict=True)}
+    for (scorer, rows), (colour, marker) in zip(
+        (accuracy if accuracy is not None else pd.DataFrame(columns=["scorer"])).groupby("scorer"), ACCURACY_STYLES, strict=False
+    ):
+        rows = rows[rows["level"].astype(int).isin(at)].sort_values("level")
+        xs = [at[int(level)] for level in rows["level"]]
+        axes.plot(xs, rows["accuracy"].astype(float), color=colour, marker=marker, linewidth=1.5, label=f"{scorer} accuracy")
     axes.set_xticks(positions)
     axes.set_xticklabels([str(label) for label in table["label"]], rotation=35, ha="right", fontsize=9)
     axes.set_xlim(-0.6, len(table) - 0.4)
     axes.set_ylim(0, 1.12)
     axes.set_yticks([0, 0.25, 0.5, 0.75, 1.0])
     handles, labels = axes.get_legend_handles_labels()
-    axes.legend(handles[::-1], labels[::-1], title="Rubric score", loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=9)
+    title = "Rubric score" if len(handles) == len(SCORE_LABELS) else "Rubric score; lines: fraction right"
+    axes.legend(handles[::-1], labels[::-1], title=title, loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=9)
     figure.subplots_adjust(left=0.09, right=0.76, bottom=0.2, top=0.9)  # fixed margins: tight_layout costs as much as drawing
     return _save(figure, path)
 

@@ -18,6 +18,10 @@ METRIC_NAMES = {
     "rubric_auc": "judge AUC (firing vs non-firing contexts)",
     "level_spearman": "Spearman correlation of rubric score with activation level",
     "intervention": "intervention score (fraction of steering pairs judged right)",
+    "detection": "detection balanced accuracy (unmarked windows: fires or not)",
+    "detection_auc": "detection AUC (P(yes), firing vs non-firing windows)",
+    "fuzzing": "fuzzing balanced accuracy (marks on firing vs random tokens)",
+    "fuzzing_auc": "fuzzing AUC (P(yes), right vs wrong marks)",
 }
 SOURCE_NAMES = {"real": "real", "shuffled": "shuffled", "token_stats": "token-statistics"}
 

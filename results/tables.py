@@ -22,6 +22,7 @@ from results.frames import defined, frame, mean_and_interval, missing_as_none
 from results.ranking import NOT_JUDGED, RankScore, unit_rankings
 from results.store import latest_by_key
 from results.summary import control_summary, unit_scores
+from scorers.binary import BinaryJudgment, binary_summary
 from scorers.intervention import InterventionJudgment, intervention_summary
 
 SCORES = (0, 1, 2, 3)
@@ -31,7 +32,10 @@ CONTROLS = ("shuffled", "token_stats")
 ALL_UNITS = "all units"  # controls.csv: the rows that pool every evaluated unit of the run
 CONTROL_METRICS = (*METRICS, "rubric_auc")  # paired real versus control
 # Scored only when the run's evaluation.scorers names them: a table lists them when some unit has a value.
-OPTIONAL_METRICS = ("intervention",)  # fraction of (prompt, strength) pairs where the judge picks the steered continuation
+# intervention: fraction of (prompt, strength) pairs where the judge picks the steered continuation; detection and
+# fuzzing: balanced accuracy of the judge's Yes/No, and their _auc the AUC of its P(yes) (scorers.binary)
+OPTIONAL_METRICS = ("intervention", "detection", "detection_auc", "fuzzing", "fuzzing_auc")
+BINARY_SCORERS = ("detection", "fuzzing")
 SET_METRICS = (*METRICS, "rubric_auc", "level_spearman")  # real-explanation means per set
 REASONS = {"rubric_auc": SOURCES, "level_spearman": ("real",)}  # rank metrics: per source, a value or why there is none
 
@@ -54,6 +58,7 @@ UNIT_COLUMNS = [
     *(f"rubric_auc_reason_{source}" for source in SOURCES),
     *(f"intervention_{source}" for source in SOURCES),
     "intervention_kl",
+    *(f"{scorer}{part}_{source}" for scorer in BINARY_SCORERS for part in ("", "_auc") for source in SOURCES),
     "level_spearman_real",
     "level_spearman_reason_real",
     "n_judgments",
@@ -188,6 +193,7 @@ def unit_table(
     correlations: list[FeatureCorrelation],
     neighbors: list[NearestFeatures],
     interventions: list[InterventionJudgment] = (),
+    classifications: list[BinaryJudgment] = (),
 ) -> pd.DataFrame:
     """Return one row per evaluated unit: its facts, explanations, scores per source, failures and neighbours.
 
@@ -197,7 +203,9 @@ def unit_table(
     ``level_spearman_real``, the Spearman correlation of rubric score with activation level,
     with its ``level_spearman_reason_real``; with the intervention scorer, ``intervention_<source>``
     (the fraction of steering pairs judged right, ``scorers.intervention``) and ``intervention_kl``
-    (the mean KL of the unit's steerings). Rows are ordered features first (by dictionary size, then set name, layer and
+    (the mean KL of the unit's steerings); with the detection and fuzzing scorers, ``detection_<source>`` and
+    ``fuzzing_<source>`` (balanced accuracy) and ``detection_auc_<source>``, ``fuzzing_auc_<source>`` (AUC of P(yes),
+    ``scorers.binary``). Rows are ordered features first (by dictionary size, then set name, layer and
     index), then neurons. ``n_judgments`` counts the unit's judgment records of
     every source, failures included; ``n_failures`` counts its judgment and
     simulation records with no parsed result.
@@ -215,6 +223,9 @@ def unit_table(
     intervened: dict[tuple[str, str], list[InterventionJudgment]] = defaultdict(list)
     for judgment in latest_by_key(list(interventions)).values():
         intervened[(judgment.unit, judgment.source)].append(judgment)
+    classified: dict[tuple[str, str, str], list[BinaryJudgment]] = defaultdict(list)
+    for record in latest_by_key(list(classifications)).values():
+        classified[(record.scorer, record.unit, record.source)].append(record)
     rankings = unit_rankings(judged)
     set_sizes = {u.unit_set: u.set_size for u in unit_records if u.kind == "feature"}
     n_judgments: dict[str, int] = defaultdict(int)
@@ -251,6 +262,10 @@ def unit_table(
         for source in SOURCES:
             row[f"intervention_{source}"] = intervention_summary(intervened.get((unit.unit, source), []))["fraction"]
         row["intervention_kl"] = intervention_summary(intervened.get((unit.unit, "real"), []))["mean_kl"]
+        for scorer in BINARY_SCORERS:
+            for source in SOURCES:
+                summary = binary_summary(classified.get((scorer, unit.unit, source), []))
+                row[f"{scorer}_{source}"], row[f"{scorer}_auc_{source}"] = summary["balanced_accuracy"], summary["auc"]
         row["n_judgments"] = n_judgments[unit.unit]
         row["n_failures"] = n_failures[unit.unit]
         row["max_neuron_correlation"] = correlation.max_neuron_correlation if correlation is not None else None

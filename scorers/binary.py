@@ -65,9 +65,9 @@ class BinaryJudgment:
     raw: str | None = None
 
     @property
-    def key(self) -> tuple[str, str, str, str]:
+    def key(self) -> tuple[str, str, str, str, str]:
         """Return what identifies the record in its file: a later record with the same key replaces it."""
-        return (self.unit, self.source, self.context_id, self.variant)
+        return (self.scorer, self.unit, self.source, self.context_id, self.variant)
 
     @property
     def correct(self) -> bool | None:

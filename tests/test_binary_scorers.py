@@ -25,6 +25,7 @@ from scorers.binary import BinaryJudgment, auc, binary_summary, level_accuracy, 
 from scorers.detection import detection_items
 from scorers.fuzzing import fuzzing_items
 from scorers.parsing import parse_yes_no
+from tests.test_batch import tiny_subject  # noqa: F401 (fixture)
 from tests.test_known_answer import OracleBackend
 
 WORDS = [f"word{i}" for i in range(24)]
@@ -228,3 +229,35 @@ def test_a_generating_judge_without_log_probabilities_is_asked_for_the_word(tmp_
     assert {r.answer for r in detections} == {"generated"} and {r.p_yes for r in detections} == {0.0, 1.0}
     assert not (tmp_path / FUZZINGS).exists() or not read_records(tmp_path / FUZZINGS, BinaryJudgment)
     assert np.isfinite([r.activation for r in detections]).all()
+
+
+@pytest.mark.usefixtures("tiny_subject")
+def test_a_run_with_detection_and_fuzzing_fills_the_tables_and_plots_and_a_rerun_asks_nothing(tmp_path: Path) -> None:
+    import json
+
+    import pandas as pd
+
+    from harness.run.runner import run_evaluation
+    from tests.test_batch import CALLS, TINY_CONFIG, tiny_config
+
+    evaluation = {**TINY_CONFIG["evaluation"], "scorers": ["rubric", "detection", "fuzzing"]}
+    config = tiny_config(evaluation=evaluation)
+    run_evaluation(config, tmp_path, log=lambda _message: None)
+    tables = tmp_path / "results" / "tables"
+    units = pd.read_csv(tables / "units.csv")
+    for column in ("detection_real", "detection_auc_real", "fuzzing_real", "fuzzing_shuffled"):
+        assert column in units and units[column].notna().any(), column
+    assert units["pearson_real"].isna().all(), "simulation was not asked for"
+    controls = pd.read_csv(tables / "controls.csv")
+    assert {"detection", "detection_auc", "fuzzing", "fuzzing_auc"} <= set(controls["metric"])
+    sets = pd.read_csv(tables / "sets.csv")
+    assert sets["detection_mean"].notna().any()
+    levels = pd.read_csv(tables / "binary_levels.csv", dtype={"label": str})
+    assert set(levels["scorer"]) == {"detection", "fuzzing"} and ((levels["accuracy"] >= 0) & (levels["accuracy"] <= 1)).all()
+    assert (tmp_path / "results" / "plots" / "specificity_neurons.png").stat().st_size > 0
+    manifest = json.loads((tmp_path / "manifest.json").read_text())
+    assert manifest["usage"]["judge"]["detection"]["calls"] > 0 and manifest["usage"]["judge"]["fuzzing"]["calls"] > 0
+    CALLS.clear()
+    before = (tmp_path / DETECTIONS).read_bytes(), (tmp_path / FUZZINGS).read_bytes()
+    run_evaluation(config, tmp_path, log=lambda _message: None)
+    assert CALLS == [] and ((tmp_path / DETECTIONS).read_bytes(), (tmp_path / FUZZINGS).read_bytes()) == before

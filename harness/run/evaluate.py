@@ -228,7 +228,7 @@ def score_stage(
             for name, done in binary.items():
                 items = binary_items(name, contexts, config)
                 if not all(
-                    _current_binary(done.get((contexts.unit, source, i.context_id, i.variant)), text, i, judge, config) for i in items
+                    _current_binary(done.get((name, contexts.unit, source, i.context_id, i.variant)), text, i, judge, config) for i in items
                 ):
                     setting, template = binary_setting(name, config), BINARY_TEMPLATES[name]
                     records = classify_unit(contexts.unit, items, text, source, judge, name, setting, template, prefix(name))
