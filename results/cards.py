@@ -173,6 +173,27 @@ def _intervention_html(records: RunRecords, unit: str) -> str:
     )
 
 
+def _binary_html(records: RunRecords, unit: str) -> str:
+    """Return the card's detection and fuzzing line per source (balanced accuracy, AUC, texts judged), or "" when not scored."""
+    from scorers.binary import binary_summary
+
+    lines = []
+    for scorer in ("detection", "fuzzing"):
+        cells = []
+        for source in SOURCES:
+            judged = [j for j in records.classifications.values() if j.scorer == scorer and j.unit == unit and j.source == source]
+            if judged:
+                summary = binary_summary(judged)
+                failures = f", {summary['failures']} failed" if summary["failures"] else ""
+                cells.append(
+                    f"{_e(source)} {_number(summary['balanced_accuracy'], 2)} / AUC {_number(summary['auc'], 2)} "
+                    f"(right texts {summary['n_positive']}, wrong {summary['n_negative']}{failures})"
+                )
+        if cells:
+            lines.append(f"<b>{scorer.capitalize()}</b> (balanced accuracy / AUC of P(yes)): {'; '.join(cells)}.")
+    return f"<p class='binary'>{'<br>'.join(lines)}</p>" if lines else ""
+
+
 def _unit_card(
     unit: str,
     evaluated: EvaluatedUnit | None,
@@ -202,6 +223,7 @@ def _unit_card(
     ]
     parts.append(_steering_html(records, unit))
     parts.append(_intervention_html(records, unit))
+    parts.append(_binary_html(records, unit))
     if plot is not None:
         parts.append(_figure(plot, f"Specificity of {unit}: rubric score against activation level."))
     parts.append(f"<h4>Explanation contexts ({len(explain)})</h4>{_contexts_html(explain, scale, None)}")

@@ -48,6 +48,14 @@ RANK_NOTES = (
     "rubric score with the context's activation level (equal-width levels of the unit's maximum; −1 for a non-firing "
     "context); none when the scores or the levels are constant (reason in units.csv). Above 0: the explanation fits "
     "strongly firing contexts better than weak or non-firing ones.",
+    "Detection (detection, detection_auc): the judge sees a held-out window unmarked and says whether it contains what "
+    "the explanation describes; right is Yes where the unit fires anywhere in the window. Unlike rubric_auc, nothing is "
+    "marked and the question is about the whole window. Fuzzing (fuzzing, fuzzing_auc), after delphi: the judge sees a "
+    "window with tokens marked, on the tokens where the unit fires (≥ 0.3 × the window's maximum) or on as many random "
+    "tokens where it does not, and says whether every mark fits. For both, P(yes) is read from the Yes/No "
+    "log-probabilities (or is the parsed word, 1 or 0); the score is the balanced accuracy of “yes when P(yes) > 0.5” "
+    "(mean of the true-positive and true-negative rates: 0.5 is chance) and the AUC of P(yes) (a constant answer gives "
+    "0.5). binary_levels.csv gives the fraction judged right per activation level, drawn as lines over the specificity bars.",
     "95% CI: percentile bootstrap interval (2000 resamples, seeded) over units, not over judgments; paired over units "
     "for real versus a control, each group resampled independently for features versus neurons and between dictionary "
     "sizes. No interval below 2 units.",

@@ -8,11 +8,13 @@ from typing import Any
 from harness.records import EvaluatedUnit, Explanation, Judgment, Simulation, TokenContext
 from harness.steering.generate import STEERING, Steering
 from results.store import latest_by_key, read_records
+from scorers.binary import BinaryJudgment
 from scorers.intervention import InterventionJudgment
 
 UNITS, CONTEXTS = "units.jsonl", "contexts.jsonl"
 EXPLANATIONS, JUDGMENTS, SIMULATIONS = "explanations.jsonl", "judgments.jsonl", "simulations.jsonl"
 INTERVENTIONS = "interventions.jsonl"
+BINARY_FILES = ("detection.jsonl", "fuzzing.jsonl")
 
 
 @dataclass
@@ -26,6 +28,7 @@ class RunRecords:
     simulations: dict[tuple[str, str, str], Simulation] = field(default_factory=dict)
     steerings: list[Steering] = field(default_factory=list)
     interventions: dict[tuple[str, str, str, float], InterventionJudgment] = field(default_factory=dict)
+    classifications: dict[tuple[str, str, str, str, str], BinaryJudgment] = field(default_factory=dict)  # detection, fuzzing
     steering_kl_threshold: float = 0.5  # the run's steering.kl_threshold (harness.config.SteeringConfig)
 
 
@@ -39,6 +42,7 @@ def load_run(run_dir: Path) -> RunRecords:
         simulations=latest_by_key(read_records(run_dir / SIMULATIONS, Simulation)),
         steerings=read_records(run_dir / STEERING, Steering),
         interventions=latest_by_key(read_records(run_dir / INTERVENTIONS, InterventionJudgment)),
+        classifications=latest_by_key([r for name in BINARY_FILES for r in read_records(run_dir / name, BinaryJudgment)]),
         steering_kl_threshold=float(read_manifest_file(run_dir).get("config", {}).get("steering", {}).get("kl_threshold", 0.5)),
     )
 

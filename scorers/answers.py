@@ -81,10 +81,12 @@ def answer_spelling(
     return AnswerSpelling(prefix=prefix, mass=round(mass[prefix], 6), other_mass=round(mass[other], 6), options=tuple(options))
 
 
-def answer_spellings(judge: LLMClient, judge_format: str, simulator: LLMClient, simulator_format: str) -> dict[str, AnswerSpelling]:
+def answer_spellings(
+    judge: LLMClient, judge_format: str | None, simulator: LLMClient, simulator_format: str | None
+) -> dict[str, AnswerSpelling]:
     """Return {"judge": spelling, "simulator": spelling} for the roles whose format reads answer log-probabilities.
 
-    A role whose format generates its answer, or scores a likelihood, has no entry.
+    A role whose format generates its answer, or scores a likelihood, or is None (its scorer is not run), has no entry.
     """
     from scorers.rubric import ANSWER_OPTIONS, RUBRIC_FORMATS
     from scorers.simulation import SIMULATION_FORMATS, SIMULATION_OPTIONS

@@ -242,6 +242,8 @@ def test_a_run_with_detection_and_fuzzing_fills_the_tables_and_plots_and_a_rerun
 
     evaluation = {**TINY_CONFIG["evaluation"], "scorers": ["rubric", "detection", "fuzzing"]}
     config = tiny_config(evaluation=evaluation)
+    planned = run_evaluation(config, tmp_path / "plan", dry_run=True, log=lambda _message: None)["stages"]
+    assert planned["detection"]["calls"] > 0 and planned["fuzzing"]["calls"] > 0 and planned["simulate"]["calls"] == 0
     run_evaluation(config, tmp_path, log=lambda _message: None)
     tables = tmp_path / "results" / "tables"
     units = pd.read_csv(tables / "units.csv")
@@ -255,8 +257,12 @@ def test_a_run_with_detection_and_fuzzing_fills_the_tables_and_plots_and_a_rerun
     levels = pd.read_csv(tables / "binary_levels.csv", dtype={"label": str})
     assert set(levels["scorer"]) == {"detection", "fuzzing"} and ((levels["accuracy"] >= 0) & (levels["accuracy"] <= 1)).all()
     assert (tmp_path / "results" / "plots" / "specificity_neurons.png").stat().st_size > 0
+    report = (tmp_path / "results" / "report.html").read_text()
+    assert "<b>Detection</b> (balanced accuracy" in report and "<b>Fuzzing</b>" in report and "Fuzzing (fuzzing, fuzzing_auc)" in report
     manifest = json.loads((tmp_path / "manifest.json").read_text())
     assert manifest["usage"]["judge"]["detection"]["calls"] > 0 and manifest["usage"]["judge"]["fuzzing"]["calls"] > 0
+    left = run_evaluation(config, tmp_path, dry_run=True, log=lambda _message: None)["stages"]
+    assert left["detection"]["calls"] == left["fuzzing"]["calls"] == 0, "the plan recognises finished records"
     CALLS.clear()
     before = (tmp_path / DETECTIONS).read_bytes(), (tmp_path / FUZZINGS).read_bytes()
     run_evaluation(config, tmp_path, log=lambda _message: None)

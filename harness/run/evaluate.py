@@ -187,7 +187,9 @@ def score_stage(
         # The probe runs once, just before the first context is scored: a run with nothing left to score asks nothing.
         nonlocal probed
         if not probed:
-            spellings.update(answer_spellings(judge, config.judge_format, simulator, config.simulator_format))
+            judge_format = config.judge_format if "rubric" in config.scorers else None
+            simulator_format = config.simulator_format if "simulation" in config.scorers else None
+            spellings.update(answer_spellings(judge, judge_format, simulator, simulator_format))
             probed = True
         if role in BINARY_FILES and role not in spellings and CHOICE_LOGPROBS in judge.backend.capabilities:
             template = BINARY_TEMPLATES[role]

@@ -25,7 +25,7 @@ from harness.llm.client import LLMClient, report_usage
 from harness.llm.interface import CHOICE_LOGPROBS, CONTINUATION_LOGPROB, GENERATE, SLOT_LOGPROBS, Completion, Message, Usage
 from harness.progress import Progress
 from harness.records import Explanation, TokenContext, UnitContexts
-from harness.run.evaluate import EXPLANATIONS, JUDGMENTS, SIMULATIONS, explain_stage, score_stage
+from harness.run.evaluate import BINARY_FILES, EXPLANATIONS, JUDGMENTS, SIMULATIONS, explain_stage, score_stage
 from harness.run.foundation import dictionary_label
 from results.store import read_records
 
@@ -87,7 +87,7 @@ class PlanningClient(LLMClient):
 def _canned_replies() -> tuple[str, ...]:
     numbered = ["\n".join(f"{i}: 2" for i in range(1, count + 1)) for count in range(1, 129)]
     lists = ["[" + ", ".join(["0"] * count) + "]" for count in range(1, 257)]
-    return ("2", *numbered, *lists)
+    return ("2", "Yes", *numbered, *lists)
 
 
 def recorded_model(role: Role) -> str | None:
@@ -115,19 +115,22 @@ def plan_calls(
 ) -> dict[str, dict[str, Any]]:
     """Return {stage: {role, backend, model, calls, prompt_tokens, completion_tokens, cost_usd}} still needed.
 
+    Stages: explain, judge (the rubric), simulate, and detection and fuzzing when ``config.scorers`` names them.
+
     The run directory's records written so far are copied to a scratch directory, never written.
     """
     clients = {name: planning_client(role, prices) for name, role in roles.items()}
     with tempfile.TemporaryDirectory(prefix="monoscope-plan-") as scratch:
         work = Path(scratch)
-        for name in (EXPLANATIONS, JUDGMENTS, SIMULATIONS):
+        for name in (EXPLANATIONS, JUDGMENTS, SIMULATIONS, *BINARY_FILES.values()):
             if (run_dir / name).exists():
                 shutil.copyfile(run_dir / name, work / name)
         explain_stage(work, units, clients["explainer"], config)
         simulator = clients["judge"] if roles["simulator"] == roles["judge"] else clients["simulator"]
         score_stage(work, units, clients["judge"], simulator, config, read_records(work / EXPLANATIONS, Explanation))
     plan = {}
-    for stage, role_name in (("explain", "explainer"), ("judge", "judge"), ("simulate", "simulator")):
+    binary = tuple((scorer, "judge") for scorer in BINARY_FILES if scorer in config.scorers)  # their stage is the scorer's name
+    for stage, role_name in (("explain", "explainer"), ("judge", "judge"), ("simulate", "simulator"), *binary):
         client = simulator if role_name == "simulator" else clients[role_name]
         usage = client.usage_by_stage().get(stage, {})
         role = roles[role_name]
