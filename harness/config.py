@@ -14,6 +14,7 @@ Sections and their keys (every key is optional; see ``harness/configs/default.ya
     neurons:     {enabled, pool_size, match_density}   (pool_size: neurons of blocks 0..L indexed; see harness.dictionaries.neurons)
     evaluation:  {units_per_dictionary, simulation_contexts, min_explain_contexts, explain_contexts, judge_format, simulator_format,
                   explainer_chat, scorers, intervention_multiples, fuzzing_variant,
+                  judges: [{backend, model, base_url, device, dtype, chat}, ...]   (several judges: the first is the primary),
                   sampling: {score_fraction, explain_top, explain_per_level, explain_random, score_top,
                              score_per_level, score_random, score_zero, levels}}
     correlation: {enabled, features, tokens}
@@ -200,6 +201,18 @@ class RunConfig:
     max_concurrency: int = 4
     prices: dict[str, tuple[float, float]] = field(default_factory=dict)
     cluster: ClusterConfig = field(default_factory=ClusterConfig)
+    judges: tuple[Role, ...] = ()  # evaluation.judges: every judge, the first being ``judge``; () = ``judge`` alone
+
+
+def judge_roles(config: RunConfig) -> tuple[Role, ...]:
+    """Return the run's judges, the primary (``config.judge``) first: ``evaluation.judges``, else the ``judge`` section alone."""
+    return config.judges or (config.judge,)
+
+
+def judge_label(role: Role) -> str:
+    """Return how tables, records directories and usage name a judge: "backend/model" (with the server for a base_url)."""
+    label = f"{role.backend}/{role.model}"
+    return f"{label}@{role.base_url}" if role.base_url else label
 
 
 _SECTIONS = (
@@ -288,6 +301,7 @@ def config_from_mapping(data: dict[str, Any], default_name: str = "run") -> RunC
     labels |= {"neuron_pool_size": "neurons.pool_size", "index_batch_tokens": "index.batch_tokens"}
     foundation_config = _build(FoundationConfig, foundation | {"index": index}, "model/corpus/dictionaries", labels)
     evaluation_data = dict(_section(data, "evaluation"))
+    judges = _judges(evaluation_data.pop("judges", None), "judge" in data)
     sampling = _build(SamplingConfig, dict(evaluation_data.pop("sampling", None) or {}) | {"seed": seed}, "evaluation.sampling")
     evaluation = _build(EvaluationConfig, evaluation_data | {"sampling": sampling, "seed": seed}, "evaluation")
     llm = _section(data, "llm")
@@ -301,11 +315,12 @@ def config_from_mapping(data: dict[str, Any], default_name: str = "run") -> RunC
         correlation=_build(CorrelationConfig, _section(data, "correlation"), "correlation"),
         steering=_build(SteeringConfig, _section(data, "steering"), "steering"),
         explainer=_build(Role, _section(data, "explainer"), "explainer"),
-        judge=_build(Role, _section(data, "judge"), "judge"),
+        judge=judges[0] if judges else _build(Role, _section(data, "judge"), "judge"),
         simulator=_build(Role, _section(data, "simulator"), "simulator"),
         max_concurrency=_typed(llm.get("max_concurrency", 4), int, "llm.max_concurrency"),
         prices=_prices(llm.get("prices") or {}),
         cluster=_build(ClusterConfig, _section(data, "cluster"), "cluster"),
+        judges=judges,
     )
     check_config(config)
     return config
@@ -453,6 +468,24 @@ def _build(cls: type, values: dict[str, Any], where: str, labels: dict[str, str]
         label = (labels or {}).get(key, f"{where}.{key}")
         checked[key] = value if isinstance(value, IndexConfig | SamplingConfig | ModelShape) else _typed(value, kind, label)
     return cls(**checked)
+
+
+def _judges(values: Any, judge_section: bool) -> tuple[Role, ...]:
+    """Return the roles of ``evaluation.judges`` (() when absent); MonoscopeError for a malformed or ambiguous list."""
+    if values is None:
+        return ()
+    if not isinstance(values, list) or not values or not all(isinstance(item, dict) for item in values):
+        raise MonoscopeError(
+            "evaluation.judges is not a list of judges", "give a list of {backend, model, ...} mappings, the primary first"
+        )
+    if judge_section:
+        raise MonoscopeError("the config has both a judge section and evaluation.judges", "list every judge in evaluation.judges only")
+    roles = tuple(_build(Role, item, f"evaluation.judges[{i}]") for i, item in enumerate(values))
+    labels = [judge_label(role) for role in roles]
+    repeated = sorted({label for label in labels if labels.count(label) > 1})
+    if repeated:
+        raise MonoscopeError(f"evaluation.judges lists {', '.join(repeated)} more than once", "list each judge once")
+    return roles
 
 
 def _prices(values: Any) -> dict[str, tuple[float, float]]:

@@ -17,6 +17,7 @@ import pandas as pd
 
 from harness.records import EvaluatedUnit, Explanation, FeatureCorrelation, Judgment, NearestFeatures, Simulation
 from harness.storage import read_json
+from results.agreement import agreement_table, conclusion_table, judge_unit_tables, run_judges
 from results.binary_tables import binary_level_table
 from results.comparisons import NEURON_SET, compare_table, size_table
 from results.correlation_tables import correlation_summary, correlation_table
@@ -124,6 +125,15 @@ def write_results(run_dir: Path, levels: int = 10) -> dict[str, Any]:
     pooled_df = _stack(pooled, "unit_set")
     per_unit_df = _stack(per_unit, "unit")
 
+    judges = run_judges(run_dir)
+    agreement_tables: dict[str, pd.DataFrame] = {}
+    if len(judges) > 1:
+        by_judge, ratings = judge_unit_tables(judges, units, explanations, simulations, correlations, neighbors)
+        agreement_tables = {
+            "units_by_judge": pd.concat([table.assign(judge=label)[["judge", *table.columns]] for label, table in by_judge.items()]),
+            "agreement": agreement_table(by_judge, ratings),
+            "judge_conclusions": conclusion_table(by_judge, dictionary_rows),
+        }
     tables = {
         "units": units_df,
         "sets": sets_df,
@@ -136,6 +146,7 @@ def write_results(run_dir: Path, levels: int = 10) -> dict[str, Any]:
         "specificity_pooled": pooled_df,
         "specificity_units": per_unit_df,
         "binary_levels": levels_df,
+        **agreement_tables,
     }
     table_paths = {name: str(write_table(run_dir, name, df)) for name, df in tables.items()}
 

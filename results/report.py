@@ -237,6 +237,45 @@ def _formats(records: RunRecords) -> tuple[set[str], set[str]]:
     return {j.judge_format for j in records.judgments.values()}, {m.simulator_format for m in records.simulations.values()}
 
 
+def _agreement_section(run_dir: Path) -> str:
+    """Return the Judge agreement section: the figures and whether each conclusion holds under every judge, or why none."""
+    from results.agreement import run_judges
+    from results.tables import load_table, table_path
+
+    judges = run_judges(run_dir)
+    head = "<section id='agreement'><h2>Judge agreement</h2>"
+    if len(judges) < 2 or not table_path(run_dir, "agreement").exists():
+        return head + (
+            "<p class='answer'>Not computed: this run has one judge. List two or more under <code>evaluation.judges</code> "
+            "to see whether the scores and conclusions depend on the judge.</p></section>"
+        )
+    figures = []
+    for row in load_table(run_dir, "agreement").to_dict("records"):
+        what = f"{row['unit_set']}, {row['metric']}, {row['statistic']} ({row['judge_a']} vs {row['judge_b']})"
+        if isinstance(row["reason"], str) and row["reason"]:
+            figures.append(f"{what}: not computed, {row['reason']}.")
+        else:
+            figures.append(
+                f"{what}: {_number(row['value'], 2)} (95% CI [{_number(row['ci_low'], 2)}, {_number(row['ci_high'], 2)}], "
+                f"{int(row['n_units'])} units)."
+            )
+    verdicts = []
+    conclusions = load_table(run_dir, "judge_conclusions")
+    for (comparison, metric), group in conclusions.groupby(["comparison", "metric"], sort=False):
+        holds = bool(group["holds_under_every_judge"].astype(str).str.lower().eq("true").all())
+        each = "; ".join(f"{judge}: {direction}" for judge, direction in zip(group["judge"], group["direction"], strict=True))
+        verdicts.append(f"{comparison}, {metric}: {'holds' if holds else 'does not hold'} under every judge ({each}).")
+    items = "".join(f"<li>{_e(text)}</li>" for text in figures)
+    held = "".join(f"<li>{_e(text)}</li>" for text in verdicts) or "<li>No comparison to make (one unit set).</li>"
+    return (
+        f"{head}<p class='muted'>{len(judges)} judges: {_e(', '.join(label for label, _ in judges))} (the first is the primary, "
+        "whose scores fill the other tables). Spearman correlation of unit scores between judges, Krippendorff's alpha (interval) "
+        "of their rubric ratings of the same contexts; 95% bootstrap intervals over units; none below 10 units.</p>"
+        f"<ul class='answer-details'>{items}</ul><h3>Do the conclusions hold under every judge?</h3>"
+        f"<ul class='answer-details'>{held}</ul></section>"
+    )
+
+
 def write_report(run_dir: Path, out: Path | None = None) -> Path:
     """Write the run's self-contained HTML report (default <run>/results/report.html) and return its path.
 
@@ -266,6 +305,7 @@ def write_report(run_dir: Path, out: Path | None = None) -> Path:
             f"<h1>monoscope report: {_e(run_name)}</h1>",
             answers,
             controls_section(answer_tables, scoring_notes(*_formats(records), manifest)),
+            _agreement_section(run_dir),
             _contents(tables, groups),
             _header_section(run_dir, manifest),
             _tables_section(tables),

@@ -52,16 +52,19 @@ def intervention_tasks(
     config: EvaluationConfig,
     steering: SteeringConfig,
     all_explanations: list[Explanation] | None = None,
+    records_dir: Path | None = None,
 ) -> Iterator[InterventionTask]:
     """Yield one task per unit, in order, generating (and recording) the steerings of units that have something to judge.
 
-    ``settings``: ``judge_settings`` of the judge that will answer. A task with no texts asks nothing:
+    ``settings``: ``judge_settings`` of the judge that will answer; ``records_dir``: where its judgments are
+    (default ``run_dir``; another judge's directory, ``harness.run.judges``), steerings staying in ``run_dir``.
+    A task with no texts asks nothing:
     its unit is current, or was not explained for lack of evidence (no source is scored, as in the
     other scorers).
     """
     explanations = latest_by_key(all_explanations if all_explanations is not None else read_records(run_dir / EXPLANATIONS, Explanation))
     shuffle = shuffled_sources(sorted({unit for unit, explainer in explanations if explainer == "llm"}), config.seed)
-    done = latest_by_key(read_records(run_dir / INTERVENTIONS, InterventionJudgment))
+    done = latest_by_key(read_records((records_dir or run_dir) / INTERVENTIONS, InterventionJudgment))
     prompts = neutral_prompts()
     pairs = [(prompt, multiple) for multiple in config.intervention_multiples for prompt in prompts]
     loaded = loaded_dictionaries(run_dir)
@@ -110,10 +113,14 @@ def intervention_stage(
     steering: SteeringConfig,
     all_explanations: list[Explanation] | None = None,
     on_unit_done: Callable[[], None] | None = None,
+    records_dir: Path | None = None,
 ) -> None:
-    """Write intervention judgments of every unit (all neutral prompts × ``config.intervention_multiples``) per source."""
-    tasks = intervention_tasks(run_dir, units, subject, judge_settings(judge), config, steering, all_explanations)
+    """Write intervention judgments of every unit (all neutral prompts × ``config.intervention_multiples``) per source.
+
+    ``records_dir``: where the judgments go (default ``run_dir``); steerings are generated and kept in ``run_dir``.
+    """
+    tasks = intervention_tasks(run_dir, units, subject, judge_settings(judge), config, steering, all_explanations, records_dir)
     for task in tasks:
-        append_records(run_dir / INTERVENTIONS, judge_task(task, judge, config.seed))
+        append_records((records_dir or run_dir) / INTERVENTIONS, judge_task(task, judge, config.seed))
         if on_unit_done is not None:
             on_unit_done()

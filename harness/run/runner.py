@@ -19,19 +19,21 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from harness.config import RunConfig
+from harness.config import RunConfig, judge_roles
 from harness.dictionaries.formats import load_dictionary
 from harness.dictionaries.neurons import POOL_NAME
 from harness.errors import MonoscopeError
 from harness.llm.budget import Budget, BudgetExhausted
 from harness.llm.client import make_backend
 from harness.progress import Progress, progress_bar
+from harness.records import Explanation
 from harness.run.comparisons import correlation_stage, neighbors_stage
 from harness.run.directory import prepare_run_directory, read_manifest, record_usage, software_versions, update_manifest
 from harness.run.estimates import estimate_resources, log_estimates
-from harness.run.evaluate import UnitsFailed, explain_stage, failed_units, make_client, score_stage, usage_by_client
+from harness.run.evaluate import EXPLANATIONS, UnitsFailed, explain_stage, failed_units, make_client, score_stage, usage_by_client
 from harness.run.foundation import build_foundation, corpus_settings, dictionary_label, foundation_done
 from harness.run.intervene import intervention_stage
+from harness.run.judges import judge_directory, judge_evaluation, judges_manifest, other_judges
 from harness.run.planning import log_plan, placeholder_plan, plan_calls
 from harness.run.reporting import results_stage
 from harness.run.steering import steering_stage
@@ -40,6 +42,7 @@ from harness.subject.corpus import check_corpus_reuse, check_corpus_spec
 from harness.subject.embedded import check_embedded_installed
 from harness.subject.model import check_context_fits, check_device, model_shape, parse_device, resolve_dtype
 from harness.subject.shape import read_model_shape
+from results.store import read_records
 from scorers.intervention import neutral_prompts
 from scorers.rubric import RUBRIC_FORMATS
 from scorers.simulation import SIMULATION_FORMATS
@@ -75,7 +78,13 @@ def run_evaluation(
         for note in notes:
             log(f"note: {note}")
         return plan | {"resources": resources, "notes": notes}
-    update_manifest(run_dir, config=_jsonable(config), seed=config.foundation.seed, versions=software_versions())
+    update_manifest(
+        run_dir,
+        config=_jsonable(config),
+        seed=config.foundation.seed,
+        versions=software_versions(),
+        judges=judges_manifest(config),
+    )
     subject, chunks, dictionaries = build_foundation(run_dir, config, log)
     chosen_sets = config.evaluation.dictionaries
     units = choose_units(
@@ -135,10 +144,29 @@ def _explain_and_score(
             with _timed_if_called(run_dir, "intervene", clients), progress_bar(len(contexts), "intervene", "unit") as bar:
                 judge = clients["judge"]
                 intervention_stage(run_dir, contexts, subject, judge, config.evaluation, config.steering, None, lambda: bar.update(1))
+        for label, role in other_judges(config):
+            clients[f"judge:{label}"] = make_client(role, run_dir, subject, config.max_concurrency, config.prices, budget)
+            _other_judge(run_dir, contexts, config, subject, label, clients[f"judge:{label}"])
     except BudgetExhausted:  # a spending limit reached mid-stage still records what was spent
         record_usage(run_dir, usage_by_client(clients))
         raise
     record_usage(run_dir, usage_by_client(clients))
+
+
+def _other_judge(run_dir: Path, contexts: list[Any], config: RunConfig, subject: Any, label: str, judge: Any) -> None:
+    """Score every unit with a judge after the primary into its own directory (``harness.run.judges``)."""
+    records = judge_directory(run_dir, label)
+    records.mkdir(parents=True, exist_ok=True)
+    explanations = read_records(run_dir / EXPLANATIONS, Explanation)
+    evaluation = judge_evaluation(config.evaluation)
+    with _timed_if_called(run_dir, f"score:{label}", {"judge": judge}), progress_bar(len(contexts), f"score ({label})", "unit") as bar:
+        spellings = score_stage(records, contexts, judge, judge, evaluation, explanations, lambda: bar.update(1))
+    if spellings:
+        update_manifest(run_dir, answer_spelling={f"judge:{label}": spelling.record() for spelling in spellings.values()})
+    if "intervention" in config.evaluation.scorers:
+        with progress_bar(len(contexts), f"intervene ({label})", "unit") as bar:
+            steering = config.steering
+            intervention_stage(run_dir, contexts, subject, judge, config.evaluation, steering, explanations, lambda: bar.update(1), records)
 
 
 def _explain_and_score_on_ray(
@@ -220,8 +248,8 @@ def preflight(config: RunConfig, max_cost: float | None, dry_run: bool = False) 
     check_corpus_spec(config.foundation.corpus)
     device_here(config.foundation.device, "model.device")
     resolve_dtype(config.foundation.dtype)
-    for name in ("explainer", "judge", "simulator"):
-        role = getattr(config, name)
+    extra_judges = [(f"evaluation.judges[{i}]", role) for i, role in enumerate(judge_roles(config)) if i > 0]
+    for name, role in [(name, getattr(config, name)) for name in ("explainer", "judge", "simulator")] + extra_judges:
         if role.backend == "local":
             device_here(role.device or config.foundation.device, f"{name}.device")
             resolve_dtype(role.dtype or "float32")
