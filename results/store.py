@@ -88,5 +88,6 @@ def compact(path: Path, record_type: type[T], order: Callable[[T], Any] | None =
     records = [r for r in latest_by_key(read_records(path, record_type)).values() if keep is None or keep(r)]
     if order is not None:
         records.sort(key=order)
-    atomic_write_bytes(path, records_text(records).encode())
+    if records or path.exists():  # a stage that wrote nothing leaves no empty file behind
+        atomic_write_bytes(path, records_text(records).encode())
     return records

@@ -22,6 +22,7 @@ from harness.run.evaluate import explain_stage, load_unit_contexts, score_stage
 from harness.run.judges import judge_directory
 from results.build import write_results
 from results.store import append_records, read_records
+from tests.test_batch import tiny_subject  # noqa: F401 (fixture)
 from tests.test_known_answer import OracleBackend
 
 WORDS = [f"word{i}" for i in range(24)]
@@ -187,3 +188,105 @@ def test_a_run_with_one_judge_says_agreement_was_not_computed(tmp_path: Path) ->
     from results.report import _agreement_section
 
     assert "Not computed: this run has one judge" in _agreement_section(tmp_path)
+
+
+class SecondFakeJudge:
+    """A second deterministic judge for whole runs: the fake-test backend's answers, shifted by one."""
+
+    name = "fake-second"
+    model = "second-model"
+
+    def __init__(self) -> None:
+        from tests.test_batch import FakeBackend
+
+        self.inner = FakeBackend()
+        self.capabilities = self.inner.capabilities
+
+    def generate(self, messages: list[Message], **params: object) -> Completion:
+        reply = self.inner.generate(messages, **params)
+        return Completion(str((int(reply.text) + 1) % 4), reply.usage) if reply.text.isdigit() else reply
+
+    def choice_logprobs(self, messages: list[Message], choices: list[str]) -> dict[str, float]:
+        values = self.inner.choice_logprobs(messages, choices)
+        return dict(zip(choices, reversed(list(values.values())), strict=True))
+
+
+def _register_second_judge() -> None:
+    from harness.llm.client import backend_names, register_backend
+
+    if "fake-second" not in backend_names():
+        register_backend("fake-second")(lambda model="second-model", **_options: SecondFakeJudge())
+
+
+_register_second_judge()
+
+
+@pytest.mark.usefixtures("tiny_subject")
+def test_a_run_with_two_judges_scores_with_both_counts_each_plans_each_and_a_rerun_asks_nothing(tmp_path: Path) -> None:
+    from harness.run.runner import run_evaluation
+    from tests.test_batch import CALLS, TINY_CONFIG
+
+    first = {"backend": "fake-test", "model": "fake-model"}
+    second = {"backend": "fake-second", "model": "second-model"}
+    evaluation = {**TINY_CONFIG["evaluation"], "scorers": ["rubric", "simulation", "detection"], "judges": [first, second]}
+    sections = {key: value for key, value in TINY_CONFIG.items() if key != "judge"}
+    from harness.config import config_from_mapping
+
+    config = config_from_mapping({**sections, "evaluation": evaluation})
+    plan = run_evaluation(config, tmp_path / "plan", dry_run=True, log=lambda _message: None)["stages"]
+    assert plan["judge:fake-second/second-model"]["calls"] > 0 and plan["detection:fake-second/second-model"]["calls"] > 0
+    run_evaluation(config, tmp_path, log=lambda _message: None)
+    other = judge_directory(tmp_path, "fake-second/second-model")
+    judged = read_records(other / "judgments.jsonl", Judgment)
+    assert judged and {j.backend for j in judged} == {"fake-second"}
+    assert {j.backend for j in read_records(tmp_path / "judgments.jsonl", Judgment)} == {"fake-test"}
+    assert not (other / "simulations.jsonl").exists(), "simulation is the simulator's, not repeated per judge"
+    assert (other / "detection.jsonl").stat().st_size > 0
+    manifest = json.loads((tmp_path / "manifest.json").read_text())
+    assert manifest["usage"]["judge:fake-second/second-model"]["judge"]["calls"] > 0
+    assert [j["label"] for j in manifest["judges"]] == ["fake-test/fake-model", "fake-second/second-model"]
+    tables = tmp_path / "results" / "tables"
+    by_judge = pd.read_csv(tables / "units_by_judge.csv")
+    assert set(by_judge["judge"]) == {"fake-test/fake-model", "fake-second/second-model"}
+    agreement = pd.read_csv(tables / "agreement.csv")
+    assert agreement["value"].isna().all() and agreement["reason"].str.contains("under 10").all(), "2 units per set: no figure"
+    left = run_evaluation(config, tmp_path, dry_run=True, log=lambda _message: None)["stages"]
+    assert all(row["calls"] == 0 for row in left.values()), left
+    CALLS.clear()
+    run_evaluation(config, tmp_path, log=lambda _message: None)
+    assert CALLS == []
+    assert read_records(other / "judgments.jsonl", Judgment) == judged
+
+
+def test_several_judges_on_ray_and_bad_judge_lists_are_refused_in_one_line(tmp_path: Path) -> None:
+    from harness.config import config_from_mapping
+    from harness.errors import MonoscopeError
+    from harness.run.runner import preflight
+
+    judges = [{"backend": "fake-test", "model": "fake-model"}, {"backend": "fake-second", "model": "second-model"}]
+    config = config_from_mapping({"evaluation": {"judges": judges}, "cluster": {"ray": True}})
+    pytest.importorskip("ray")
+    with pytest.raises(MonoscopeError, match="several judges"):
+        preflight(config, None)
+    for bad, message in (
+        ({"evaluation": {"judges": []}}, "not a list of judges"),
+        ({"evaluation": {"judges": [judges[0], judges[0]]}}, "more than once"),
+        ({"judge": judges[0], "evaluation": {"judges": judges}}, "both a judge section"),
+        ({"evaluation": {"judges": [{"backend": "fake-test", "modle": "x"}]}}, "unknown key 'modle'"),
+    ):
+        with pytest.raises(MonoscopeError, match=message):
+            config_from_mapping(bad)
+
+
+def test_the_bundled_two_judge_config_plans_calls_for_both_judges_offline(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from harness.config import judge_roles, load_config
+    from harness.run.runner import run_evaluation
+
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    monkeypatch.delenv("ANTHROPIC_API_KEY", raising=False)
+    config = load_config(Path(__file__).resolve().parent.parent / "harness" / "configs" / "two-judges.yaml")
+    assert [role.backend for role in judge_roles(config)] == ["openai", "anthropic"]
+    plan = run_evaluation(config, tmp_path / "run", dry_run=True, log=lambda _message: None)
+    for stage in ("judge", "detection", "fuzzing", "judge:anthropic/claude-sonnet-4-5", "fuzzing:anthropic/claude-sonnet-4-5"):
+        assert plan["stages"][stage]["calls"] > 0 and plan["stages"][stage]["cost_usd"] > 0, stage
+    assert any("ANTHROPIC_API_KEY" in note for note in plan["notes"])

@@ -27,6 +27,7 @@ from harness.progress import Progress
 from harness.records import Explanation, TokenContext, UnitContexts
 from harness.run.evaluate import BINARY_FILES, EXPLANATIONS, JUDGMENTS, SIMULATIONS, explain_stage, score_stage
 from harness.run.foundation import dictionary_label
+from harness.run.judges import judge_directory, judge_evaluation, other_judges
 from results.store import read_records
 
 _CAPABILITIES = {
@@ -112,10 +113,12 @@ def plan_calls(
     config: EvaluationConfig,
     roles: dict[str, Role],
     prices: dict[str, tuple[float, float]],
+    other_judges: list[tuple[str, Role]] = (),
 ) -> dict[str, dict[str, Any]]:
     """Return {stage: {role, backend, model, calls, prompt_tokens, completion_tokens, cost_usd}} still needed.
 
-    Stages: explain, judge (the rubric), simulate, and detection and fuzzing when ``config.scorers`` names them.
+    Stages: explain, judge (the rubric), simulate, and detection and fuzzing when ``config.scorers`` names them;
+    for each of ``other_judges`` (label, role: ``harness.run.judges``) its judge stages again, named "<stage>:<label>".
 
     The run directory's records written so far are copied to a scratch directory, never written.
     """
@@ -127,24 +130,41 @@ def plan_calls(
                 shutil.copyfile(run_dir / name, work / name)
         explain_stage(work, units, clients["explainer"], config)
         simulator = clients["judge"] if roles["simulator"] == roles["judge"] else clients["simulator"]
-        score_stage(work, units, clients["judge"], simulator, config, read_records(work / EXPLANATIONS, Explanation))
+        explanations = read_records(work / EXPLANATIONS, Explanation)
+        score_stage(work, units, clients["judge"], simulator, config, explanations)
+        others = {}
+        for label, role in other_judges:
+            records = judge_directory(work, label)
+            records.mkdir(parents=True)
+            for name in (JUDGMENTS, *BINARY_FILES.values()):
+                if (judge_directory(run_dir, label) / name).exists():
+                    shutil.copyfile(judge_directory(run_dir, label) / name, records / name)
+            others[label] = (role, planning_client(role, prices))
+            score_stage(records, units, others[label][1], others[label][1], judge_evaluation(config), explanations)
     plan = {}
     binary = tuple((scorer, "judge") for scorer in BINARY_FILES if scorer in config.scorers)  # their stage is the scorer's name
     for stage, role_name in (("explain", "explainer"), ("judge", "judge"), ("simulate", "simulator"), *binary):
         client = simulator if role_name == "simulator" else clients[role_name]
-        usage = client.usage_by_stage().get(stage, {})
-        role = roles[role_name]
-        plan[stage] = {
-            "role": role_name,
-            "backend": role.backend,
-            "model": role.model,
-            "calls": usage.get("calls", 0),
-            "prompt_tokens": usage.get("prompt_tokens", 0),
-            "completion_tokens": usage.get("completion_tokens", 0),
-            "cost_usd": usage.get("cost_usd") if usage else (0.0 if client._price() is not None else None),
-            "records_recognised": recorded_model(role) is not None,
-        }
+        plan[stage] = _plan_row(client, stage, role_name, roles[role_name])
+    for label, (role, client) in others.items():
+        for stage in ("judge", *(scorer for scorer in BINARY_FILES if scorer in config.scorers)):
+            plan[f"{stage}:{label}"] = _plan_row(client, stage, "judge", role)
     return plan
+
+
+def _plan_row(client: LLMClient, stage: str, role_name: str, role: Role) -> dict[str, Any]:
+    """Return one stage's row of the plan from a planning client's usage."""
+    usage = client.usage_by_stage().get(stage, {})
+    return {
+        "role": role_name,
+        "backend": role.backend,
+        "model": role.model,
+        "calls": usage.get("calls", 0),
+        "prompt_tokens": usage.get("prompt_tokens", 0),
+        "completion_tokens": usage.get("completion_tokens", 0),
+        "cost_usd": usage.get("cost_usd") if usage else (0.0 if client._price() is not None else None),
+        "records_recognised": recorded_model(role) is not None,
+    }
 
 
 def placeholder_units(unit_names: list[str], config: EvaluationConfig, window: int) -> list[UnitContexts]:
@@ -174,13 +194,14 @@ def placeholder_plan(run_dir: Path, config: RunConfig) -> dict[str, dict[str, An
     names = [f"{unit_set}/{i}" for unit_set in sets for i in range(config.evaluation.units_per_dictionary)]
     units = placeholder_units(names, config.evaluation, config.foundation.index.window)
     roles = {"explainer": config.explainer, "judge": config.judge, "simulator": config.simulator}
-    return plan_calls(run_dir, units, config.evaluation, roles, config.prices)
+    return plan_calls(run_dir, units, config.evaluation, roles, config.prices, other_judges(config))
 
 
 def log_plan(plan: dict[str, dict[str, Any]], log: Progress, upper_bound: bool) -> dict[str, Any]:
     note = " (upper bound: the indexes do not exist yet, so every sampling slot is counted)" if upper_bound else ""
     log(f"dry run: LLM calls still needed{note}; tokens are estimates (characters / 4)")
-    log(f"{'stage':<9} {'role':<10} {'backend/model':<32} {'calls':>8} {'prompt tok':>11} {'output tok':>11} {'est. cost':>10}")
+    width = max([9, *(len(stage) for stage in plan)])
+    log(f"{'stage':<{width}} {'role':<10} {'backend/model':<32} {'calls':>8} {'prompt tok':>11} {'output tok':>11} {'est. cost':>10}")
     total = 0.0
     priced = True
     for stage, row in plan.items():
@@ -190,7 +211,7 @@ def log_plan(plan: dict[str, dict[str, Any]], log: Progress, upper_bound: bool) 
         cost_text = "unpriced" if cost is None else f"${cost:.4f}"
         model = f"{row['backend']}/{row['model']}"
         log(
-            f"{stage:<9} {row['role']:<10} {model:<32} {row['calls']:>8} {row['prompt_tokens']:>11}"
+            f"{stage:<{width}} {row['role']:<10} {model:<32} {row['calls']:>8} {row['prompt_tokens']:>11}"
             f" {row['completion_tokens']:>11} {cost_text:>10}"
         )
     log(f"estimated cost: ${total:.4f}" + ("" if priced else " for the priced models (add the others under llm.prices)"))

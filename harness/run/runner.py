@@ -104,7 +104,8 @@ def run_evaluation(
         log(f"contexts: {repeats} held-out windows dropped: their text repeats one of the same unit's explanation windows")
     roles = {"explainer": config.explainer, "judge": config.judge, "simulator": config.simulator}
     if dry_run:
-        plan = log_plan(plan_calls(run_dir, contexts, config.evaluation, roles, config.prices), log, upper_bound=False)
+        plan = plan_calls(run_dir, contexts, config.evaluation, roles, config.prices, other_judges(config))
+        plan = log_plan(plan, log, upper_bound=False)
         for note in notes:
             log(f"note: {note}")
         return plan | {"resources": "foundation already built", "notes": notes}
@@ -243,6 +244,8 @@ def preflight(config: RunConfig, max_cost: float | None, dry_run: bool = False) 
         from harness.run.cluster import ray_module
 
         ray_module()  # a one-line error saying how to install Ray, before any work
+        if len(judge_roles(config)) > 1:
+            raise MonoscopeError("several judges (evaluation.judges) do not run on Ray yet", "run without --ray, or list one judge")
     if max_cost is not None and max_cost < 0:
         raise MonoscopeError(f"--max-cost {max_cost} is negative", "give a limit in USD >= 0")
     check_corpus_spec(config.foundation.corpus)
