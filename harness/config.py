@@ -13,7 +13,7 @@ Sections and their keys (every key is optional; see ``harness/configs/default.ya
                   window_before, window_after}
     neurons:     {enabled, pool_size, match_density}   (pool_size: neurons of blocks 0..L indexed; see harness.dictionaries.neurons)
     evaluation:  {units_per_dictionary, simulation_contexts, min_explain_contexts, explain_contexts, judge_format, simulator_format,
-                  explainer_chat, scorers, intervention_multiples, fuzzing_variant,
+                  explainer_chat, scorers, intervention_multiples, fuzzing_variant, output_explanations,
                   judges: [{backend, model, base_url, device, dtype, chat}, ...]   (several judges: the first is the primary),
                   sampling: {score_fraction, explain_top, explain_per_level, explain_random, score_top,
                              score_per_level, score_random, score_zero, levels}}
@@ -120,6 +120,9 @@ class EvaluationConfig:
     scorers: tuple[str, ...] = ("rubric", "simulation")  # of SCORERS; "intervention" steers each unit (scorers.intervention)
     intervention_multiples: tuple[float, ...] = (5.0, 10.0)  # the intervention scorer's strengths, × each unit's maximum
     fuzzing_variant: str = "default"  # delphi's fuzz_type: "default" (non-firing contexts marked at random) or "active"
+    output_explanations: bool = (
+        False  # also explain units from their outputs (harness.steering.outputs)
+    )
     seed: int = 0
 
 
@@ -395,6 +398,10 @@ def check_config(config: RunConfig) -> None:
         raise MonoscopeError(
             f"unknown evaluation.fuzzing_variant {evaluation.fuzzing_variant!r}",
             f"choose one of {', '.join(FUZZING_VARIANTS)} (delphi's fuzz_type)",
+        )
+    if evaluation.output_explanations and not {"detection", "intervention"} & set(evaluation.scorers):
+        raise MonoscopeError(
+            "evaluation.output_explanations is on but nothing would score them", "add detection or intervention to evaluation.scorers"
         )
     if "intervention" in evaluation.scorers and not evaluation.intervention_multiples:
         raise MonoscopeError("evaluation.intervention_multiples is empty", "give at least one strength, e.g. [5, 10]")

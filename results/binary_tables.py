@@ -28,7 +28,8 @@ def binary_level_table(classifications: list[BinaryJudgment], units: list[Evalua
         if record.unit in set_of:
             groups[(set_of[record.unit], record.scorer, record.source)].append(record)
     rows = []
-    for (unit_set, scorer, source), records in sorted(groups.items(), key=lambda item: (item[0][0], item[0][1], SOURCES.index(item[0][2]))):
+    order = (*SOURCES, "output")  # the output-centric explanation last
+    for (unit_set, scorer, source), records in sorted(groups.items(), key=lambda item: (item[0][0], item[0][1], order.index(item[0][2]))):
         for level, (right, n) in level_accuracy(records).items():
             rows.append(
                 {

@@ -21,6 +21,7 @@ from results.agreement import agreement_table, conclusion_table, judge_unit_tabl
 from results.binary_tables import binary_level_table
 from results.comparisons import NEURON_SET, compare_table, size_table
 from results.correlation_tables import correlation_summary, correlation_table
+from results.output_tables import output_table
 from results.plots import plot_max_correlation, plot_metrics_vs_size, plot_score_distributions, plot_specificity
 from results.store import latest_by_key, read_records
 from results.tables import (
@@ -146,6 +147,7 @@ def write_results(run_dir: Path, levels: int = 10) -> dict[str, Any]:
         "specificity_pooled": pooled_df,
         "specificity_units": per_unit_df,
         "binary_levels": levels_df,
+        **({"output_centric": outputs_df} if not (outputs_df := output_table(units_df)).empty else {}),
         **agreement_tables,
     }
     table_paths = {name: str(write_table(run_dir, name, df)) for name, df in tables.items()}

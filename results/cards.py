@@ -155,7 +155,7 @@ def _intervention_html(records: RunRecords, unit: str) -> str:
     from scorers.intervention import intervention_summary
 
     cells = []
-    for source in SOURCES:
+    for source in (*SOURCES, "output"):
         judged = [j for j in records.interventions.values() if j.unit == unit and j.source == source]
         if judged:
             summary = intervention_summary(judged)
@@ -180,7 +180,7 @@ def _binary_html(records: RunRecords, unit: str) -> str:
     lines = []
     for scorer in ("detection", "fuzzing"):
         cells = []
-        for source in SOURCES:
+        for source in (*SOURCES, "output"):
             judged = [j for j in records.classifications.values() if j.scorer == scorer and j.unit == unit and j.source == source]
             if judged:
                 summary = binary_summary(judged)

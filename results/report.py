@@ -237,6 +237,38 @@ def _formats(records: RunRecords) -> tuple[set[str], set[str]]:
     return {j.judge_format for j in records.judgments.values()}, {m.simulator_format for m in records.simulations.values()}
 
 
+def _output_section(run_dir: Path) -> str:
+    """Return the section comparing explanations from contexts and from outputs (a 2×2 table per set), or "" when not made."""
+    from results.tables import load_table, table_path
+
+    if not table_path(run_dir, "output_centric").exists():
+        return ""
+    table = load_table(run_dir, "output_centric")
+    names = {"detection": "detection (balanced accuracy)", "detection_auc": "detection AUC", "intervention": "intervention"}
+
+    def cell(mean: Any, low: Any, high: Any) -> str:
+        bounds = f" [{_number(low, 2)}, {_number(high, 2)}]" if isinstance(low, float) and low == low else ""
+        return f"<td class='num'>{_number(mean, 2)}{bounds}</td>"
+
+    parts = [
+        "<section id='outputs'><h2>Explanations from contexts and from outputs</h2><p class='muted'>Each unit explained twice: "
+        "from the contexts where it fires (the run's explanation) and from what it writes to the output (the tokens it "
+        "promotes and suppresses through the unembedding, and those clamping it raises). Means over units with 95% bootstrap "
+        "intervals; the last row is outputs − contexts, paired over the units with both.</p>"
+    ]
+    for unit_set, rows in table.groupby("unit_set", sort=False):
+        metrics = list(rows["metric"])
+        head = "".join(f"<th>{_e(names.get(m, m))}</th>" for m in metrics)
+        body = []
+        for label, prefix in (("from activating contexts", "contexts_"), ("from outputs", "outputs_")):
+            cells = "".join(cell(r[f"{prefix}mean"], r[f"{prefix}ci_low"], r[f"{prefix}ci_high"]) for r in rows.to_dict("records"))
+            body.append(f"<tr><th>{label}</th>{cells}</tr>")
+        cells = "".join(cell(r["difference"], r["ci_low"], r["ci_high"]) for r in rows.to_dict("records"))
+        body.append(f"<tr><th>outputs − contexts (n={int(rows['n_units'].max())})</th>{cells}</tr>")
+        parts.append(f"<h3>{_e(unit_set)}</h3><table><tr><th>explanation</th>{head}</tr>{''.join(body)}</table>")
+    return "".join(parts) + "</section>"
+
+
 def _agreement_section(run_dir: Path) -> str:
     """Return the Judge agreement section: the figures and whether each conclusion holds under every judge, or why none."""
     from results.agreement import run_judges
@@ -306,6 +338,7 @@ def write_report(run_dir: Path, out: Path | None = None) -> Path:
             answers,
             controls_section(answer_tables, scoring_notes(*_formats(records), manifest)),
             _agreement_section(run_dir),
+            _output_section(run_dir),
             _contents(tables, groups),
             _header_section(run_dir, manifest),
             _tables_section(tables),

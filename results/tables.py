@@ -36,6 +36,8 @@ CONTROL_METRICS = (*METRICS, "rubric_auc")  # paired real versus control
 # fuzzing: balanced accuracy of the judge's Yes/No, and their _auc the AUC of its P(yes) (scorers.binary)
 OPTIONAL_METRICS = ("intervention", "detection", "detection_auc", "fuzzing", "fuzzing_auc")
 BINARY_SCORERS = ("detection", "fuzzing")
+# the output-centric explanation's scores (harness.steering.outputs): detection and the intervention scorer
+OUTPUT_COLUMNS = ("detection_output", "detection_auc_output", "intervention_output")
 SET_METRICS = (*METRICS, "rubric_auc", "level_spearman")  # real-explanation means per set
 REASONS = {"rubric_auc": SOURCES, "level_spearman": ("real",)}  # rank metrics: per source, a value or why there is none
 
@@ -59,6 +61,7 @@ UNIT_COLUMNS = [
     *(f"intervention_{source}" for source in SOURCES),
     "intervention_kl",
     *(f"{scorer}{part}_{source}" for scorer in BINARY_SCORERS for part in ("", "_auc") for source in SOURCES),
+    *OUTPUT_COLUMNS,
     "level_spearman_real",
     "level_spearman_reason_real",
     "n_judgments",
@@ -266,6 +269,9 @@ def unit_table(
             for source in SOURCES:
                 summary = binary_summary(classified.get((scorer, unit.unit, source), []))
                 row[f"{scorer}_{source}"], row[f"{scorer}_auc_{source}"] = summary["balanced_accuracy"], summary["auc"]
+        output = binary_summary(classified.get(("detection", unit.unit, "output"), []))
+        row["detection_output"], row["detection_auc_output"] = output["balanced_accuracy"], output["auc"]
+        row["intervention_output"] = intervention_summary(intervened.get((unit.unit, "output"), []))["fraction"]
         row["n_judgments"] = n_judgments[unit.unit]
         row["n_failures"] = n_failures[unit.unit]
         row["max_neuron_correlation"] = correlation.max_neuron_correlation if correlation is not None else None

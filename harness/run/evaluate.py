@@ -47,6 +47,7 @@ from scorers.simulation import SIMULATION_FORMATS, simulate_unit, simulator_prom
 
 EXPLANATIONS, JUDGMENTS, SIMULATIONS = "explanations.jsonl", "judgments.jsonl", "simulations.jsonl"
 SOURCES = ("real", "shuffled", "token_stats")
+OUTPUT_SCORERS = ("detection", "intervention")  # the scorers of the output-centric explanation (source "output")
 INTERVENTIONS = "interventions.jsonl"
 DETECTIONS, FUZZINGS = "detection.jsonl", "fuzzing.jsonl"
 BINARY_FILES = {"detection": DETECTIONS, "fuzzing": FUZZINGS}  # the binary-classification scorers' records (scorers.binary)
@@ -218,6 +219,9 @@ def score_stage(
         for source, text in source_texts(contexts.unit, explanations, shuffle).items():
             if text is None:
                 continue
+            if source == "output":  # scored by OUTPUT_SCORERS only
+                _score_binary(run_dir, contexts, source, text, judge, config, {"detection": binary.get("detection")}, prefix)
+                continue
             ids = [c.context_id for c in contexts.score]
             if "rubric" in config.scorers and not all(_current(judged.get((contexts.unit, source, i)), text, judge_settings) for i in ids):
                 judgments = judge_unit(contexts, text, source, judge, config.judge_format, answer_prefix=prefix("judge"))
@@ -227,18 +231,34 @@ def score_stage(
             if "simulation" in config.scorers and not current:
                 simulations = simulate_unit(subset, text, source, simulator, config.simulator_format, prefix("simulator"))
                 append_records(run_dir / SIMULATIONS, simulations)
-            for name, done in binary.items():
-                items = binary_items(name, contexts, config)
-                if not all(
-                    _current_binary(done.get((name, contexts.unit, source, i.context_id, i.variant)), text, i, judge, config) for i in items
-                ):
-                    setting, template = binary_setting(name, config), BINARY_TEMPLATES[name]
-                    records = classify_unit(contexts.unit, items, text, source, judge, name, setting, template, prefix(name))
-                    append_records(run_dir / BINARY_FILES[name], records)
+            _score_binary(run_dir, contexts, source, text, judge, config, binary, prefix)
         if on_unit_done is not None:
             on_unit_done()
     compact_scores(run_dir, units, config)
     return spellings
+
+
+def _score_binary(
+    run_dir: Path,
+    contexts: UnitContexts,
+    source: str,
+    text: str,
+    judge: LLMClient,
+    config: EvaluationConfig,
+    binary: dict[str, dict | None],
+    prefix: Callable[[str], str],
+) -> None:
+    """Score one explanation of a unit with each binary scorer in ``binary`` ({scorer: its records on disk, None: not run})."""
+    for name, done in binary.items():
+        if done is None:
+            continue
+        items = binary_items(name, contexts, config)
+        if not all(
+            _current_binary(done.get((name, contexts.unit, source, i.context_id, i.variant)), text, i, judge, config) for i in items
+        ):
+            setting, template = binary_setting(name, config), BINARY_TEMPLATES[name]
+            records = classify_unit(contexts.unit, items, text, source, judge, name, setting, template, prefix(name))
+            append_records(run_dir / BINARY_FILES[name], records)
 
 
 def compact_scores(run_dir: Path, units: list[UnitContexts], config: EvaluationConfig) -> None:
@@ -264,11 +284,13 @@ def compact_scores(run_dir: Path, units: list[UnitContexts], config: EvaluationC
 
 
 def source_texts(unit: str, explanations: dict[tuple[str, str], Explanation], shuffle: dict[str, str]) -> dict[str, str | None]:
-    """Return {source: explanation text or None} of a unit: its own, the shuffled control's (``shuffle``), token statistics."""
+    """Return {source: explanation text or None} of a unit: its own, the shuffled control's (``shuffle``), token statistics,
+    and its output-centric explanation (``OUTPUT_SCORERS`` score that one)."""
     return {
         "real": _text(explanations.get((unit, "llm"))),
         "shuffled": _text(explanations.get((shuffle.get(unit), "llm"))),
         "token_stats": _text(explanations.get((unit, "token_stats"))),
+        "output": _text(explanations.get((unit, "output"))),  # the output-centric explanation, when the run makes them
     }
 
 

@@ -34,6 +34,7 @@ from harness.run.evaluate import EXPLANATIONS, UnitsFailed, explain_stage, faile
 from harness.run.foundation import build_foundation, corpus_settings, dictionary_label, foundation_done
 from harness.run.intervene import intervention_stage
 from harness.run.judges import judge_directory, judge_evaluation, judges_manifest, other_judges
+from harness.run.output_stage import output_stage
 from harness.run.planning import log_plan, placeholder_plan, plan_calls
 from harness.run.reporting import results_stage
 from harness.run.steering import steering_stage
@@ -112,7 +113,7 @@ def run_evaluation(
     if config.cluster.ray:
         _explain_and_score_on_ray(run_dir, contexts, config, subject, max_cost, log)
     else:
-        _explain_and_score(run_dir, contexts, config, subject, roles, max_cost)
+        _explain_and_score(run_dir, contexts, config, subject, roles, max_cost, chunks)
     correlation_stage(run_dir, config, subject, chunks, dictionaries, units, log)
     neighbors_stage(run_dir, dictionaries, units, config.foundation.device)
     steering_stage(run_dir, config.steering, subject, units, log)
@@ -120,7 +121,7 @@ def run_evaluation(
 
 
 def _explain_and_score(
-    run_dir: Path, contexts: list[Any], config: RunConfig, subject: Any, roles: dict[str, Any], max_cost: float | None
+    run_dir: Path, contexts: list[Any], config: RunConfig, subject: Any, roles: dict[str, Any], max_cost: float | None, chunks: Any
 ) -> None:
     """Explain, score and (when configured) run the intervention scorer in this process, recording usage and spellings."""
     budget = Budget(max_cost) if max_cost is not None else None
@@ -135,6 +136,9 @@ def _explain_and_score(
     try:
         with _timed_if_called(run_dir, "explain", clients), progress_bar(len(contexts), "explain", "unit") as bar:
             explain_stage(run_dir, contexts, clients["explainer"], config.evaluation, on_unit_done=lambda: bar.update(1))
+        if config.evaluation.output_explanations:
+            with _timed_if_called(run_dir, "explain_outputs", clients), progress_bar(len(contexts), "explain outputs", "unit") as bar:
+                output_stage(run_dir, contexts, subject, clients["explainer"], chunks, lambda: bar.update(1))
         with _timed_if_called(run_dir, "score", clients), progress_bar(len(contexts), "score", "unit") as bar:
             spellings = score_stage(
                 run_dir, contexts, clients["judge"], clients["simulator"], config.evaluation, None, lambda: bar.update(1)
@@ -246,6 +250,10 @@ def preflight(config: RunConfig, max_cost: float | None, dry_run: bool = False) 
         ray_module()  # a one-line error saying how to install Ray, before any work
         if len(judge_roles(config)) > 1:
             raise MonoscopeError("several judges (evaluation.judges) do not run on Ray yet", "run without --ray, or list one judge")
+        if config.evaluation.output_explanations:
+            raise MonoscopeError(
+                "output-centric explanations do not run on Ray yet", "run without --ray, or set output_explanations: false"
+            )
     if max_cost is not None and max_cost < 0:
         raise MonoscopeError(f"--max-cost {max_cost} is negative", "give a limit in USD >= 0")
     check_corpus_spec(config.foundation.corpus)
