@@ -219,6 +219,9 @@ def _unit_card(
         f"<h3>{_e(unit)}</h3><p class='facts'>{facts}</p>",
         _explanation_html(records.explanations.get((unit, "llm")), "LLM explanation"),
         _explanation_html(records.explanations.get((unit, "token_stats")), "Token statistics"),
+        _explanation_html(records.explanations.get((unit, "output")), "From its outputs")
+        if (unit, "output") in records.explanations
+        else "",
         _scores_table(unit, grouped["judgments"].get(unit, []), grouped["simulations"].get(unit, []), scores),
     ]
     parts.append(_steering_html(records, unit))
