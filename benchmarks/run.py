@@ -35,6 +35,7 @@ MODULES = (
     "bench_gpu",
     "bench_steering",
     "bench_ray",
+    "bench_scorer_cost",
 )
 for module in MODULES:
     if (Path(__file__).parent / f"{module}.py").exists():
