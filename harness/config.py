@@ -13,7 +13,8 @@ Sections and their keys (every key is optional; see ``harness/configs/default.ya
                   window_before, window_after}
     neurons:     {enabled, pool_size, match_density}   (pool_size: neurons of blocks 0..L indexed; see harness.dictionaries.neurons)
     evaluation:  {units_per_dictionary, simulation_contexts, min_explain_contexts, explain_contexts, judge_format, simulator_format,
-                  explainer_chat, scorers, intervention_multiples, fuzzing_variant, output_explanations,
+                  explainer_chat, scorers, intervention_multiples, intervention_prompts,
+                  fuzzing_variant, output_explanations,
                   judges: [{backend, model, base_url, device, dtype, chat}, ...]   (several judges: the first is the primary),
                   sampling: {score_fraction, explain_top, explain_per_level, explain_random, score_top,
                              score_per_level, score_random, score_zero, levels}}
@@ -119,10 +120,9 @@ class EvaluationConfig:
     explain_contexts: int | None = None  # firing contexts shown to the explainer (most active first); None = 24 chat, 10 base
     scorers: tuple[str, ...] = ("rubric", "simulation")  # of SCORERS; "intervention" steers each unit (scorers.intervention)
     intervention_multiples: tuple[float, ...] = (5.0, 10.0)  # the intervention scorer's strengths, × each unit's maximum
+    intervention_prompts: int | None = None  # the first N neutral prompts it steers on; None = all 20
     fuzzing_variant: str = "default"  # delphi's fuzz_type: "default" (non-firing contexts marked at random) or "active"
-    output_explanations: bool = (
-        False  # also explain units from their outputs (harness.steering.outputs)
-    )
+    output_explanations: bool = False  # also explain units from their outputs (harness.steering.outputs)
     seed: int = 0
 
 
@@ -348,6 +348,7 @@ def check_config(config: RunConfig) -> None:
         "evaluation.units_per_dictionary": evaluation.units_per_dictionary,
         "evaluation.simulation_contexts": evaluation.simulation_contexts,
         "evaluation.min_explain_contexts": evaluation.min_explain_contexts,
+        "evaluation.intervention_prompts": evaluation.intervention_prompts if evaluation.intervention_prompts is not None else 1,
         "neurons.pool_size": foundation.neuron_pool_size,
         "llm.max_concurrency": config.max_concurrency,
         "cluster.threads_per_worker": config.cluster.threads_per_worker,

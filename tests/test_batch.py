@@ -194,3 +194,19 @@ def test_the_intervention_scorer_runs_in_a_run_fills_the_tables_and_a_rerun_asks
     before = (tmp_path / INTERVENTIONS).read_bytes(), (tmp_path / STEERING).read_bytes()
     run_evaluation(config, tmp_path, log=lambda _message: None)
     assert CALLS == [] and ((tmp_path / INTERVENTIONS).read_bytes(), (tmp_path / STEERING).read_bytes()) == before
+
+
+def test_intervention_prompts_limits_the_intervention_scorer_to_the_first_neutral_prompts(tmp_path: Path, tiny_subject: object) -> None:
+    from harness.run.evaluate import INTERVENTIONS
+    from scorers.intervention import neutral_prompts
+
+    evaluation = {
+        **TINY_CONFIG["evaluation"],
+        "scorers": ["rubric", "intervention"],
+        "intervention_multiples": [5.0],
+        "intervention_prompts": 3,
+    }
+    config = tiny_config(evaluation=evaluation, steering={"enabled": False, "tokens": 3})
+    run_evaluation(config, tmp_path, log=lambda _message: None)
+    records = [json.loads(line) for line in (tmp_path / INTERVENTIONS).read_text().splitlines()]
+    assert records and {r["prompt"] for r in records} == set(neutral_prompts()[:3])

@@ -65,7 +65,7 @@ def intervention_tasks(
     explanations = latest_by_key(all_explanations if all_explanations is not None else read_records(run_dir / EXPLANATIONS, Explanation))
     shuffle = shuffled_sources(sorted({unit for unit, explainer in explanations if explainer == "llm"}), config.seed)
     done = latest_by_key(read_records((records_dir or run_dir) / INTERVENTIONS, InterventionJudgment))
-    prompts = neutral_prompts()
+    prompts = neutral_prompts()[: config.intervention_prompts]
     pairs = [(prompt, multiple) for multiple in config.intervention_multiples for prompt in prompts]
     loaded = loaded_dictionaries(run_dir)
     plains: dict = {}  # one plain continuation per prompt, shared by every unit

@@ -229,7 +229,7 @@ def preflight(config: RunConfig, max_cost: float | None, dry_run: bool = False) 
     """
     notes: list[str] = []
     if dry_run and "intervention" in config.evaluation.scorers:
-        pairs = len(neutral_prompts()) * len(config.evaluation.intervention_multiples)
+        pairs = len(neutral_prompts()[: config.evaluation.intervention_prompts]) * len(config.evaluation.intervention_multiples)
         notes.append(
             f"the plan leaves out the intervention scorer: per explained unit {pairs} steered generations on the subject model "
             f"and {3 * pairs} judge calls (real, shuffled, token statistics), each reading about 100 prompt tokens plus the explanation"
