@@ -20,6 +20,8 @@ CONFIG = IndexConfig(
     window_before=3,
     window_after=2,
     seed=7,
+    weighted=4,
+    spaced_top=3,
 )
 LENGTH = 16
 
@@ -163,3 +165,52 @@ def test_empty_slots_use_sentinels():
     state = new_index(2, CONFIG, LENGTH)
     assert (state.slots["interval"].key == EMPTY_KEY).all()
     assert (state.slots["top"].chunk == -1).all()
+
+
+def saebench_greedy_top(acts: torch.Tensor, k: int, before: int, after: int) -> list[tuple[int, int]]:
+    """SAEBench's no-overlap top-k of one unit's [chunks, T] activations, written out here: rank the tokens whose window
+    fits, take each unless a taken token of its chunk lies within ``before`` of it."""
+    inner = acts[:, before : acts.shape[1] - after]
+    order = inner.flatten().argsort(descending=True).tolist()
+    taken: list[tuple[int, int]] = []
+    for flat in order:
+        row, col = divmod(flat, inner.shape[1])
+        col += before
+        if float(acts[row, col]) <= 0:
+            break
+        if all(r != row or abs(c - col) > before for r, c in taken):
+            taken.append((row, col))
+        if len(taken) == k:
+            break
+    return taken
+
+
+def test_spaced_top_is_the_no_overlap_greedy_top_k(shards):
+    low, high = shards
+    acts = torch.cat([low, high])
+    state = build(acts, 0, batch=7)
+    for unit in range(acts.shape[2]):
+        expected = saebench_greedy_top(acts[:, :, unit], CONFIG.spaced_top, CONFIG.window_before, CONFIG.window_after)
+        slots = state.slots["spaced_top"]
+        got = [(int(c), int(p)) for c, p in zip(slots.chunk[unit], slots.position[unit], strict=True) if c >= 0]
+        assert got == expected, unit
+
+
+def test_weighted_draws_follow_squared_activations():
+    """The first weighted sample of one unit over one chunk, over 3,000 seeds: a χ² test against activation²."""
+    from scipy import stats
+
+    values = torch.tensor([0.0, 0.0, 0.0, 1.0, 2.0, 0.5, 3.0, 0.0, 1.5, 2.5, 0.0, 0.0])  # tokens 3..9 fit a window of 3 + 1 + 2
+    acts = values[None, :, None]
+    counts = torch.zeros(len(values))
+    config = IndexConfig(top_k=1, interval_samples=1, random_nonzero=1, random_zero=1, window_before=3, window_after=2, weighted=1)
+    for seed in range(3000):
+        state = new_index(1, IndexConfig(**{**config.__dict__, "seed": seed}), len(values))
+        update_index(state, acts, torch.tensor([0]))
+        counts[int(state.slots["weighted"].position[0, 0])] += 1
+    weights = values**2
+    weights[:3], weights[10:] = 0, 0  # outside the positions whose window fits
+    expected = weights / weights.sum() * counts.sum()
+    observed = counts[expected > 0]
+    assert counts[expected == 0].sum() == 0
+    assert stats.chisquare(observed.numpy(), expected[expected > 0].numpy()).pvalue > 0.001

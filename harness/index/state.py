@@ -8,6 +8,13 @@ units × samples (independent of the number of tokens):
   interval has the smallest hash priority (stratified reservoir sampling);
 - ``nonzero``: a reservoir of chunks with a random firing token;
 - ``zero``: a reservoir of chunks with a random non-firing token;
+- ``weighted`` (``IndexConfig.weighted`` slots, 0 = none): firing tokens drawn with probability
+  ∝ activation², without replacement (A-Res, Efraimidis and Spirakis 2006: the largest keys
+  log(u)/w, u uniform from the token's hash, w = activation²), among tokens whose window fits the
+  chunk unshifted; several may come from one chunk. SAEBench's importance-weighted sample;
+- ``spaced_top`` (``IndexConfig.spaced_top`` slots, 0 = none): the top-k firing tokens among
+  those whose window fits unshifted, no two of one chunk within ``window_before`` tokens of each
+  other, chosen greedily by activation (SAEBench's ``get_k_largest_indices`` with ``no_overlap``);
 - statistics: firing count, negative count, sum, maximum, minimum and a histogram
   over the intervals.
 
@@ -31,7 +38,7 @@ from harness.errors import MonoscopeError
 
 EMPTY_KEY = torch.iinfo(torch.int64).max
 POSITION_BITS = 12
-SAMPLE_KINDS = ("top", "interval", "nonzero", "zero")
+SAMPLE_KINDS = ("top", "interval", "nonzero", "zero", "weighted", "spaced_top")
 
 
 @dataclass(frozen=True)
@@ -48,6 +55,8 @@ class IndexConfig:
     window_before: int = 11
     window_after: int = 4
     seed: int = 0
+    weighted: int = 0  # importance-weighted (∝ activation²) samples per unit; SAEBench's setting needs some
+    spaced_top: int = 0  # top samples per unit, several per chunk but ``window_before`` apart; SAEBench's setting
 
     @property
     def n_bins(self) -> int:
@@ -66,7 +75,7 @@ class IndexConfig:
 
     def samples_per_unit(self) -> int:
         """Return the number of sample slots per unit (the memory bound's factor)."""
-        return self.top_k + self.n_bins * self.interval_samples + self.random_nonzero + self.random_zero
+        return self.top_k + self.n_bins * self.interval_samples + self.random_nonzero + self.random_zero + self.weighted + self.spaced_top
 
 
 @dataclass
@@ -103,9 +112,13 @@ class IndexState:
     slots: dict[str, SampleSlots] = field(default_factory=dict)
 
 
-def _empty_slots(shape: tuple[int, ...], window: int, top: bool, device: torch.device) -> SampleSlots:
+def _empty_slots(
+    shape: tuple[int, ...], window: int, top: bool, device: torch.device, key_dtype: torch.dtype = torch.float32
+) -> SampleSlots:
     return SampleSlots(
-        key=torch.full(shape, -math.inf, device=device) if top else torch.full(shape, EMPTY_KEY, dtype=torch.int64, device=device),
+        key=torch.full(shape, -math.inf, dtype=key_dtype, device=device)
+        if top
+        else torch.full(shape, EMPTY_KEY, dtype=torch.int64, device=device),
         chunk=torch.full(shape, -1, dtype=torch.int64, device=device),
         position=torch.zeros(shape, dtype=torch.int32, device=device),
         activations=torch.zeros(*shape, window, device=device),
@@ -147,6 +160,8 @@ def new_index(n_units: int, config: IndexConfig, context_length: int, device: st
         "interval": _empty_slots((n_units, config.n_bins, config.interval_samples), window, False, device),
         "nonzero": _empty_slots((n_units, config.random_nonzero), window, False, device),
         "zero": _empty_slots((n_units, config.random_zero), window, False, device),
+        "weighted": _empty_slots((n_units, config.weighted), window, True, device, torch.float64),
+        "spaced_top": _empty_slots((n_units, config.spaced_top), window, True, device),
     }
     return state
 
@@ -413,6 +428,11 @@ def _update_block(state: IndexState, acts: torch.Tensor, chunk_ids: torch.Tensor
         zero_key = (chunk_key[zb, zu] & ~((1 << POSITION_BITS) - 1)) | target
         _merge_rows(zero, _Candidates(start + zu, zero_key, None, chunk_ids[zb], target, zb, zu), acts, config)
 
+    if config.weighted:
+        _update_weighted(state, acts, chunk_ids, (b, t, u, values), keys, start)
+    if config.spaced_top:
+        _update_spaced_top(state, acts, chunk_ids, token_hash, start)
+
     top = state.slots["top"]
     chunk_max, argmax = acts.max(dim=1)  # [B, U]
     contender = (chunk_max > 0) & (chunk_max >= top.key[start:stop, -1][None, :])
@@ -421,6 +441,49 @@ def _update_block(state: IndexState, acts: torch.Tensor, chunk_ids: torch.Tensor
         position = argmax[tb, tu]
         tie = priority_keys(token_hash[tb, position], unit_hash[tu], position)
         _merge_rows(top, _Candidates(start + tu, chunk_max[tb, tu], tie, chunk_ids[tb], position, tb, tu), acts, config)
+
+
+def _update_weighted(
+    state: IndexState, acts: torch.Tensor, chunk_ids: torch.Tensor, entries: tuple[torch.Tensor, ...], tie: torch.Tensor, start: int
+) -> None:
+    """Fold the firing entries (b, t, u, value) into the ``weighted`` reservoir (A-Res keys log(u) / activation²)."""
+    config, length = state.config, acts.shape[1]
+    b, t, u, values = entries
+    weighted = state.slots["weighted"]
+    uniform = ((tie >> POSITION_BITS).to(torch.float64) + 0.5) / float(2 ** (63 - POSITION_BITS))  # the hash bits above the position
+    key = torch.log(uniform) / values.to(torch.float64) ** 2
+    fits = (t >= config.window_before) & (t < length - config.window_after)
+    chosen = (fits & (key > weighted.key[start + u, -1])).nonzero(as_tuple=True)[0]
+    candidates = _Candidates(start + u[chosen], key[chosen], tie[chosen], chunk_ids[b[chosen]], t[chosen], b[chosen], u[chosen])
+    _merge_rows(weighted, candidates, acts, config)
+
+
+def _update_spaced_top(state: IndexState, acts: torch.Tensor, chunk_ids: torch.Tensor, token_hash: torch.Tensor, start: int) -> None:
+    """Fold each chunk's greedy, ``window_before``-spaced list of its largest activations into ``spaced_top``.
+
+    The global greedy choice over all tokens (SAEBench's no_overlap) equals the top-k of the union of
+    every chunk's own greedy list, since a token is only ever excluded by a larger one of its chunk.
+    """
+    config = state.config
+    batch, length, width = acts.shape
+    spaced = state.slots["spaced_top"]
+    spacing = config.window_before
+    masked = acts.clone()
+    masked[:, : config.window_before] = -math.inf
+    masked[:, length - config.window_after :] = -math.inf
+    unit_hash = unit_hashes(config.seed, torch.arange(start, start + width, device=acts.device))
+    offsets = torch.arange(-spacing, spacing + 1, device=acts.device)
+    for _ in range(config.spaced_top):
+        value, position = masked.max(dim=1)  # [B, U]
+        enter = (value > 0) & (value >= spaced.key[start : start + width, -1][None, :])
+        sb, su = enter.nonzero(as_tuple=True)
+        if sb.numel() == 0:
+            return
+        chosen = position[sb, su]
+        tie = priority_keys(token_hash[sb, chosen], unit_hash[su], chosen)
+        _merge_rows(spaced, _Candidates(start + su, value[sb, su], tie, chunk_ids[sb], chosen, sb, su), acts, config)
+        around = (position[:, None, :] + offsets[None, :, None]).clamp(0, length - 1)  # [B, 2·spacing + 1, U]
+        masked.scatter_(1, around, -math.inf)
 
 
 def merge_indexes(first: IndexState, second: IndexState) -> IndexState:

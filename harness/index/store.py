@@ -1,7 +1,7 @@
 """On-disk format of the activation index, and reading samples back out of it.
 
-Format (version 1): one safetensors file. Its metadata holds
-``format = "monoscope-index"``, ``version = "1"`` and ``header``, a JSON object
+Format (version 2; version 1 had no ``weighted`` and ``spaced_top`` kinds): one safetensors file. Its metadata holds
+``format = "monoscope-index"``, ``version = "2"`` and ``header``, a JSON object
 with the index config, ``n_units``, ``context_length``, ``n_tokens``,
 ``chunk_ranges`` (the half-open chunk ranges folded in) and free-form
 ``about`` (dictionary name, hook, corpus fingerprint). Tensors:
@@ -9,9 +9,10 @@ with the index config, ``n_units``, ``context_length``, ``n_tokens``,
 - ``stats.fire_count``, ``stats.negative_count`` [units] int64; ``stats.activation_sum``
   [units] float64; ``stats.maximum``, ``stats.minimum`` [units] float32;
   ``stats.histogram`` [units, n_bins] int64 (firing tokens per interval);
-- for each kind in top / interval / nonzero / zero: ``<kind>.key``, ``<kind>.chunk``
-  (int64, -1 = empty), ``<kind>.position`` (int32), ``<kind>.activations``
-  (float32, last axis = window) and ``top.tie``.
+- for each kind in top / interval / nonzero / zero / weighted / spaced_top: ``<kind>.key``,
+  ``<kind>.chunk`` (int64, -1 = empty), ``<kind>.position`` (int32), ``<kind>.activations``
+  (float32, last axis = window), and ``<kind>.tie`` for top, weighted and spaced_top (whose
+  keys are float: the activation, or for weighted the float64 A-Res key).
 
 The file is written to a temporary name and renamed, so a reader never sees
 half an index, and an interrupted build resumes from the last checkpoint.
@@ -30,7 +31,7 @@ from harness.records import ContextSample, UnitStats
 from harness.storage import atomic_write_bytes
 
 FORMAT_NAME = "monoscope-index"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 
 
 def is_partial_index(path: Path) -> bool:
