@@ -14,7 +14,7 @@ Sections and their keys (every key is optional; see ``harness/configs/default.ya
     neurons:     {enabled, pool_size, match_density}   (pool_size: neurons of blocks 0..L indexed; see harness.dictionaries.neurons)
     evaluation:  {units_per_dictionary, simulation_contexts, min_explain_contexts, explain_contexts, judge_format, simulator_format,
                   explainer_chat, scorers, intervention_multiples, intervention_prompts,
-                  fuzzing_variant, output_explanations,
+                  fuzzing_variant, output_explanations, detection_setting,
                   judges: [{backend, model, base_url, device, dtype, chat}, ...]   (several judges: the first is the primary),
                   sampling: {score_fraction, explain_top, explain_per_level, explain_random, score_top,
                              score_per_level, score_random, score_zero, levels}}
@@ -122,6 +122,7 @@ class EvaluationConfig:
     intervention_multiples: tuple[float, ...] = (5.0, 10.0)  # the intervention scorer's strengths, × each unit's maximum
     intervention_prompts: int | None = None  # the first N neutral prompts it steers on; None = all 20
     fuzzing_variant: str = "default"  # delphi's fuzz_type: "default" (non-firing contexts marked at random) or "active"
+    detection_setting: str = "monoscope"  # or "saebench": SAEBench's autointerp procedure (scorers.saebench)
     output_explanations: bool = False  # also explain units from their outputs (harness.steering.outputs)
     seed: int = 0
 
@@ -329,6 +330,26 @@ def config_from_mapping(data: dict[str, Any], default_name: str = "run") -> RunC
     return config
 
 
+def check_saebench_setting(config: RunConfig) -> None:
+    """Raise MonoscopeError unless the index and corpus hold what SAEBench's autointerp procedure reads (``scorers.saebench``):
+    128-token chunks, 21-token windows centred on their token, 12 spaced top samples and enough weighted ones."""
+    index, needs = config.foundation.index, []
+    if config.foundation.context_length != 128:
+        needs.append("corpus.context_length: 128")
+    if (index.window_before, index.window_after) != (10, 10):
+        needs.append("index.window_before: 10 and window_after: 10")
+    if index.spaced_top < 12:
+        needs.append("index.spaced_top: 12 or more")
+    if index.weighted < 19:
+        needs.append("index.weighted: 19 or more (7 draws below the top, which can hold 12)")
+    if "detection" not in config.evaluation.scorers:
+        needs.append("detection in evaluation.scorers")
+    if needs:
+        raise MonoscopeError(
+            "evaluation.detection_setting saebench needs " + "; ".join(needs), "set them (harness/configs/saebench.yaml does)"
+        )
+
+
 def on_ray(config: RunConfig, address: str | None = None) -> RunConfig:
     """Return ``config`` run on Ray (``monoscope run --ray [ADDRESS]``): at ``address``, else the config's own or a new local cluster."""
     return replace(config, cluster=replace(config.cluster, ray=True, address=address or config.cluster.address))
@@ -400,6 +421,10 @@ def check_config(config: RunConfig) -> None:
             f"unknown evaluation.fuzzing_variant {evaluation.fuzzing_variant!r}",
             f"choose one of {', '.join(FUZZING_VARIANTS)} (delphi's fuzz_type)",
         )
+    if evaluation.detection_setting not in ("monoscope", "saebench"):
+        raise MonoscopeError(f"unknown evaluation.detection_setting {evaluation.detection_setting!r}", "choose monoscope or saebench")
+    if evaluation.detection_setting == "saebench":
+        check_saebench_setting(config)
     if evaluation.output_explanations and not {"detection", "intervention"} & set(evaluation.scorers):
         raise MonoscopeError(
             "evaluation.output_explanations is on but nothing would score them", "add detection or intervention to evaluation.scorers"

@@ -37,6 +37,7 @@ from results.tables import (
 )
 from scorers.binary import BinaryJudgment
 from scorers.intervention import InterventionJudgment
+from scorers.saebench import SaebenchJudgment
 
 CORRELATION_THRESHOLD = 0.3
 
@@ -107,7 +108,8 @@ def write_results(run_dir: Path, levels: int = 10) -> dict[str, Any]:
     dictionary_rows: list[dict] = read_json(dictionaries_path) if dictionaries_path.exists() else []
     dictionary_order = [row["dictionary"] for row in sorted(dictionary_rows, key=lambda row: (row.get("d_sae") or 0, row["dictionary"]))]
 
-    units_df = unit_table(units, explanations, judgments, simulations, correlations, neighbors, interventions, classifications)
+    saebench = _latest(run_dir / "saebench.jsonl", SaebenchJudgment)
+    units_df = unit_table(units, explanations, judgments, simulations, correlations, neighbors, interventions, classifications, saebench)
     sets_df = set_table(units_df, dictionary_rows)
     set_means_df = set_means_table(units_df)
     compare_df = compare_table(units_df, NEURON_SET)

@@ -8,6 +8,10 @@ github.com/adamkarvonen/SAEBench; read in the fork zachmccrth/SAEBench):
 ``sae_bench_commit_hash``, ``sae_lens_id``, ``sae_lens_release_id``,
 ``sae_lens_version`` and ``sae_cfg_dict``.
 
+With the SAEBench setting of the detection scorer (``scorers.saebench``) each set also gets an envelope
+``<set>:autointerp`` with SAEBench's own ``eval_type_id`` and ``autointerp_score``, written only from that
+setting's records.
+
 SAEBench's own autointerp eval (sae_bench/evals/autointerp/eval_output.py and
 main.py) has ``eval_type_id`` "autointerp" and one category ``autointerp``
 with ``autointerp_score`` (mean detection accuracy over latents) and
@@ -200,7 +204,50 @@ def saebench_envelopes(run_dir: Path) -> dict[str, dict[str, Any]]:
             "sae_cfg_dict": _sae_config(run_dir, unit_set),
         }
         envelopes[unit_set] = _clean(envelope)
+        autointerp = _autointerp_envelope(run_dir, unit_set, units, envelope)
+        if autointerp is not None:
+            envelopes[f"{unit_set}:autointerp"] = _clean(autointerp)
     return envelopes
+
+
+def _autointerp_envelope(run_dir: Path, unit_set: str, units: list[str], base: dict[str, Any]) -> dict[str, Any] | None:
+    """Return SAEBench's own ``autointerp`` envelope of a set, from the SAEBench setting's records only (None without them).
+
+    ``autointerp_score`` is the mean of the per-latent accuracies of the real explanations, ``autointerp_std_dev`` their
+    standard deviation (ddof=1), as sae_bench/evals/autointerp/main.py computes them; latents whose reply SAEBench's
+    rule could not parse are left out, as SAEBench leaves them out, and counted.
+    """
+    from results.store import latest_by_key, read_records
+    from scorers.saebench import SaebenchJudgment
+
+    records = [r for r in latest_by_key(read_records(run_dir / "saebench.jsonl", SaebenchJudgment)).values() if r.source == "real"]
+    mine = [r for r in records if r.unit in set(units)]
+    if not mine:
+        return None
+    scored = [r for r in mine if r.score is not None]
+    score, std = mean_and_std([r.score for r in scored])
+    unstructured = {
+        r.unit: {
+            "explanation": r.explanation,
+            "predictions": list(r.predictions or []),
+            "correct seqs": [i for i, a in enumerate(r.labels, 1) if a],
+            "score": r.score,
+        }
+        for r in scored
+    }
+    return base | {
+        "eval_type_id": "autointerp",
+        "eval_id": str(uuid.uuid5(uuid.NAMESPACE_URL, f"{base['eval_id']}:autointerp")),
+        "eval_result_metrics": {"autointerp": {"autointerp_score": score, "autointerp_std_dev": std}},
+        "eval_result_details": [],
+        "eval_result_unstructured": {
+            "latents": unstructured,
+            "n_latents_scored": len(scored),
+            "n_latents_unparseable": len(mine) - len(scored),
+            "setting": "monoscope's SAEBench setting (scorers.saebench): SAEBench's sampling, windows, answer format and scoring "
+            "rule; the instruction wording is monoscope's",
+        },
+    }
 
 
 def write_saebench_summary(run_dir: Path, out: Path | None = None) -> Path:

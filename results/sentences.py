@@ -22,6 +22,7 @@ METRIC_NAMES = {
     "detection_auc": "detection AUC (P(yes), firing vs non-firing windows)",
     "fuzzing": "fuzzing balanced accuracy (marks on firing vs random tokens)",
     "fuzzing_auc": "fuzzing AUC (P(yes), right vs wrong marks)",
+    "saebench": "SAEBench detection accuracy (14 windows per unit)",
 }
 SOURCE_NAMES = {"real": "real", "shuffled": "shuffled", "token_stats": "token-statistics"}
 

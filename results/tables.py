@@ -24,6 +24,7 @@ from results.store import latest_by_key
 from results.summary import control_summary, unit_scores
 from scorers.binary import BinaryJudgment, binary_summary
 from scorers.intervention import InterventionJudgment, intervention_summary
+from scorers.saebench import SaebenchJudgment
 
 SCORES = (0, 1, 2, 3)
 SOURCES = ("real", "shuffled", "token_stats")
@@ -34,7 +35,8 @@ CONTROL_METRICS = (*METRICS, "rubric_auc")  # paired real versus control
 # Scored only when the run's evaluation.scorers names them: a table lists them when some unit has a value.
 # intervention: fraction of (prompt, strength) pairs where the judge picks the steered continuation; detection and
 # fuzzing: balanced accuracy of the judge's Yes/No, and their _auc the AUC of its P(yes) (scorers.binary)
-OPTIONAL_METRICS = ("intervention", "detection", "detection_auc", "fuzzing", "fuzzing_auc")
+# saebench: SAEBench's autointerp detection accuracy (scorers.saebench; real and shuffled only)
+OPTIONAL_METRICS = ("intervention", "detection", "detection_auc", "fuzzing", "fuzzing_auc", "saebench")
 BINARY_SCORERS = ("detection", "fuzzing")
 # the output-centric explanation's scores (harness.steering.outputs): detection and the intervention scorer
 OUTPUT_COLUMNS = ("detection_output", "detection_auc_output", "intervention_output")
@@ -62,6 +64,7 @@ UNIT_COLUMNS = [
     "intervention_kl",
     *(f"{scorer}{part}_{source}" for scorer in BINARY_SCORERS for part in ("", "_auc") for source in SOURCES),
     *OUTPUT_COLUMNS,
+    *(f"saebench_{source}" for source in SOURCES),
     "level_spearman_real",
     "level_spearman_reason_real",
     "n_judgments",
@@ -197,6 +200,7 @@ def unit_table(
     neighbors: list[NearestFeatures],
     interventions: list[InterventionJudgment] = (),
     classifications: list[BinaryJudgment] = (),
+    saebench: list[SaebenchJudgment] = (),
 ) -> pd.DataFrame:
     """Return one row per evaluated unit: its facts, explanations, scores per source, failures and neighbours.
 
@@ -229,6 +233,7 @@ def unit_table(
     classified: dict[tuple[str, str, str], list[BinaryJudgment]] = defaultdict(list)
     for record in latest_by_key(list(classifications)).values():
         classified[(record.scorer, record.unit, record.source)].append(record)
+    saebench_scores = {(r.unit, r.source): r.score for r in latest_by_key(list(saebench)).values()}
     rankings = unit_rankings(judged)
     set_sizes = {u.unit_set: u.set_size for u in unit_records if u.kind == "feature"}
     n_judgments: dict[str, int] = defaultdict(int)
@@ -272,6 +277,8 @@ def unit_table(
         output = binary_summary(classified.get(("detection", unit.unit, "output"), []))
         row["detection_output"], row["detection_auc_output"] = output["balanced_accuracy"], output["auc"]
         row["intervention_output"] = intervention_summary(intervened.get((unit.unit, "output"), []))["fraction"]
+        for source in SOURCES:
+            row[f"saebench_{source}"] = saebench_scores.get((unit.unit, source))
         row["n_judgments"] = n_judgments[unit.unit]
         row["n_failures"] = n_failures[unit.unit]
         row["max_neuron_correlation"] = correlation.max_neuron_correlation if correlation is not None else None

@@ -207,9 +207,10 @@ def score_stage(
     shuffle = shuffled_sources(llm_units, config.seed)
     judged = latest_by_key(read_records(run_dir / JUDGMENTS, Judgment))
     simulated = latest_by_key(read_records(run_dir / SIMULATIONS, Simulation))
-    binary = {
-        name: latest_by_key(read_records(run_dir / BINARY_FILES[name], BinaryJudgment)) for name in config.scorers if name in BINARY_FILES
-    }
+    wanted = [
+        name for name in config.scorers if name in BINARY_FILES and not (name == "detection" and config.detection_setting == "saebench")
+    ]
+    binary = {name: latest_by_key(read_records(run_dir / BINARY_FILES[name], BinaryJudgment)) for name in wanted}
     judge_settings = _scorer_settings(judge, "judge_format", config.judge_format, RUBRIC_FORMATS) | {"rubric_hash": load_rubric().sha256}
     simulator_settings = _scorer_settings(simulator, "simulator_format", config.simulator_format, SIMULATION_FORMATS)
     for contexts in units:

@@ -37,6 +37,7 @@ from harness.run.judges import judge_directory, judge_evaluation, judges_manifes
 from harness.run.output_stage import output_stage
 from harness.run.planning import log_plan, placeholder_plan, plan_calls
 from harness.run.reporting import results_stage
+from harness.run.saebench_stage import saebench_stage
 from harness.run.steering import steering_stage
 from harness.run.units import choose_units, sample_contexts
 from harness.subject.corpus import check_corpus_reuse, check_corpus_spec
@@ -145,6 +146,14 @@ def _explain_and_score(
             )
         if spellings:
             update_manifest(run_dir, answer_spelling={role: spelling.record() for role, spelling in spellings.items()})
+        if "detection" in config.evaluation.scorers and config.evaluation.detection_setting == "saebench":
+            with _timed_if_called(run_dir, "saebench", clients), progress_bar(len(contexts), "saebench", "unit") as bar:
+                names = [c.unit for c in contexts]
+                explainer, judge = clients["explainer"], clients["judge"]
+                skipped = saebench_stage(
+                    run_dir, names, chunks, subject.tokenizer, explainer, judge, config.evaluation, lambda: bar.update(1)
+                )
+            update_manifest(run_dir, saebench_skipped=skipped)
         if "intervention" in config.evaluation.scorers:
             with _timed_if_called(run_dir, "intervene", clients), progress_bar(len(contexts), "intervene", "unit") as bar:
                 judge = clients["judge"]
@@ -251,9 +260,9 @@ def preflight(config: RunConfig, max_cost: float | None, dry_run: bool = False) 
         if len(judge_roles(config)) > 1:
             raise MonoscopeError("several judges (evaluation.judges) do not run on Ray yet", "run without --ray, or list one judge")
         if config.evaluation.output_explanations:
-            raise MonoscopeError(
-                "output-centric explanations do not run on Ray yet", "run without --ray, or set output_explanations: false"
-            )
+            raise MonoscopeError("output-centric explanations do not run on Ray yet", "run without --ray, or turn them off")
+        if config.evaluation.detection_setting == "saebench":
+            raise MonoscopeError("the SAEBench detection setting does not run on Ray yet", "run without --ray")
     if max_cost is not None and max_cost < 0:
         raise MonoscopeError(f"--max-cost {max_cost} is negative", "give a limit in USD >= 0")
     check_corpus_spec(config.foundation.corpus)

@@ -1,0 +1,104 @@
+"""The SAEBench setting of the detection scorer (``scorers.saebench``) against fixtures made once by the pinned sae-bench 0.6.0
+(``tests/fixtures/saebench/make_fixtures.py``; the suite does not need sae-bench), and in a run."""
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from harness.index.state import IndexConfig, new_index, update_index
+from scorers.saebench import parse_predictions, prediction_accuracy
+from tests.test_batch import tiny_subject  # noqa: F401 (fixture)
+
+FIXTURES = Path(__file__).resolve().parent / "fixtures" / "saebench"
+SAEBENCH_INDEX = IndexConfig(top_k=4, interval_samples=1, random_nonzero=2, random_zero=2, window_before=10, window_after=10)
+
+
+def test_the_spaced_top_windows_equal_saebenchs_selection_on_a_stored_activation_tensor() -> None:
+    acts = torch.from_numpy(np.load(FIXTURES / "acts.npy"))  # [64 sequences, 128 tokens, 3 latents]
+    expected = json.loads((FIXTURES / "top_indices.json").read_text())
+    state = new_index(acts.shape[2], IndexConfig(**{**SAEBENCH_INDEX.__dict__, "spaced_top": 12}), acts.shape[1])
+    for start in range(0, 64, 16):  # in batches, as a run folds chunks in
+        update_index(state, acts[start : start + 16], torch.arange(start, start + 16))
+    slots = state.slots["spaced_top"]
+    for latent in range(acts.shape[2]):
+        got = [[int(c), int(p)] for c, p in zip(slots.chunk[latent], slots.position[latent], strict=True)]
+        assert got == expected[str(latent)], latent
+
+
+def test_per_latent_scores_from_stored_judge_replies_equal_saebenchs() -> None:
+    cases = json.loads((FIXTURES / "replies.json").read_text())
+    assert any(case["score"] is None for case in cases) and any(case["score"] == 1.0 for case in cases)
+    for case in cases:
+        predictions = parse_predictions(case["reply"])
+        assert predictions == case["predictions"], case["reply"]
+        score = None if predictions is None else prediction_accuracy(predictions, case["labels"])
+        assert score == case["score"], case["reply"]
+
+
+SAEBENCH_RUN = {
+    "corpus": {"tokens": 8192, "context_length": 128},
+    "index": {
+        "top_k": 4,
+        "interval_samples": 1,
+        "random_nonzero": 2,
+        "random_zero": 2,
+        "window_before": 10,
+        "window_after": 10,
+        "spaced_top": 12,
+        "weighted": 24,
+    },
+}
+
+
+@pytest.mark.usefixtures("tiny_subject")
+def test_a_run_in_the_saebench_setting_writes_its_explanations_scores_and_saebenchs_autointerp_envelope(tmp_path: Path) -> None:
+    from harness.run.runner import run_evaluation
+    from results.saebench import saebench_envelopes
+    from tests.test_batch import CALLS, TINY_CONFIG, tiny_config
+
+    evaluation = {**TINY_CONFIG["evaluation"], "scorers": ["rubric", "detection"], "detection_setting": "saebench"}
+    config = tiny_config(**SAEBENCH_RUN, evaluation=evaluation, model={**TINY_CONFIG["model"], "batch_size": 4})
+    run_evaluation(config, tmp_path, log=lambda _message: None)
+    records = [json.loads(line) for line in (tmp_path / "saebench.jsonl").read_text().splitlines()]
+    manifest = json.loads((tmp_path / "manifest.json").read_text())
+    skipped = manifest["saebench_skipped"]
+    assert records, f"no unit was scored; skipped: {skipped}"
+    assert {r["source"] for r in records} <= {"real", "shuffled"} and all(len(r["labels"]) == 14 for r in records)
+    assert all(sum(r["labels"]) <= 4 for r in records), "only the 2 top and 2 weighted windows can be active; random ones are negative"
+    assert all(r["parse_rule"] == "saebench-lenient" for r in records)
+    explanations = [json.loads(line) for line in (tmp_path / "explanations.jsonl").read_text().splitlines()]
+    assert {r["unit"] for r in records} <= {e["unit"] for e in explanations if e["explainer"] == "saebench"}
+    assert not (tmp_path / "detection.jsonl").exists(), "the SAEBench setting replaces monoscope's detection"
+    units = pd.read_csv(tmp_path / "results" / "tables" / "units.csv")
+    assert units["saebench_real"].notna().any()
+    envelopes = saebench_envelopes(tmp_path)
+    autointerp = [e for name, e in envelopes.items() if name.endswith(":autointerp")]
+    assert autointerp and all(e["eval_type_id"] == "autointerp" for e in autointerp)
+    real = [r["score"] for r in records if r["source"] == "real" and r["score"] is not None]
+    scores = [e["eval_result_metrics"]["autointerp"]["autointerp_score"] for e in autointerp]
+    assert min(scores) >= min(real) and max(scores) <= max(real)
+    assert all(":autointerp" not in name for name, e in envelopes.items() if e["eval_type_id"] != "autointerp")
+    CALLS.clear()
+    before = (tmp_path / "saebench.jsonl").read_bytes()
+    run_evaluation(config, tmp_path, log=lambda _message: None)
+    assert CALLS == [] and (tmp_path / "saebench.jsonl").read_bytes() == before
+
+
+def test_the_saebench_setting_without_its_index_and_corpus_is_refused_naming_what_is_missing() -> None:
+    from harness.config import config_from_mapping
+    from harness.errors import MonoscopeError
+
+    with pytest.raises(MonoscopeError, match="corpus.context_length: 128.*index.spaced_top: 12 or more"):
+        config_from_mapping({"evaluation": {"scorers": ["detection"], "detection_setting": "saebench"}})
+    with pytest.raises(MonoscopeError, match="detection_setting"):
+        config_from_mapping({"evaluation": {"detection_setting": "delphi"}})
+
+
+def test_without_saebench_records_the_export_has_no_autointerp_envelope(tmp_path: Path) -> None:
+    from results.saebench import _autointerp_envelope
+
+    assert _autointerp_envelope(tmp_path, "sae-2k", ["sae-2k/1"], {"eval_id": "x"}) is None
