@@ -23,6 +23,7 @@ from harness.llm.backends.local import planned_name
 from harness.llm.budget import estimated_tokens
 from harness.llm.client import LLMClient, report_usage
 from harness.llm.interface import CHOICE_LOGPROBS, CONTINUATION_LOGPROB, GENERATE, SLOT_LOGPROBS, Completion, Message, Usage
+from harness.llm.templates import load_template
 from harness.progress import Progress
 from harness.records import Explanation, TokenContext, UnitContexts
 from harness.run.evaluate import BINARY_FILES, EXPLANATIONS, JUDGMENTS, SIMULATIONS, explain_stage, score_stage
@@ -146,10 +147,33 @@ def plan_calls(
     for stage, role_name in (("explain", "explainer"), ("judge", "judge"), ("simulate", "simulator"), *binary):
         client = simulator if role_name == "simulator" else clients[role_name]
         plan[stage] = _plan_row(client, stage, role_name, roles[role_name])
+    if "detection" in config.scorers and config.detection_setting == "saebench":
+        plan["saebench"] = _saebench_row(len(units), roles, prices)
     for label, (role, client) in others.items():
         for stage in ("judge", *(scorer for scorer in BINARY_FILES if scorer in config.scorers)):
             plan[f"{stage}:{label}"] = _plan_row(client, stage, "judge", role)
     return plan
+
+
+def _saebench_row(n_units: int, roles: dict[str, Role], prices: dict[str, tuple[float, float]]) -> dict[str, Any]:
+    """Return the plan of the SAEBench setting: per unit one explanation and two detection calls (real, shuffled), each
+    prompt rendered with placeholder windows of 21 tokens (upper bound: finished units are not recognised here)."""
+    from scorers import saebench
+
+    window = " token" * (2 * saebench.BUFFER + 1)
+    n_explain = saebench.N_TOP_EXPLAIN + saebench.N_WEIGHTED_EXPLAIN
+    n_score = saebench.N_TOP_SCORE + saebench.N_WEIGHTED_SCORE + saebench.N_RANDOM
+    explain = load_template(saebench.EXPLAIN_TEMPLATE).render(examples="\n".join(f"{i}. {window}" for i in range(1, n_explain + 1)))
+    listing = "\n".join(f"{i}. {window}" for i in range(1, n_score + 1))
+    score = load_template(saebench.DETECTION_TEMPLATE).render(
+        count=n_score, example="1, 2", explanation="a short explanation", examples=listing
+    )
+    client = planning_client(roles["judge"], prices)
+    for _ in range(n_units):
+        client.generate([Message("user", explain)], stage="saebench", max_tokens=saebench.EXPLANATION_MAX_TOKENS)
+        for _source in ("real", "shuffled"):
+            client.generate([Message("user", score)], stage="saebench", max_tokens=2 * n_score + 5)
+    return _plan_row(client, "saebench", "judge", roles["judge"])
 
 
 def _plan_row(client: LLMClient, stage: str, role_name: str, role: Role) -> dict[str, Any]:
