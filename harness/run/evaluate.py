@@ -34,13 +34,13 @@ from harness.llm.interface import CHOICE_LOGPROBS
 from harness.llm.render import RENDERING
 from harness.llm.templates import load_rubric, load_template
 from harness.records import Explanation, Judgment, Simulation, UnitContexts, contexts_digest
+from harness.run.binary_scores import BINARY_FILES, BINARY_TEMPLATES, DETECTIONS, FUZZINGS, binary_items, score_binary
 from harness.run.directory import read_manifest, update_manifest
 from harness.steering.generate import STEERING, Steering
 from harness.subject.corpus import load_chunks
 from results.store import append_records, compact, latest_by_key, read_records
-from scorers import detection, fuzzing
 from scorers.answers import AnswerSpelling, answer_spelling, answer_spellings
-from scorers.binary import OPTIONS, BinaryJudgment, ClassifierItem, classify_unit, text_digest
+from scorers.binary import OPTIONS, BinaryJudgment
 from scorers.intervention import InterventionJudgment
 from scorers.rubric import RUBRIC_FORMATS, judge_unit
 from scorers.simulation import SIMULATION_FORMATS, simulate_unit, simulator_prompt_hash
@@ -49,8 +49,6 @@ EXPLANATIONS, JUDGMENTS, SIMULATIONS = "explanations.jsonl", "judgments.jsonl", 
 SOURCES = ("real", "shuffled", "token_stats")
 OUTPUT_SCORERS = ("detection", "intervention")  # the scorers of the output-centric explanation (source "output")
 INTERVENTIONS = "interventions.jsonl"
-DETECTIONS, FUZZINGS = "detection.jsonl", "fuzzing.jsonl"
-BINARY_FILES = {"detection": DETECTIONS, "fuzzing": FUZZINGS}  # the binary-classification scorers' records (scorers.binary)
 # The record files of the explain and score stages (the last record per key wins).
 RECORD_TYPES = {
     EXPLANATIONS: Explanation,
@@ -221,7 +219,7 @@ def score_stage(
             if text is None:
                 continue
             if source == "output":  # scored by OUTPUT_SCORERS only
-                _score_binary(run_dir, contexts, source, text, judge, config, {"detection": binary.get("detection")}, prefix)
+                score_binary(run_dir, contexts, source, text, judge, config, {"detection": binary.get("detection")}, prefix)
                 continue
             ids = [c.context_id for c in contexts.score]
             if "rubric" in config.scorers and not all(_current(judged.get((contexts.unit, source, i)), text, judge_settings) for i in ids):
@@ -232,34 +230,11 @@ def score_stage(
             if "simulation" in config.scorers and not current:
                 simulations = simulate_unit(subset, text, source, simulator, config.simulator_format, prefix("simulator"))
                 append_records(run_dir / SIMULATIONS, simulations)
-            _score_binary(run_dir, contexts, source, text, judge, config, binary, prefix)
+            score_binary(run_dir, contexts, source, text, judge, config, binary, prefix)
         if on_unit_done is not None:
             on_unit_done()
     compact_scores(run_dir, units, config)
     return spellings
-
-
-def _score_binary(
-    run_dir: Path,
-    contexts: UnitContexts,
-    source: str,
-    text: str,
-    judge: LLMClient,
-    config: EvaluationConfig,
-    binary: dict[str, dict | None],
-    prefix: Callable[[str], str],
-) -> None:
-    """Score one explanation of a unit with each binary scorer in ``binary`` ({scorer: its records on disk, None: not run})."""
-    for name, done in binary.items():
-        if done is None:
-            continue
-        items = binary_items(name, contexts, config)
-        if not all(
-            _current_binary(done.get((name, contexts.unit, source, i.context_id, i.variant)), text, i, judge, config) for i in items
-        ):
-            setting, template = binary_setting(name, config), BINARY_TEMPLATES[name]
-            records = classify_unit(contexts.unit, items, text, source, judge, name, setting, template, prefix(name))
-            append_records(run_dir / BINARY_FILES[name], records)
 
 
 def compact_scores(run_dir: Path, units: list[UnitContexts], config: EvaluationConfig) -> None:
@@ -307,37 +282,6 @@ def simulation_subset(contexts: UnitContexts, count: int) -> UnitContexts:
         return contexts
     picks = sorted({round(i * (len(ranked) - 1) / (count - 1)) for i in range(count)}) if count > 1 else [len(ranked) - 1]
     return UnitContexts(contexts.unit, contexts.max_activation, contexts.explain, tuple(ranked[i] for i in picks))
-
-
-BINARY_TEMPLATES = {"detection": detection.TEMPLATE, "fuzzing": fuzzing.TEMPLATE}
-
-
-def binary_setting(scorer: str, config: EvaluationConfig) -> str:
-    """Return the setting a binary scorer's records are made in: "monoscope" for detection, "delphi-<variant>" for fuzzing."""
-    return detection.SETTING if scorer == "detection" else f"delphi-{config.fuzzing_variant}"
-
-
-def binary_items(scorer: str, contexts: UnitContexts, config: EvaluationConfig) -> list[ClassifierItem]:
-    """Return the items the binary scorer ``scorer`` shows the judge for one unit (``scorers.detection``, ``scorers.fuzzing``)."""
-    if scorer == "detection":
-        return detection.detection_items(contexts)
-    return fuzzing.fuzzing_items(contexts, config.fuzzing_variant, config.seed)[0]
-
-
-def _current_binary(
-    record: BinaryJudgment | None, explanation: str, item: ClassifierItem, judge: LLMClient, config: EvaluationConfig
-) -> bool:
-    """Return True for a parsed binary judgment of ``explanation`` on ``item``'s text in this setting, by this judge and prompt."""
-    if (
-        record is None
-        or record.p_yes is None
-        or record.explanation != explanation
-        or record.setting != binary_setting(record.scorer, config)
-    ):
-        return False
-    template = BINARY_TEMPLATES[record.scorer]
-    settings = (judge.backend.name, judge.backend.model, load_template(template).sha256, RENDERING, text_digest(item.text))
-    return (record.backend, record.model, record.prompt_hash, record.rendering, record.text_sha256) == settings
 
 
 def _text(explanation: Explanation | None) -> str | None:
