@@ -26,7 +26,7 @@ from results.sentences import (
     specificity_sentence,
     tally_sentence,
 )
-from results.tables import ALL_UNITS, CONTROLS, SOURCES, load_table, table_path
+from results.tables import ALL_UNITS, CONTROLS, OPTIONAL_METRICS, SOURCES, load_table, table_path
 
 ANSWER_METRICS = ("rubric", "pearson")
 SIZE_METRICS = ("rubric", "pearson", "rubric_auc")
@@ -185,14 +185,15 @@ def control_answer(tables: dict[str, Rows | str]) -> list[str]:
     if not unit_sets:
         return ["No unit set was scored: there are no controls to compare."]
     per_set = [controls[key] for key in controls if key[1:] == ("rubric", "shuffled") and key[0] != ALL_UNITS]
-    pooled_keys = [(ALL_UNITS, metric, "shuffled") for metric in ("rubric", "pearson")]
+    scored = [metric for metric in OPTIONAL_METRICS if any(key[1] == metric for key in means)]  # detection, fuzzing, …
+    pooled_keys = [(ALL_UNITS, metric, "shuffled") for metric in ("rubric", "pearson", *scored)]
     pooled = [pooled_control_sentence(key[1], controls[key]) for key in pooled_keys if key in controls]
     sentences = [" ".join([tally_sentence(per_set, "rubric", "shuffled"), *pooled])]
     sentences += [
         auc_chance_sentence(name, means[(name, "rubric_auc", "real")]) for name in unit_sets if (name, "rubric_auc", "real") in means
     ]
     for name in unit_sets:
-        for metric in CONTROL_METRICS:
+        for metric in (*CONTROL_METRICS, *scored):
             by_source = {source: means[(name, metric, source)] for source in SOURCES if (name, metric, source) in means}
             paired = {control: controls[(name, metric, control)] for control in CONTROLS if (name, metric, control) in controls}
             sentences.append(control_sentence(name, metric, by_source, paired))

@@ -259,6 +259,7 @@ def test_a_run_with_detection_and_fuzzing_fills_the_tables_and_plots_and_a_rerun
     assert (tmp_path / "results" / "plots" / "specificity_neurons.png").stat().st_size > 0
     report = (tmp_path / "results" / "report.html").read_text()
     assert "<b>Detection</b> (balanced accuracy" in report and "<b>Fuzzing</b>" in report and "Fuzzing (fuzzing, fuzzing_auc)" in report
+    assert "Pooled over all" in report and "detection balanced accuracy (unmarked windows: fires or not), real − shuffled" in report
     manifest = json.loads((tmp_path / "manifest.json").read_text())
     assert manifest["usage"]["judge"]["detection"]["calls"] > 0 and manifest["usage"]["judge"]["fuzzing"]["calls"] > 0
     left = run_evaluation(config, tmp_path, dry_run=True, log=lambda _message: None)["stages"]
