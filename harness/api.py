@@ -385,7 +385,13 @@ def merge_command(out: Path, shards: list[Path], log: Progress = print) -> None:
     for state, _about in states[1:]:
         merged = merge_indexes(merged, state)
     save_index(merged, out, about)
-    log(f"merged {len(shards)} shards: {merged.n_tokens} tokens, chunk ranges {merged.chunk_ranges}")
+    noun = "partial index" if len(shards) == 1 else "partial indexes"
+    log(f"merged {len(shards)} {noun}: {merged.n_tokens} tokens, chunk ranges {merged.chunk_ranges}")
+    gaps = [(end, begin) for (_, end), (begin, _) in zip(merged.chunk_ranges, merged.chunk_ranges[1:], strict=False)]
+    if gaps or (merged.chunk_ranges and merged.chunk_ranges[0][0] > 0):
+        missing = ([(0, merged.chunk_ranges[0][0])] if merged.chunk_ranges[0][0] > 0 else []) + gaps
+        listing = ", ".join(f"{begin}..{end - 1}" for begin, end in missing)
+        log(f"note: chunks {listing} are in none of them; merge their partial index later (merging is exact in any order)")
 
 
 def show_unit_command(index_path: Path, unit: int, corpus_file: Path | None, model: str, limit: int) -> str:

@@ -88,7 +88,8 @@ def _config_options(command: Callable[..., Any]) -> Callable[..., Any]:
     flag_value="",
     default=None,
     metavar="[ADDRESS]",
-    help="Split the index pass over Ray workers: a new local cluster, or the cluster at ADDRESS (e.g. auto, ray://host:10001).",
+    help="Run on Ray: the index and correlation passes, explaining and scoring split over workers; a new local cluster, "
+    "or the cluster at ADDRESS (e.g. auto, HOST:6379, ray://HOST:10001 with ray[client]).",
 )
 @user_errors
 def run(config_path: Path, run_dir: Path | None, dry_run: bool, max_cost: float | None, ray_address: str | None) -> None:

@@ -264,3 +264,20 @@ def test_slot_logprobs_equal_full_forward_at_every_line(backend):
     assert backend.slot_logprobs(messages, [], " ?", choices) == []
     with pytest.raises(MonoscopeError, match="one token"):
         backend.slot_logprobs(messages, lines, " ?", ["Y", " maybe"])
+
+
+def test_log_probability_calls_count_the_tokens_they_read(backend, tmp_path):
+    """The client's accounting of a local judge: prompt tokens of choice, batched choice, slot and continuation calls."""
+    from harness.llm.client import LLMClient
+
+    client = LLMClient(backend, cache_dir=tmp_path / "cache")
+    messages = [Message("user", "Is this an example? Answer Yes or No.")]
+    client.choice_logprobs(messages, ["Y", "N"], stage="one")
+    client.choice_logprobs_many([[Message("user", f"Is {i} an example?")] for i in range(3)], ["Y", "N"], stage="many")
+    client.slot_logprobs(messages, ['"a":', '"b":'], " ?", ["Y", "N"], stage="slots")
+    client.continuation_logprob("The capital of France is", " Paris", stage="continue")
+    usage = client.usage_by_stage()
+    assert usage["one"]["prompt_tokens"] == len(backend.prompt_ids(backend.render(messages)))
+    assert usage["many"]["calls"] == 3 and usage["many"]["prompt_tokens"] >= 3 * 4
+    assert usage["slots"]["prompt_tokens"] > usage["one"]["prompt_tokens"]
+    assert usage["continue"]["prompt_tokens"] > 0

@@ -188,6 +188,7 @@ def test_explain_and_score_on_ray_write_the_records_of_a_single_process_run_and_
     manifest = json.loads((on_ray / "manifest.json").read_text())
     calls = sum(counts["calls"] for stages in manifest["usage"].values() for counts in stages.values())
     assert calls > 0 and manifest["usage_total"] == manifest["usage"]
+    assert manifest["usage"]["judge"]["judge"]["prompt_tokens"] > 0, "tokens counted in the actors reach the manifest"
     before = {name: (on_ray / name).read_bytes() for name in (EXPLANATIONS, JUDGMENTS, SIMULATIONS, INTERVENTIONS, STEERING)}
     run_evaluation(tiny_config(**settings, cluster={"ray": True}), on_ray, log=lambda _message: None)
     rerun = json.loads((on_ray / "manifest.json").read_text())
@@ -294,3 +295,41 @@ def test_a_worker_that_cannot_load_the_model_stops_the_run_with_its_own_error(tm
     model = {**TINY_CONFIG["model"], "store_residuals": False}
     with pytest.raises(MonoscopeError, match="not installed on this node"):
         run_evaluation(tiny_config(model=model, cluster={"ray": True}), tmp_path / "run", log=lambda _message: None)
+
+
+def test_a_bad_or_unreachable_address_is_one_line_before_any_work() -> None:
+    import subprocess
+    import sys
+
+    code = (
+        "from harness.config import ClusterConfig; from harness.errors import MonoscopeError; "
+        "from harness.run.cluster import start_ray\n"
+        "try:\n    start_ray(ClusterConfig(ray=True, address='notanaddress'))\n"
+        "except MonoscopeError as error:\n    print('ERROR', error)\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, cwd=Path(__file__).parent.parent)
+    assert "ERROR cannot connect to the Ray cluster at 'notanaddress'" in result.stdout, result.stdout + result.stderr
+    assert "check the address" in result.stdout and "Traceback" not in result.stderr
+
+
+@pytest.mark.usefixtures("local_cluster")
+def test_workers_the_cluster_can_never_place_are_refused_instead_of_waited_for() -> None:
+    from harness.errors import MonoscopeError
+
+    cluster.check_placement(ray, 2, 1, 0)  # the 2 CPUs of the test cluster
+    with pytest.raises(MonoscopeError, match="threads_per_worker"):
+        cluster.check_placement(ray, 1, 4, 0)
+    with pytest.raises(MonoscopeError, match="3 Ray workers of 1 CPUs each"):
+        cluster.check_placement(ray, 3, 1, 0)
+    with pytest.raises(MonoscopeError, match="GPU"):
+        cluster.check_placement(ray, 1, 0, 1)
+
+
+@pytest.mark.usefixtures("tiny_subject")
+def test_a_dry_run_on_ray_does_not_start_ray_and_says_so(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    def no_ray(*_args: object, **_kwargs: object) -> None:
+        raise AssertionError("a dry run started Ray")
+
+    monkeypatch.setattr(cluster, "start_ray", no_ray)
+    plan = run_evaluation(tiny_config(cluster={"ray": True, "address": "notanaddress"}), tmp_path, dry_run=True, log=lambda _m: None)
+    assert any("Ray was not started" in note for note in plan["notes"])

@@ -523,7 +523,8 @@ def _union_ranges(first: list[tuple[int, int]], second: list[tuple[int, int]]) -
     merged: list[tuple[int, int]] = []
     for begin, end in sorted([*first, *second]):
         if merged and begin < merged[-1][1]:
-            raise MonoscopeError(f"chunks {begin}..{end - 1} were indexed twice", "merge only indexes of disjoint chunk ranges")
+            overlap_end = min(end, merged[-1][1]) - 1
+            raise MonoscopeError(f"chunks {begin}..{overlap_end} were indexed twice", "merge only indexes of disjoint chunk ranges")
         if merged and begin == merged[-1][1]:
             merged[-1] = (merged[-1][0], end)
         else:

@@ -52,12 +52,44 @@ def ray_module() -> ModuleType:
 
 
 def start_ray(cluster: ClusterConfig) -> ModuleType:
-    """Return ``ray`` connected: to ``cluster.address``, to the cluster this process already joined, or to a new local one."""
+    """Return ``ray`` connected: to ``cluster.address``, to the cluster this process already joined, or to a new local one.
+
+    Raises MonoscopeError (one line) when the address is malformed, nothing answers there, or a ``ray://``
+    address lacks Ray's client package; the run's preflight calls this before any work.
+    """
     ray = ray_module()
     if not ray.is_initialized():
         options: dict[str, Any] = {"address": cluster.address} if cluster.address else {}
-        ray.init(**options, include_dashboard=False, log_to_driver=False)
+        try:
+            ray.init(**options, include_dashboard=False, log_to_driver=False)
+        except (ValueError, ConnectionError, RuntimeError, TimeoutError) as error:
+            first = (str(error).strip().splitlines() or [type(error).__name__])[0][:300]
+            where = f"the Ray cluster at {cluster.address!r}" if cluster.address else "a new local Ray cluster"
+            fix = (
+                "pip install 'ray[client]' for a ray:// address"
+                if "ray[client]" in str(error)
+                else "check the address (auto, HOST:6379 or ray://HOST:10001) and that the cluster runs (ray start --head), "
+                "or give --ray without an address for a local cluster"
+            )
+            raise MonoscopeError(f"cannot connect to {where}: {first}", fix) from None
     return ray
+
+
+def check_placement(ray: ModuleType, workers: int, cpus_per_worker: float, gpus_per_worker: float) -> None:
+    """Raise MonoscopeError when ``workers`` actors of that size can never all be placed on the cluster (Ray would wait forever)."""
+    resources = ray.cluster_resources()
+    nodes = [node.get("Resources", {}) for node in ray.nodes() if node.get("Alive")]
+    for name, per_worker in (("CPU", cpus_per_worker), ("GPU", gpus_per_worker)):
+        if per_worker <= 0:
+            continue
+        total, largest = resources.get(name, 0), max((node.get(name, 0) for node in nodes), default=0)
+        if per_worker > largest or workers * per_worker > total:
+            setting = "cluster.threads_per_worker" if name == "CPU" else "one GPU per worker"
+            raise MonoscopeError(
+                f"{workers} Ray workers of {per_worker:g} {name}s each ({setting}) do not fit the cluster's {total:g} {name}s "
+                f"(at most {largest:g} on one node): the run would wait for them forever",
+                "lower cluster.workers or cluster.threads_per_worker, or add nodes",
+            )
 
 
 def model_loader(config: FoundationConfig) -> Callable[[], SubjectModel]:
@@ -192,6 +224,8 @@ def start_workers(
 ) -> list[Any]:
     """Return up to ``n_tasks`` PassWorker actors (``worker_count``), each asking for one GPU on a GPU device, restarted when they die."""
     gpu = foundation.device.startswith("cuda")
+    count = min(worker_count(ray, cluster, gpu), n_tasks)
+    check_placement(ray, count, 0 if gpu else cluster.threads_per_worker, 1 if gpu else 0)
     actor = ray.remote(PassWorker).options(
         num_cpus=0 if gpu else cluster.threads_per_worker,
         num_gpus=1 if gpu else 0,
@@ -200,8 +234,7 @@ def start_workers(
     )
     refs = {name: ray.put(value) for name, value in pass_args.items()}  # one copy in the object store, shared by the actors
     chunks = refs.pop("chunks")
-    n_workers = min(worker_count(ray, cluster, gpu), n_tasks)
-    return [actor.remote(loader, cluster.threads_per_worker, chunks, forward_batch_chunks(foundation), **refs) for _ in range(n_workers)]
+    return [actor.remote(loader, cluster.threads_per_worker, chunks, forward_batch_chunks(foundation), **refs) for _ in range(count)]
 
 
 def ray_index_pass(

@@ -24,12 +24,14 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
+import torch
+
 from harness.config import RunConfig
 from harness.llm.budget import Budget
 from harness.progress import Progress, progress_bar
 from harness.records import Explanation, Judgment, Simulation, UnitContexts
 from harness.run.cluster import RETRIES, start_ray, task_results
-from harness.run.directory import sum_usage
+from harness.run.directory import cpu_threads, sum_usage
 from harness.run.evaluate import (
     EXPLANATIONS,
     INTERVENTIONS,
@@ -75,6 +77,9 @@ class StageWorker:
         self.error: Exception | None = None  # raised by the first task: Ray reports a failed constructor only as text
         try:
             setup()
+            # Ray gives an actor asking no CPU one thread; a local model computes here with the driver's threads, as a
+            # single process would (sums over other thread counts differ in their last digits)
+            torch.set_num_threads(cpu_threads())
             budget = Budget(max_cost) if max_cost is not None else None
             roles = {"explainer": config.explainer, "judge": config.judge, "simulator": config.simulator}
             cache, limit = Path(run_dir), config.max_concurrency

@@ -15,7 +15,7 @@ import time
 from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
@@ -71,6 +71,9 @@ def run_evaluation(
     run_dir = run_dir or Path("runs") / config.name
     started = time.perf_counter()
     notes = preflight(config, max_cost, dry_run)
+    if dry_run and config.cluster.ray:  # a dry run spends nothing: the plan is the same on Ray, so Ray is not started
+        notes.append("dry run: Ray was not started and its address not checked; the plan of LLM calls is the same on Ray")
+        config = replace(config, cluster=replace(config.cluster, ray=False))
     check_corpus_reuse(run_dir / "corpus", corpus_settings(config.foundation))
     prepare_run_directory(run_dir)
     check_same_foundation(run_dir, config)
@@ -254,9 +257,11 @@ def preflight(config: RunConfig, max_cost: float | None, dry_run: bool = False) 
             notes.append(f"{what}: {exc} (planned for another machine; a real run here stops)")
 
     if config.cluster.ray:
-        from harness.run.cluster import ray_module
+        from harness.run.cluster import ray_module, start_ray
 
         ray_module()  # a one-line error saying how to install Ray, before any work
+        if not dry_run:
+            start_ray(config.cluster)  # a bad address or an unreachable cluster is one line, before any work
         if len(judge_roles(config)) > 1:
             raise MonoscopeError("several judges (evaluation.judges) do not run on Ray yet", "run without --ray, or list one judge")
         if config.evaluation.output_explanations:

@@ -55,7 +55,7 @@ from transformers import DynamicCache
 
 from harness.errors import MonoscopeError
 from harness.llm.batching import RequestBatcher
-from harness.llm.client import register_backend
+from harness.llm.client import register_backend, report_usage
 from harness.llm.interface import CHOICE_LOGPROBS, CONTINUATION_LOGPROB, GENERATE, SLOT_LOGPROBS, Completion, Message, Usage
 from harness.subject.model import SubjectModel, load_subject_model, local_tokenizer
 
@@ -174,7 +174,9 @@ class LocalBackend:
     def choice_logprobs(self, messages: list[Message], choices: list[str]) -> dict[str, float]:
         """Return {choice: log P(choice | rendered messages)}, all choices after one pass of the prompt."""
         prompt = self.render(messages)
-        return dict(zip(choices, self.continuation_logprobs(prompt, list(choices)), strict=True))
+        values = self.continuation_logprobs(prompt, list(choices))
+        report_usage(Usage(prompt_tokens=len(self.prompt_ids(prompt)), completion_tokens=0))  # the prompt's tokens read
+        return dict(zip(choices, values, strict=True))
 
     def choice_logprobs_batch(self, requests: list[list[Message]], choices: list[str]) -> list[dict[str, float]]:
         """Return ``[self.choice_logprobs(messages, choices) for messages in requests]``, the prompts run together.
@@ -190,12 +192,16 @@ class LocalBackend:
             return [self.choice_logprobs(messages, choices) for messages in requests]
         prompts = [self.render(messages) for messages in requests]
         ids = [self.prompt_ids(prompt) for prompt in prompts]
+        # the tokens read, counted as if each prompt were asked on its own (as the client counts the calls)
+        report_usage(Usage(prompt_tokens=sum(len(row) for row in ids), completion_tokens=0))
         tokens = [[self.continuation_ids(prompt, prompt_ids, c) for c in choices] for prompt, prompt_ids in zip(prompts, ids, strict=True)]
         shared = min(len(prompt_ids) for prompt_ids in ids) - 1  # every row keeps at least its last token
         for prompt_ids in ids[1:]:
             shared = _common_prefix(ids[0], prompt_ids, shared)
         if shared < 1 or any(len(t) != 1 for row in tokens for t in row):
-            return [self.choice_logprobs(messages, choices) for messages in requests]
+            results = [self.choice_logprobs(messages, choices) for messages in requests]
+            report_usage(Usage(prompt_tokens=sum(len(row) for row in ids), completion_tokens=0))
+            return results
         results: list[dict[str, float]] = []
         with self._lock, torch.inference_mode():
             prefix = self._prompt_pass(ids[0][:shared])
@@ -240,6 +246,7 @@ class LocalBackend:
             ids += after
         if not slots:
             return []
+        report_usage(Usage(prompt_tokens=len(ids), completion_tokens=0))  # the prompt and the forced reply
         with self._lock, torch.inference_mode():
             out = self._prompt_pass(ids)
             start = len(ids) - out.last_hidden_state.shape[1]  # positions before it came from a kept cache
@@ -259,7 +266,9 @@ class LocalBackend:
     def continuation_logprobs(self, prompt: str, continuations: list[str]) -> list[float]:
         """Return log P(c | prompt) for each continuation c, sharing one KV cache of the prompt."""
         ids = self.prompt_ids(prompt)
-        return self._score(ids, [self.continuation_ids(prompt, ids, c) for c in continuations])
+        continuation_ids = [self.continuation_ids(prompt, ids, c) for c in continuations]
+        report_usage(Usage(prompt_tokens=len(ids) + sum(len(c) for c in continuation_ids), completion_tokens=0))
+        return self._score(ids, continuation_ids)
 
     def prefix_scores(self, prefixes: list[str], continuation: str) -> list[float]:
         """Return log P(continuation | prefix) for each prefix (one forward pass per prefix)."""
