@@ -321,7 +321,7 @@ def assert_same_indexes(run_dir: Path, expected_dir: Path) -> None:
             assert got[key].equal(want[key]), f"{name}: {key}"
 
 
-def kill_when(pid: int, ready: Callable[[], bool], delay: float, timeout: float = 60.0) -> None:
+def kill_when(pid: int, ready: Callable[[], bool], delay: float, timeout: float = 180.0) -> None:
     """SIGKILL ``pid`` ``delay`` seconds after ``ready()`` first holds."""
     deadline = time.monotonic() + timeout
     while not ready():
