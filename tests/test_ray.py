@@ -26,6 +26,7 @@ ray = pytest.importorskip("ray", reason="Ray comes with the test extra: pip inst
 
 @pytest.fixture(scope="module")
 def local_cluster():
+    ray.shutdown()  # a cluster an earlier test started in this process (of another size) is not this module's
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
     yield
     ray.shutdown()

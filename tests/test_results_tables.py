@@ -298,6 +298,7 @@ def write_run(run_dir: Path) -> None:
 
 
 TABLES = [
+    "binary_levels",  # empty without detection or fuzzing records, kept so the columns are known
     "units",
     "sets",
     "set_means",

@@ -260,14 +260,14 @@ def preflight(config: RunConfig, max_cost: float | None, dry_run: bool = False) 
         from harness.run.cluster import ray_module, start_ray
 
         ray_module()  # a one-line error saying how to install Ray, before any work
-        if not dry_run:
-            start_ray(config.cluster)  # a bad address or an unreachable cluster is one line, before any work
         if len(judge_roles(config)) > 1:
             raise MonoscopeError("several judges (evaluation.judges) do not run on Ray yet", "run without --ray, or list one judge")
         if config.evaluation.output_explanations:
             raise MonoscopeError("output-centric explanations do not run on Ray yet", "run without --ray, or turn them off")
         if config.evaluation.detection_setting == "saebench":
             raise MonoscopeError("the SAEBench detection setting does not run on Ray yet", "run without --ray")
+        if not dry_run:  # after the cheap refusals: a bad address or an unreachable cluster is one line, before any work
+            start_ray(config.cluster)
     if max_cost is not None and max_cost < 0:
         raise MonoscopeError(f"--max-cost {max_cost} is negative", "give a limit in USD >= 0")
     check_corpus_spec(config.foundation.corpus)
