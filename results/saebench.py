@@ -8,9 +8,8 @@ github.com/adamkarvonen/SAEBench; read in the fork zachmccrth/SAEBench):
 ``sae_bench_commit_hash``, ``sae_lens_id``, ``sae_lens_release_id``,
 ``sae_lens_version`` and ``sae_cfg_dict``.
 
-With the SAEBench setting of the detection scorer (``scorers.saebench``) each set also gets an envelope
-``<set>:autointerp`` with SAEBench's own ``eval_type_id`` and ``autointerp_score``, written only from that
-setting's records.
+With the SAEBench setting of the detection scorer (``scorers.saebench``) each dictionary also gets SAEBench's
+own autointerp results file, written only from that setting's records (``results.saebench_autointerp``).
 
 SAEBench's own autointerp eval (sae_bench/evals/autointerp/eval_output.py and
 main.py) has ``eval_type_id`` "autointerp" and one category ``autointerp``
@@ -33,6 +32,7 @@ import hashlib
 import json
 import math
 import uuid
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -44,6 +44,7 @@ from results.run_records import CONTEXTS, EXPLANATIONS, JUDGMENTS, SIMULATIONS, 
 from results.summary import unit_scores
 
 EVAL_TYPE_ID = "monoscope_autointerp"
+NOT_SAEBENCH = "monoscope's own evaluation (not run by SAEBench)"
 SUMMARY = Path("results") / "saebench.json"
 RECORD_FILES = (UNITS, CONTEXTS, EXPLANATIONS, JUDGMENTS, SIMULATIONS)
 
@@ -68,6 +69,25 @@ def _record_time_millis(run_dir: Path) -> int:
     return int(max(times, default=0))
 
 
+@dataclass(frozen=True)
+class RunIdentity:
+    """What names a run's export: its name, a digest of its records and manifest, their latest time, software versions."""
+
+    run_name: str
+    digest: str
+    created_millis: int
+    versions: dict[str, Any]
+
+
+def run_identity(run_dir: Path) -> RunIdentity:
+    """Return the run's RunIdentity (deterministic for a given run directory)."""
+    manifest = read_manifest_file(run_dir)
+    versions = manifest.get("versions") if isinstance(manifest.get("versions"), dict) else {}
+    config = manifest.get("config") if isinstance(manifest.get("config"), dict) else {}
+    name = manifest.get("name") or config.get("name") or run_dir.resolve().name
+    return RunIdentity(str(name), _run_digest(run_dir), _record_time_millis(run_dir), versions)
+
+
 def _run_digest(run_dir: Path) -> str:
     digest = hashlib.sha256()
     for name in (*RECORD_FILES, "manifest.json"):
@@ -79,7 +99,7 @@ def _run_digest(run_dir: Path) -> str:
     return digest.hexdigest()
 
 
-def _sae_config(run_dir: Path, unit_set: str) -> dict[str, Any] | None:
+def sae_config(run_dir: Path, unit_set: str) -> dict[str, Any] | None:
     path = run_dir / "dictionaries" / unit_set / "cfg.json"
     if not path.exists():
         return None
@@ -164,10 +184,8 @@ def saebench_envelopes(run_dir: Path) -> dict[str, dict[str, Any]]:
     manifest = read_manifest_file(run_dir)
     records = load_run(run_dir)
     scores = unit_scores(list(records.judgments.values()), list(records.simulations.values()))
-    versions = manifest.get("versions") if isinstance(manifest.get("versions"), dict) else {}
-    run_name = manifest.get("name", run_dir.resolve().name)
-    digest = _run_digest(run_dir)
-    created = _record_time_millis(run_dir)
+    identity = run_identity(run_dir)
+    versions, run_name, digest, created = identity.versions, identity.run_name, identity.digest, identity.created_millis
     evaluation = manifest.get("evaluation") if isinstance(manifest.get("evaluation"), dict) else {}
     real_judgments: dict[str, list[Judgment]] = {}
     for (unit, source, _context), judgment in records.judgments.items():
@@ -197,57 +215,14 @@ def saebench_envelopes(run_dir: Path) -> dict[str, dict[str, Any]]:
             "eval_result_metrics": _metrics(details),
             "eval_result_details": details,
             "eval_result_unstructured": {"monoscope_versions": versions, "score_summary": manifest.get("score_summary")},
-            "sae_bench_commit_hash": None,  # not run by SAEBench
+            "sae_bench_commit_hash": NOT_SAEBENCH,  # SAEBench requires a string: this names what ran instead of a hash
             "sae_lens_id": unit_set,
             "sae_lens_release_id": f"monoscope/{run_name}",
             "sae_lens_version": versions.get("sae_lens"),
-            "sae_cfg_dict": _sae_config(run_dir, unit_set),
+            "sae_cfg_dict": sae_config(run_dir, unit_set),
         }
         envelopes[unit_set] = _clean(envelope)
-        autointerp = _autointerp_envelope(run_dir, unit_set, units, envelope)
-        if autointerp is not None:
-            envelopes[f"{unit_set}:autointerp"] = _clean(autointerp)
     return envelopes
-
-
-def _autointerp_envelope(run_dir: Path, unit_set: str, units: list[str], base: dict[str, Any]) -> dict[str, Any] | None:
-    """Return SAEBench's own ``autointerp`` envelope of a set, from the SAEBench setting's records only (None without them).
-
-    ``autointerp_score`` is the mean of the per-latent accuracies of the real explanations, ``autointerp_std_dev`` their
-    standard deviation (ddof=1), as sae_bench/evals/autointerp/main.py computes them; latents whose reply SAEBench's
-    rule could not parse are left out, as SAEBench leaves them out, and counted.
-    """
-    from results.store import latest_by_key, read_records
-    from scorers.saebench import SaebenchJudgment
-
-    records = [r for r in latest_by_key(read_records(run_dir / "saebench.jsonl", SaebenchJudgment)).values() if r.source == "real"]
-    mine = [r for r in records if r.unit in set(units)]
-    if not mine:
-        return None
-    scored = [r for r in mine if r.score is not None]
-    score, std = mean_and_std([r.score for r in scored])
-    unstructured = {
-        r.unit: {
-            "explanation": r.explanation,
-            "predictions": list(r.predictions or []),
-            "correct seqs": [i for i, a in enumerate(r.labels, 1) if a],
-            "score": r.score,
-        }
-        for r in scored
-    }
-    return base | {
-        "eval_type_id": "autointerp",
-        "eval_id": str(uuid.uuid5(uuid.NAMESPACE_URL, f"{base['eval_id']}:autointerp")),
-        "eval_result_metrics": {"autointerp": {"autointerp_score": score, "autointerp_std_dev": std}},
-        "eval_result_details": [],
-        "eval_result_unstructured": {
-            "latents": unstructured,
-            "n_latents_scored": len(scored),
-            "n_latents_unparseable": len(mine) - len(scored),
-            "setting": "monoscope's SAEBench setting (scorers.saebench): SAEBench's sampling, windows, answer format and scoring "
-            "rule; the instruction wording is monoscope's",
-        },
-    }
 
 
 def write_saebench_summary(run_dir: Path, out: Path | None = None) -> Path:

@@ -2,6 +2,7 @@
 (``tests/fixtures/saebench/make_fixtures.py``; the suite does not need sae-bench), and in a run."""
 
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -75,13 +76,23 @@ def test_a_run_in_the_saebench_setting_writes_its_explanations_scores_and_saeben
     assert not (tmp_path / "detection.jsonl").exists(), "the SAEBench setting replaces monoscope's detection"
     units = pd.read_csv(tmp_path / "results" / "tables" / "units.csv")
     assert units["saebench_real"].notna().any()
+    files = sorted((tmp_path / "results" / "saebench").glob("*_eval_results.json"))
+    autointerp = {path.name: json.loads(path.read_text()) for path in files}
+    assert autointerp and all(e["eval_type_id"] == "autointerp" for e in autointerp.values())
+    assert sorted(autointerp) == sorted(f"monoscope_tiny_{e['sae_lens_id']}_eval_results.json" for e in autointerp.values())
+    for output in autointerp.values():
+        assert_saebench_autointerp_output(output)
+    real = {r["unit"]: r["score"] for r in records if r["source"] == "real" and r["score"] is not None}
+    for output in autointerp.values():
+        dictionary = output["sae_lens_id"]
+        mine = [score for unit, score in real.items() if unit.startswith(f"{dictionary}/")]
+        assert output["eval_result_metrics"]["autointerp"]["autointerp_score"] == pytest.approx(np.mean(mine))
+        assert sorted(int(latent) for latent in output["eval_result_unstructured"]) == sorted(
+            int(unit.split("/")[1]) for unit in real if unit.startswith(f"{dictionary}/")
+        )
+    assert "neurons" not in {e["sae_lens_id"] for e in autointerp.values()}, "neurons are not a dictionary"
     envelopes = saebench_envelopes(tmp_path)
-    autointerp = [e for name, e in envelopes.items() if name.endswith(":autointerp")]
-    assert autointerp and all(e["eval_type_id"] == "autointerp" for e in autointerp)
-    real = [r["score"] for r in records if r["source"] == "real" and r["score"] is not None]
-    scores = [e["eval_result_metrics"]["autointerp"]["autointerp_score"] for e in autointerp]
-    assert min(scores) >= min(real) and max(scores) <= max(real)
-    assert all(":autointerp" not in name for name, e in envelopes.items() if e["eval_type_id"] != "autointerp")
+    assert all(e["eval_type_id"] == "monoscope_autointerp" for e in envelopes.values())
     CALLS.clear()
     before = (tmp_path / "saebench.jsonl").read_bytes()
     run_evaluation(config, tmp_path, log=lambda _message: None)
@@ -98,7 +109,68 @@ def test_the_saebench_setting_without_its_index_and_corpus_is_refused_naming_wha
         config_from_mapping({"evaluation": {"detection_setting": "delphi"}})
 
 
-def test_without_saebench_records_the_export_has_no_autointerp_envelope(tmp_path: Path) -> None:
-    from results.saebench import _autointerp_envelope
+def test_without_saebench_records_no_saebench_autointerp_file_is_written(tmp_path: Path) -> None:
+    from results.saebench_autointerp import autointerp_outputs, write_autointerp_outputs
 
-    assert _autointerp_envelope(tmp_path, "sae-2k", ["sae-2k/1"], {"eval_id": "x"}) is None
+    stale = tmp_path / "results" / "saebench" / "monoscope_old_sae-2k_eval_results.json"
+    stale.parent.mkdir(parents=True)
+    stale.write_text("{}")
+    assert autointerp_outputs(tmp_path) == {}
+    assert write_autointerp_outputs(tmp_path) == [] and not stale.exists(), "an earlier config's file does not outlive it"
+
+
+# What SAEBench 0.6.0 requires of an AutoInterpEvalOutput, written here from reading its JSON schema
+# (sae_bench/evals/autointerp/eval_output_schema_autointerp.json) and eval_config.py, not copied from them.
+REQUIRED_TOP = {
+    "eval_type_id": str,
+    "eval_config": dict,
+    "eval_id": str,
+    "datetime_epoch_millis": int,
+    "eval_result_metrics": dict,
+    "eval_result_details": list,
+    "sae_bench_commit_hash": str,
+    "sae_lens_id": (str, type(None)),
+    "sae_lens_release_id": (str, type(None)),
+    "sae_lens_version": (str, type(None)),
+    "sae_cfg_dict": (dict, type(None)),
+}
+CONFIG_FIELDS = {
+    "model_name": str,
+    "n_latents": (int, type(None)),
+    "override_latents": (list, type(None)),
+    "dead_latent_threshold": (int, float),
+    "random_seed": int,
+    "dataset_name": str,
+    "llm_context_size": int,
+    "llm_batch_size": int,
+    "llm_dtype": str,
+    "buffer": int,
+    "no_overlap": bool,
+    "act_threshold_frac": (int, float),
+    "total_tokens": int,
+    "scoring": bool,
+    "max_tokens_in_explanation": int,
+    "use_demos_in_explanation": bool,
+    "n_top_ex_for_generation": int,
+    "n_iw_sampled_ex_for_generation": int,
+    "n_top_ex_for_scoring": int,
+    "n_random_ex_for_scoring": int,
+    "n_iw_sampled_ex_for_scoring": int,
+}
+
+
+def assert_saebench_autointerp_output(output: dict) -> None:
+    """Assert ``output`` has every field SAEBench's AutoInterpEvalOutput requires, with its JSON type."""
+    for name, kind in REQUIRED_TOP.items():
+        assert name in output and isinstance(output[name], kind), (name, output.get(name))
+    assert output["eval_type_id"] == "autointerp"
+    assert 0 <= output["datetime_epoch_millis"] <= 9_999_999_999_999  # SAEBench's validator bounds
+    assert not re.fullmatch(r"[0-9a-f]{7,40}", output["sae_bench_commit_hash"]), "a protocol name, never an invented hash"
+    config = output["eval_config"]
+    for name, kind in CONFIG_FIELDS.items():
+        assert name in config and isinstance(config[name], kind), (name, config.get(name))
+    assert set(config) == set(CONFIG_FIELDS), "SAEBench's config is a pydantic dataclass: no unknown fields"
+    assert config["n_latents"] is not None or config["override_latents"] is not None  # its __post_init__ asserts this
+    metrics = output["eval_result_metrics"]
+    assert set(metrics) == {"autointerp"} and set(metrics["autointerp"]) == {"autointerp_score", "autointerp_std_dev"}
+    assert all(isinstance(value, float) for value in metrics["autointerp"].values())

@@ -17,6 +17,7 @@ def results_stage(run_dir: Path, log: Progress) -> dict[str, Any]:
     from results.build import write_results
     from results.report import write_report
     from results.saebench import write_saebench_summary
+    from results.saebench_autointerp import write_autointerp_outputs
 
     for name, record_type in RECORD_TYPES.items():
         if (run_dir / name).exists():  # a scorer the run does not use leaves no empty file behind
@@ -26,9 +27,12 @@ def results_stage(run_dir: Path, log: Progress) -> dict[str, Any]:
         summary = write_results(run_dir)
         report = write_report(run_dir)
         saebench = write_saebench_summary(run_dir)
+        autointerp = write_autointerp_outputs(run_dir)
     log_results(run_dir, log)
     log(f"report: {report}")
     log(f"SAEBench summary: {saebench}")
+    if autointerp:
+        log(f"SAEBench autointerp results (SAEBench's file layout): {autointerp[0].parent}")
     return summary
 
 
