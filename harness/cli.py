@@ -142,6 +142,28 @@ def report(run_dir: Path) -> None:
     report_function(run_dir, log=_log)
 
 
+@main.group()
+def export() -> None:
+    """Write a run in another tool's format."""
+
+
+@export.command("neuronpedia")
+@click.argument("run_dir", type=click.Path(path_type=Path))
+@click.argument("out", type=click.Path(path_type=Path))
+@click.option("--model-id", default=None, help="Neuronpedia model id (default: from the run's model, e.g. gemma-3-270m).")
+@user_errors
+def export_neuronpedia(run_dir: Path, out: Path, model_id: str | None) -> None:
+    """Write RUN_DIR's dictionaries, features and explanations in SAEDashboard's Neuronpedia layout under OUT.
+
+    One folder per dictionary (OUT/<layer>-<set>/): batch-N.json feature files, skipped_indexes.json,
+    run_settings.json, explanations.json (Neuronpedia explanation records) and explanation_scores.json.
+    """
+    from harness.run.neuronpedia import export_neuronpedia as export_function
+
+    for folder in export_function(run_dir, out, model_id, log=_log):
+        click.echo(str(folder))
+
+
 @main.command()
 @click.option("--run-dir", type=click.Path(path_type=Path), required=True, help="Where the corpus and activations are kept.")
 @click.option("--out", type=click.Path(path_type=Path), required=True, help="Directory for the SAELens-format dictionary.")
