@@ -54,7 +54,7 @@ def eval_config(manifest: dict[str, Any], latents: list[int]) -> dict[str, Any]:
         batch = max(1, tokens // int(foundation.get("context_length", saebench.CONTEXT_LENGTH)))
     return {
         "model_name": str(foundation.get("model", "")),
-        "n_latents": len(latents),
+        "n_latents": None,  # SAEBench takes exactly one of n_latents (drawn) and override_latents (chosen)
         "override_latents": sorted(latents),
         "dead_latent_threshold": 0.0,  # monoscope draws units among those that fired at least once
         "random_seed": int(manifest.get("seed", 0) or 0),

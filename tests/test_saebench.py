@@ -170,7 +170,7 @@ def assert_saebench_autointerp_output(output: dict) -> None:
     for name, kind in CONFIG_FIELDS.items():
         assert name in config and isinstance(config[name], kind), (name, config.get(name))
     assert set(config) == set(CONFIG_FIELDS), "SAEBench's config is a pydantic dataclass: no unknown fields"
-    assert config["n_latents"] is not None or config["override_latents"] is not None  # its __post_init__ asserts this
+    assert (config["n_latents"] is None) != (config["override_latents"] is None)  # its __post_init__ asserts exactly one
     metrics = output["eval_result_metrics"]
     assert set(metrics) == {"autointerp"} and set(metrics["autointerp"]) == {"autointerp_score", "autointerp_std_dev"}
     assert all(isinstance(value, float) for value in metrics["autointerp"].values())
