@@ -62,7 +62,7 @@ UNIT_COLUMNS = [
     *(f"rubric_auc_reason_{source}" for source in SOURCES),
     *(f"intervention_{source}" for source in SOURCES),
     "intervention_kl",
-    *(f"{scorer}{part}_{source}" for scorer in BINARY_SCORERS for part in ("", "_auc") for source in SOURCES),
+    *(f"{scorer}{part}_{source}" for scorer in BINARY_SCORERS for part in ("", "_auc", "_f1") for source in SOURCES),
     *OUTPUT_COLUMNS,
     *(f"saebench_{source}" for source in SOURCES),
     "level_spearman_real",
@@ -211,10 +211,10 @@ def unit_table(
     with its ``level_spearman_reason_real``; with the intervention scorer, ``intervention_<source>``
     (the fraction of steering pairs judged right, ``scorers.intervention``) and ``intervention_kl``
     (the mean KL of the unit's steerings); with the detection and fuzzing scorers, ``detection_<source>`` and
-    ``fuzzing_<source>`` (balanced accuracy) and ``detection_auc_<source>``, ``fuzzing_auc_<source>`` (AUC of P(yes),
-    ``scorers.binary``). Rows are ordered features first (by dictionary size, then set name, layer and
-    index), then neurons. ``n_judgments`` counts the unit's judgment records of
-    every source, failures included; ``n_failures`` counts its judgment and
+    ``fuzzing_<source>`` (balanced accuracy), ``detection_auc_<source>``, ``fuzzing_auc_<source>`` (AUC of P(yes))
+    and ``detection_f1_<source>``, ``fuzzing_f1_<source>`` (F1 of "yes" on the right texts; ``scorers.binary``).
+    Rows are ordered features first (by dictionary size, then set name, layer and index), then neurons.
+    ``n_judgments`` counts the unit's judgment records of every source, failures included; ``n_failures`` counts its judgment and
     simulation records with no parsed result.
     """
     unit_records = sorted(
@@ -274,6 +274,7 @@ def unit_table(
             for source in SOURCES:
                 summary = binary_summary(classified.get((scorer, unit.unit, source), []))
                 row[f"{scorer}_{source}"], row[f"{scorer}_auc_{source}"] = summary["balanced_accuracy"], summary["auc"]
+                row[f"{scorer}_f1_{source}"] = summary["f1"]
         output = binary_summary(classified.get(("detection", unit.unit, "output"), []))
         row["detection_output"], row["detection_auc_output"] = output["balanced_accuracy"], output["auc"]
         row["intervention_output"] = intervention_summary(intervened.get((unit.unit, "output"), []))["fraction"]

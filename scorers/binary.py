@@ -174,9 +174,11 @@ def auc(scores: list[float], labels: list[bool]) -> float | None:
 
 
 def binary_summary(judgments: Iterable[BinaryJudgment]) -> dict[str, float | int | str | None]:
-    """Return a unit's score for one source: balanced accuracy, AUC, counts, failures, and why a score is missing.
+    """Return a unit's score for one source: balanced accuracy, F1, AUC, counts, failures, and why a score is missing.
 
-    ``balanced_accuracy`` is None unless both classes have a parsed answer; ``reason`` then says which is empty.
+    ``balanced_accuracy`` and ``f1`` are None unless both classes have a parsed answer; ``reason`` then says which is
+    empty. F1 is that of "yes" on the right texts, 0 when nothing right is answered yes (delphi's
+    ``compute_classification_metrics`` convention; delphi counts P = 0.5 as yes, monoscope as no).
     """
     judged = list(judgments)
     parsed = [j for j in judged if j.p_yes is not None]
@@ -187,13 +189,18 @@ def binary_summary(judgments: Iterable[BinaryJudgment]) -> dict[str, float | int
         reason = "not scored"
     elif not positives or not negatives:
         reason = "no " + ("right" if not positives else "wrong") + " text with a parsed answer"
-    balanced = None
+    balanced = f1 = None
     if reason is None:
-        tpr = sum(j.p_yes > 0.5 for j in positives) / len(positives)
-        tnr = sum(j.p_yes <= 0.5 for j in negatives) / len(negatives)
+        true_positives = sum(j.p_yes > 0.5 for j in positives)
+        false_positives = sum(j.p_yes > 0.5 for j in negatives)
+        tpr = true_positives / len(positives)
+        tnr = 1 - false_positives / len(negatives)
         balanced = (tpr + tnr) / 2
+        precision = true_positives / (true_positives + false_positives) if true_positives + false_positives else 0.0
+        f1 = 2 * precision * tpr / (precision + tpr) if precision + tpr else 0.0
     return {
         "balanced_accuracy": balanced,
+        "f1": f1,
         "auc": auc([j.p_yes for j in parsed], [j.label for j in parsed]),
         "n_positive": len(positives),
         "n_negative": len(negatives),

@@ -207,6 +207,10 @@ def test_balanced_accuracy_and_auc_match_hand_computed_values_and_a_constant_ans
     # TPR 2/3, TNR 1/2 → 7/12; AUC: of the 3×2 pairs, positives beat negatives in 5 (0.4 < 0.6 only) → 5/6
     assert summary["balanced_accuracy"] == pytest.approx(7 / 12) and summary["auc"] == pytest.approx(5 / 6)
     assert (summary["n_positive"], summary["n_negative"], summary["failures"]) == (3, 2, 1)
+    # yes on 2 of 3 right texts and 1 of 2 wrong ones: precision 2/3, recall 2/3 → F1 2/3 (delphi's formula)
+    assert summary["f1"] == pytest.approx(2 / 3)
+    none_right = binary_summary([judgment(True, 0.1), judgment(False, 0.9)])
+    assert (none_right["balanced_accuracy"], none_right["f1"]) == (0.0, 0.0)
     constant = binary_summary([judgment(label, 0.5) for label in (True, True, False, False, False)])
     assert constant["auc"] == 0.5 and constant["balanced_accuracy"] == 0.5
     assert binary_summary([judgment(True, 0.9)])["balanced_accuracy"] is None and auc([0.9], [True]) is None

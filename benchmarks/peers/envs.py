@@ -26,9 +26,45 @@ PEERS: dict[str, dict] = {
     # SAEDashboard's Neuronpedia records (sae_dashboard/neuronpedia/neuronpedia_dashboard.py) import numpy only;
     # its declared dependencies (sae-lens, transformer-lens, datasets, torch<3 …) serve the dashboard runner.
     "sae-dashboard": {"package": "sae-dashboard==0.8.0", "no_deps": True, "deps": ["numpy"], "torch": False},
-    # SAEBench's output classes (sae_bench/evals/autointerp/eval_output.py, eval_config.py and
-    # sae_bench/evals/base_eval_output.py) import pydantic only; jsonschema validates against its shipped schema.
-    "sae-bench": {"package": "sae-bench==0.6.0", "no_deps": True, "deps": ["pydantic>=2.9.2", "jsonschema"], "torch": False},
+    # SAEBench's output classes (eval_output.py, eval_config.py, base_eval_output.py) import pydantic only, and
+    # jsonschema validates against its shipped schema; its autointerp scoring path (main.py's Example, Examples and
+    # AutoInterp's prompt, API, parse and score methods) needs torch, openai, tabulate and tqdm. Its declared
+    # torchvision, sae-lens, transformer-lens, datasets, sae-probes … serve loading models, SAEs and data, which this
+    # path does not do (saebench_scoring.py stubs those imports).
+    "sae-bench": {
+        "package": "sae-bench==0.6.0",
+        "no_deps": True,
+        "deps": ["pydantic>=2.9.2", "jsonschema", "openai>=1.0.0", "tabulate>=0.9.0", "tqdm"],
+        "torch": True,
+    },
+    # delphi's classifier scorers, its OpenRouter client and result_analysis import torch, transformers, httpx,
+    # pandas, orjson, blobfile, jaxtyping, beartype, simple_parsing, asyncer, aiofiles, safetensors, plotly and
+    # scikit-learn; vllm (a GPU engine, >= 0.10.2 declared), sentence-transformers, faiss and eai-sparsify serve the
+    # offline client, embedding scorers and its SAE loader, which this path does not use (delphi_scoring.py stubs them).
+    "eai-delphi": {
+        "package": "eai-delphi==0.1.3",
+        "no_deps": True,
+        "deps": [
+            "transformers",
+            "httpx",
+            "pandas",
+            "orjson",
+            "blobfile",
+            "jaxtyping",
+            "beartype",
+            "simple_parsing",
+            "asyncer",
+            "anyio>=4.8.0",
+            "aiofiles",
+            "safetensors",
+            "plotly",
+            "scikit-learn",
+            "tqdm",
+            "tiktoken",
+            "huggingface_hub",
+        ],  # fmt: skip
+        "torch": True,
+    },
 }
 
 
