@@ -12,7 +12,7 @@ class ByteTokenizer:
     def __call__(self, text: str, add_special_tokens: bool = False) -> dict[str, list[int]]:
         return {"input_ids": [10 + min(ord(c), 117) for c in text]}
 
-    def decode(self, ids: list[int], skip_special_tokens: bool = False) -> str:
+    def decode(self, ids: list[int], skip_special_tokens: bool = False, clean_up_tokenization_spaces: bool | None = None) -> str:
         return "".join(chr(i - 10) if i >= 10 else "" for i in ids)  # ids below 10 are special: never shown
 
 

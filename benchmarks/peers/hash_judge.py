@@ -63,6 +63,10 @@ class _Handler(BaseHTTPRequestHandler):
     def do_POST(self) -> None:  # noqa: N802 (http.server's name)
         request = json.loads(self.rfile.read(int(self.headers.get("Content-Length", 0))))
         text, top = answer(request.get("messages", []))
+        user = next((m["content"] for m in reversed(request.get("messages", [])) if m["role"] == "user"), "")
+        shown = _EXCERPT.search(user) if "Answer Yes or No" in user else None
+        if shown:  # monoscope's detection/fuzzing text, by the digest its records keep (scorers.binary.text_digest)
+            self.server.shown_texts[hashlib.sha256(shown.group(1).encode()).hexdigest()[:16]] = shown.group(1)
         logprobs = None
         if top is not None and request.get("logprobs"):
             entries = [{"token": token, "logprob": logprob, "bytes": None} for token, logprob in top]
@@ -85,8 +89,12 @@ class _Handler(BaseHTTPRequestHandler):
 
 
 def start_hash_judge() -> tuple[ThreadingHTTPServer, str]:
-    """Start the judge on 127.0.0.1 (a free port) in a daemon thread; return the server and its OpenAI base URL."""
+    """Start the judge on 127.0.0.1 (a free port) in a daemon thread; return the server and its OpenAI base URL.
+
+    ``server.shown_texts`` collects {text digest: text} of every monoscope detection or fuzzing text it judged.
+    """
     server = ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
     server.daemon_threads = True
+    server.shown_texts = {}  # type: ignore[attr-defined]  # digest → monoscope's shown text
     Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
     return server, f"http://127.0.0.1:{server.server_address[1]}/v1"

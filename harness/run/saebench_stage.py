@@ -20,7 +20,7 @@ from harness.llm.client import LLMClient
 from harness.llm.templates import load_template
 from harness.records import ContextSample, Explanation
 from harness.run.evaluate import EXPLANATIONS, shuffled_sources
-from harness.subject.decoding import token_pieces
+from harness.subject.decoding import single_token_strings
 from results.store import append_records, latest_by_key, read_records
 from scorers.saebench import (
     BUFFER,
@@ -60,7 +60,7 @@ def _random_windows(chunks: np.ndarray, tokenizer, unit: str, seed: int) -> list
     for _ in range(N_RANDOM):
         chunk, position = int(rng.integers(0, len(chunks))), int(rng.integers(BUFFER, length - BUFFER))
         ids = chunks[chunk, position - BUFFER : position + BUFFER + 1].tolist()
-        windows.append(SaebenchWindow(chunk, position, token_pieces(tokenizer, ids), None, False, "random"))
+        windows.append(SaebenchWindow(chunk, position, single_token_strings(tokenizer, ids), None, False, "random"))
     return windows
 
 
@@ -84,9 +84,9 @@ def saebench_stage(
     skipped: dict[str, str] = {}
     scoring: dict[str, list[SaebenchWindow]] = {}
 
-    def pieces(sample: ContextSample) -> tuple[str, ...]:
+    def pieces(sample: ContextSample) -> tuple[str, ...]:  # each token decoded alone, as SAEBench shows it
         start = sample.window_start
-        return token_pieces(tokenizer, chunks[sample.chunk, start : start + len(sample.activations)].tolist())
+        return single_token_strings(tokenizer, chunks[sample.chunk, start : start + len(sample.activations)].tolist())
 
     for unit in units:
         if unit not in rows:

@@ -96,3 +96,12 @@ def _decode_segment(tokenizer: Any, ids: list[int], groups: list[tuple[int, int]
             pieces[end - 1] = text[offset : len(prefix)]
             offset = len(prefix)
     pieces[last - 1] = text[offset:]
+
+
+def single_token_strings(tokenizer: Any, ids: Sequence[int]) -> tuple[str, ...]:
+    """Return each token decoded on its own, as TransformerLens' ``to_str_tokens`` (and so SAEBench) shows tokens.
+
+    In: a tokenizer with ``decode(list[int], clean_up_tokenization_spaces=...)``; out: ``len(ids)`` strings. A byte token
+    of a character split over several tokens decodes to U+FFFD here (SAEBench then drops it), unlike ``token_pieces``.
+    """
+    return tuple(tokenizer.decode([int(token)], clean_up_tokenization_spaces=False) for token in ids)
