@@ -73,7 +73,8 @@ TABLE_NOTES = {
     ),
     "set_means": (
         "Per unit set, metric and explanation source: the mean over the n_units that have the metric, its 95% bootstrap "
-        "interval over units, and why the other n_missing have none (missing_reasons, for the rank metrics)."
+        "interval over units, and why the other n_missing have none (missing_reasons, for the rank metrics and the detection "
+        "and fuzzing scores)."
     ),
     "sizes": (
         "Every pair of dictionaries: real-explanation means and larger minus smaller, with a 95% interval that resamples "

@@ -62,7 +62,7 @@ UNIT_COLUMNS = [
     *(f"rubric_auc_reason_{source}" for source in SOURCES),
     *(f"intervention_{source}" for source in SOURCES),
     "intervention_kl",
-    *(f"{scorer}{part}_{source}" for scorer in BINARY_SCORERS for part in ("", "_auc", "_f1") for source in SOURCES),
+    *(f"{scorer}{part}_{source}" for scorer in BINARY_SCORERS for part in ("", "_auc", "_f1", "_reason") for source in SOURCES),
     *OUTPUT_COLUMNS,
     *(f"saebench_{source}" for source in SOURCES),
     "level_spearman_real",
@@ -114,6 +114,7 @@ TEXT_COLUMNS = (
     "dictionary",
     "residual_direction",
     *(f"rubric_auc_reason_{source}" for source in SOURCES),
+    *(f"{scorer}_reason_{source}" for scorer in BINARY_SCORERS for source in SOURCES),
     "level_spearman_reason_real",
     "source",
     "missing_reasons",
@@ -212,7 +213,8 @@ def unit_table(
     (the fraction of steering pairs judged right, ``scorers.intervention``) and ``intervention_kl``
     (the mean KL of the unit's steerings); with the detection and fuzzing scorers, ``detection_<source>`` and
     ``fuzzing_<source>`` (balanced accuracy), ``detection_auc_<source>``, ``fuzzing_auc_<source>`` (AUC of P(yes))
-    and ``detection_f1_<source>``, ``fuzzing_f1_<source>`` (F1 of "yes" on the right texts; ``scorers.binary``).
+    and ``detection_f1_<source>``, ``fuzzing_f1_<source>`` (F1 of "yes" on the right texts; ``scorers.binary``), with
+    ``detection_reason_<source>``, ``fuzzing_reason_<source>`` saying why they are missing.
     Rows are ordered features first (by dictionary size, then set name, layer and index), then neurons.
     ``n_judgments`` counts the unit's judgment records of every source, failures included; ``n_failures`` counts its judgment and
     simulation records with no parsed result.
@@ -274,7 +276,7 @@ def unit_table(
             for source in SOURCES:
                 summary = binary_summary(classified.get((scorer, unit.unit, source), []))
                 row[f"{scorer}_{source}"], row[f"{scorer}_auc_{source}"] = summary["balanced_accuracy"], summary["auc"]
-                row[f"{scorer}_f1_{source}"] = summary["f1"]
+                row[f"{scorer}_f1_{source}"], row[f"{scorer}_reason_{source}"] = summary["f1"], summary["reason"]
         output = binary_summary(classified.get(("detection", unit.unit, "output"), []))
         row["detection_output"], row["detection_auc_output"] = output["balanced_accuracy"], output["auc"]
         row["intervention_output"] = intervention_summary(intervened.get((unit.unit, "output"), []))["fraction"]
@@ -402,6 +404,9 @@ def control_table(unit_table_df: pd.DataFrame, seed: int = 0) -> pd.DataFrame:
 def _missing_reasons(members: pd.DataFrame, metric: str, source: str) -> str | None:
     """Return "2 no firing context judged; 1 not judged": how many units of ``members`` lack the metric, by reason."""
     column = f"{metric}_reason_{source}"
+    scorer = metric.split("_")[0]
+    if column not in members and scorer in BINARY_SCORERS:
+        column = f"{scorer}_reason_{source}"  # a binary scorer's AUC and F1 are missing for its balanced accuracy's reason
     if column not in members:
         return None
     counts = members[column].dropna().value_counts()
