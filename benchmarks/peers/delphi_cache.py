@@ -21,10 +21,9 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from delphi.latents import LatentCache
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM
-
-from delphi.latents import LatentCache
 
 request = json.loads(Path(sys.argv[1]).read_text())
 config = json.loads((Path(request["dictionary"]) / "cfg.json").read_text())
