@@ -174,3 +174,22 @@ def assert_saebench_autointerp_output(output: dict) -> None:
     metrics = output["eval_result_metrics"]
     assert set(metrics) == {"autointerp"} and set(metrics["autointerp"]) == {"autointerp_score", "autointerp_std_dev"}
     assert all(isinstance(value, float) for value in metrics["autointerp"].values())
+
+
+def test_windows_show_each_token_decoded_alone_and_drop_what_it_cannot_spell_as_saebench_does() -> None:
+    from harness.subject.decoding import single_token_strings, token_pieces
+    from scorers.saebench import SaebenchWindow, marked
+
+    class ByteFallback:
+        """ "é" spelled as two byte tokens (as Gemma's byte fallback does); each alone decodes to U+FFFD."""
+
+        def decode(self, ids: list[int], clean_up_tokenization_spaces: bool | None = None) -> str:
+            raw = b"".join({1: b"caf", 2: b"\xc3", 3: b"\xa9", 4: b"\n"}[i] for i in ids)
+            return raw.decode(errors="replace")
+
+    tokenizer, ids = ByteFallback(), [1, 2, 3, 4]
+    assert single_token_strings(tokenizer, ids) == ("caf", "\ufffd", "\ufffd", "\n")
+    assert "".join(token_pieces(tokenizer, ids)) == "café\n", "monoscope's own rendering keeps the character whole"
+    window = SaebenchWindow(0, 1, single_token_strings(tokenizer, ids), (0.0, 5.0, 0.0, 0.0), True, "top")
+    # SAEBench's Example.to_str: <<token>> around active tokens, then "�" removed and line breaks shown as ↵
+    assert marked(window, 1.0) == "caf<<>>↵" and marked(window, None) == "caf↵"
