@@ -23,6 +23,8 @@ CONSTRAINTS = HERE / "constraints.txt"
 TORCH = "torch==2.13.0"
 
 PEERS: dict[str, dict] = {
+    # SAELens with its own dependencies (transformer-lens, transformers, datasets …), torch held at 2.13.0.
+    "sae-lens": {"package": "sae-lens==6.54.12", "no_deps": False, "deps": [], "torch": True},
     # SAEDashboard's Neuronpedia records (sae_dashboard/neuronpedia/neuronpedia_dashboard.py) import numpy only;
     # its declared dependencies (sae-lens, transformer-lens, datasets, torch<3 …) serve the dashboard runner.
     "sae-dashboard": {"package": "sae-dashboard==0.8.0", "no_deps": True, "deps": ["numpy"], "torch": False},

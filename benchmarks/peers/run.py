@@ -9,12 +9,18 @@ What runs (the peers' versions pinned in ``envs.py``):
    the SAEBench setting of detection (128-token sequences, 21-token windows) and fuzzing, and a second evaluation
    on a copy of the same foundation with monoscope's own detection; every LLM role is the hash judge on loopback
    (``hash_judge.py``), which the peers call too;
-2. sae-bench: its own autointerp scoring (``saebench_scoring.py``) of the windows monoscope showed, against the same
+2. sae-lens: its own trainer (``saelens_train.py``) on the foundation's stored residual stream, the L1 coefficient
+   tuned until its L0 on the held-out tokens is within 10% of monoscope's (recipe λ 2.0), variance explained of both
+   by monoscope's ``dictionary_stats`` on the same held-out tokens, training tokens/s, and encode tokens/s of both
+   encoders on the SAELens-trained dictionary;
+3. eai-delphi's ``LatentCache`` (``delphi_cache.py``) with monoscope's encoder over the first T and 4T tokens of
+   the same corpus, beside ``monoscope index`` over the same tokens: tokens/s and peak memory of each;
+4. sae-bench: its own autointerp scoring (``saebench_scoring.py``) of the windows monoscope showed, against the same
    judge: per-latent predictions, correct sequences and scores must be equal; and SAEBench's reader
    (``check_saebench_output.py``) must accept every autointerp file the run wrote;
-3. eai-delphi: its detection and fuzzing classifiers (``delphi_scoring.py``) on the texts monoscope showed, against
+5. eai-delphi: its detection and fuzzing classifiers (``delphi_scoring.py``) on the texts monoscope showed, against
    the same judge: per-latent balanced accuracy and F1 must be equal;
-4. sae-dashboard: ``monoscope export neuronpedia`` of the run, rebuilt by SAEDashboard's own records
+6. sae-dashboard: ``monoscope export neuronpedia`` of the run, rebuilt by SAEDashboard's own records
    (``check_dashboard_records.py``) without a change.
 
 A failed equality or validation is a failure of this script (exit 1), never a note.
@@ -211,6 +217,148 @@ def dashboard_peer(run_dir: Path, work: Path) -> dict[str, Any]:
     }
 
 
+def _rows(store: Any, chunk_ids: list[int]) -> Any:
+    """Return the residual rows [len(chunk_ids) × T, d_in] float32 numpy array of a run's residual store."""
+    import numpy as np
+
+    return np.concatenate([store.read(chunk_ids[i : i + 64]).reshape(-1, store.width).numpy() for i in range(0, len(chunk_ids), 64)])
+
+
+def saelens_peer(foundation: Path, work: Path, d_sae: int = 2048, sparsity: float = 2.0, tries: int = 6) -> dict[str, Any]:
+    """SAELens' trainer against monoscope's on the same stored activations: matched L0 (±10%), variance explained on the
+    same held-out tokens (monoscope's ``dictionary_stats`` for both), training tokens/s, and encode tokens/s of both
+    encoders on the SAELens-trained dictionary."""
+    import numpy as np
+    import torch
+
+    from harness.dictionaries.dictionary import encode
+    from harness.dictionaries.formats import load_saelens_directory
+    from harness.dictionaries.training import TrainingConfig, dictionary_stats, train_dictionary
+    from harness.run.foundation import split_chunks
+    from harness.subject.corpus import load_chunks
+    from harness.subject.residual_store import STORE_SUFFIXES, open_residual_store
+
+    manifest = json.loads((foundation / "manifest.json").read_text())
+    hook, recipe = manifest["model"]["hook"], manifest["config"]["foundation"]
+    chunks = load_chunks(foundation / "corpus")
+    dtype = next(d for d, suffix in STORE_SUFFIXES.items() if (foundation / "activations" / f"{hook}.{suffix}").exists())
+    store = open_residual_store(foundation / "activations", hook, chunks.shape[0], chunks.shape[1], manifest["model"]["d_model"], dtype)
+    train_ids, held_ids = split_chunks(chunks.shape[0], recipe["held_out_fraction"])
+    order = np.random.default_rng(0).permutation(len(train_ids) * chunks.shape[1])
+    train, held_out = _rows(store, train_ids)[order], _rows(store, held_ids)
+    np.save(work / "train.npy", train)
+    np.save(work / "held_out.npy", held_out)
+    held_tensor = torch.from_numpy(held_out)
+    settings = {"lr": recipe["learning_rate"], "batch": recipe["training_batch_size"], "epochs": 1, "warmup_fraction": 0.05,
+                "decay_fraction": 0.2, "seed": 0}  # fmt: skip
+
+    config = TrainingConfig(d_sae, sparsity, settings["lr"], settings["batch"], 1, 0, 0.05, 0.2, None)
+    started = time.perf_counter()
+    mine = train_dictionary(torch.from_numpy(train), config, "monoscope", hook)
+    mine_seconds = time.perf_counter() - started
+    mine_stats = dictionary_stats(mine, held_tensor)
+    target = mine_stats.l0
+
+    low, high, coefficient, runs = None, None, sparsity, []
+    for attempt in range(tries):
+        out = work / f"saelens-{attempt}"
+        shutil.rmtree(out, ignore_errors=True)
+        request = work / "saelens-request.json"
+        request.write_text(json.dumps({"train": str(work / "train.npy"), "held_out": str(work / "held_out.npy"), "d_sae": d_sae,
+                                       "l1_coefficient": coefficient, "out": str(out), **settings}))  # fmt: skip
+        result = run_in("sae-lens", HERE / "saelens_train.py", str(request))
+        theirs = load_saelens_directory(out, "saelens")
+        stats = dictionary_stats(theirs, held_tensor)
+        runs.append({"l1_coefficient": coefficient, "l0": stats.l0, "variance_explained": stats.variance_explained, **result})
+        if abs(stats.l0 - target) <= 0.1 * target:
+            break
+        if stats.l0 > target:
+            low = coefficient
+            coefficient = coefficient * 4 if high is None else (coefficient * high) ** 0.5
+        else:
+            high = coefficient
+            coefficient = coefficient / 4 if low is None else (coefficient * low) ** 0.5
+    final = runs[-1]
+    matched = abs(final["l0"] - target) <= 0.1 * target
+    theirs = load_saelens_directory(Path(final["out"]), "saelens")
+    with torch.no_grad():
+        started = time.perf_counter()
+        for start in range(0, held_tensor.shape[0], 4096):
+            encode(theirs, held_tensor[start : start + 4096])
+        mine_encode = held_tensor.shape[0] / (time.perf_counter() - started)
+    return {
+        "peer": "sae-lens",
+        "version": PEERS["sae-lens"]["package"].split("==")[1],
+        "d_sae": d_sae,
+        "train_tokens": int(train.shape[0]),
+        "held_out_tokens": int(held_out.shape[0]),
+        "monoscope": {"sparsity_coefficient": sparsity, "l0": target, "variance_explained": mine_stats.variance_explained,
+                      "train_tokens_per_s": train.shape[0] / mine_seconds, "encode_tokens_per_s": mine_encode},
+        "saelens": {"l1_coefficient": final["l1_coefficient"], "l0": final["l0"], "variance_explained": final["variance_explained"],
+                    "train_tokens_per_s": final["train_tokens_per_s"], "encode_tokens_per_s": final["encode_tokens_per_s"]},
+        "l0_matched_within_10_percent": matched,
+        "ratio_train_tokens_per_s": (train.shape[0] / mine_seconds) / final["train_tokens_per_s"],
+        "ratio_encode_tokens_per_s": mine_encode / final["encode_tokens_per_s"],
+        "difference_variance_explained": mine_stats.variance_explained - final["variance_explained"],
+        "tuning_runs": runs,
+        "ok": matched,
+    }  # fmt: skip
+
+
+def _peak_mib(command: list[str]) -> tuple[float, float]:
+    """Return (seconds, peak resident MiB) of a command, read by /usr/bin/time; RuntimeError when it fails."""
+    import subprocess
+    import tempfile
+
+    with tempfile.NamedTemporaryFile("r", suffix=".txt") as report:
+        started = time.perf_counter()
+        result = subprocess.run(["/usr/bin/time", "-f", "%M", "-o", report.name, *command], capture_output=True, text=True)
+        seconds = time.perf_counter() - started
+        if result.returncode != 0:
+            raise RuntimeError(f"{' '.join(command)} failed ({result.returncode}):\n{result.stderr[-4000:]}")
+        return seconds, int(Path(report.name).read_text().split()[-1]) / 1024
+
+
+def delphi_cache_peer(foundation: Path, work: Path, tokens: int = 16_384, batch_size: int = 8) -> dict[str, Any]:
+    """delphi's LatentCache beside monoscope's index on the same tokens (T and 4T): tokens/s and peak memory."""
+    import numpy as np
+
+    from harness.subject.corpus import load_chunks
+    from harness.subject.embedded import embedded_checkpoint_dir
+
+    chunks = load_chunks(foundation / "corpus")
+    context = chunks.shape[1]
+    dictionary = foundation / "dictionaries" / "sae-2k"
+    layer = int(json.loads((foundation / "manifest.json").read_text())["model"]["hook"].split(".")[1])
+    rows = []
+    for n_tokens in (tokens, 4 * tokens):
+        n_sequences = n_tokens // context
+        np.save(work / "delphi-tokens.npy", np.asarray(chunks[:n_sequences]))
+        request = work / "delphi-cache.json"
+        request.write_text(json.dumps({"model": str(embedded_checkpoint_dir()), "dictionary": str(dictionary), "n_tokens": n_tokens,
+                                       "tokens": str(work / "delphi-tokens.npy"), "batch_size": batch_size,
+                                       "hookpoint": f"model.layers.{layer}"}))  # fmt: skip
+        theirs = run_in("eai-delphi", HERE / "delphi_cache.py", str(request))
+        index_dir = work / f"index-{n_tokens}"
+        shutil.rmtree(index_dir, ignore_errors=True)
+        command = [sys.executable, "-m", "harness.cli", "index", "--run-dir", str(index_dir), "--dictionary", str(dictionary),
+                   "--tokens", str(n_tokens), "--context-length", str(context)]  # fmt: skip
+        seconds, peak = _peak_mib(command)
+        same = np.array_equal(load_chunks(index_dir / "corpus"), np.asarray(chunks[:n_sequences]))
+        rows.append({"n_tokens": n_tokens, "same_tokens": bool(same), "delphi_tokens_per_s": theirs["tokens_per_s"],
+                     "delphi_peak_rss_mib": theirs["peak_rss_mib"], "delphi_nonzeros_kept": theirs["nonzeros_kept"],
+                     "monoscope_tokens_per_s": n_tokens / seconds, "monoscope_peak_rss_mib": peak,
+                     "ratio_tokens_per_s": (n_tokens / seconds) / theirs["tokens_per_s"]})  # fmt: skip
+    return {
+        "peer": "eai-delphi (LatentCache)",
+        "version": PEERS["eai-delphi"]["package"].split("==")[1],
+        "rows": rows,
+        "delphi_memory_growth_4T_over_T": rows[1]["delphi_peak_rss_mib"] / rows[0]["delphi_peak_rss_mib"],
+        "monoscope_memory_growth_4T_over_T": rows[1]["monoscope_peak_rss_mib"] / rows[0]["monoscope_peak_rss_mib"],
+        "ok": all(row["same_tokens"] for row in rows),
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--json", action="store_true", help="print one JSON object per peer")
@@ -226,6 +374,8 @@ def main() -> None:
         saebench_run, detection_run, seconds = run_monoscope(args.work, base_url, args.tokens)
         texts = dict(server.shown_texts)  # type: ignore[attr-defined]
         results = [
+            saelens_peer(args.work / "foundation", args.work),
+            delphi_cache_peer(args.work / "foundation", args.work),
             saebench_peer(saebench_run, base_url, args.work),
             delphi_peer({"detection": detection_run, "fuzzing": saebench_run}, base_url, texts, args.work),
             dashboard_peer(saebench_run, args.work),
