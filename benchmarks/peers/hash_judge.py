@@ -63,6 +63,8 @@ class _Handler(BaseHTTPRequestHandler):
     def do_POST(self) -> None:  # noqa: N802 (http.server's name)
         request = json.loads(self.rfile.read(int(self.headers.get("Content-Length", 0))))
         text, top = answer(request.get("messages", []))
+        prompt_chars = sum(len(m.get("content", "")) for m in request.get("messages", []))
+        self.server.calls.append((prompt_chars, len(text)))  # type: ignore[attr-defined]
         user = next((m["content"] for m in reversed(request.get("messages", [])) if m["role"] == "user"), "")
         shown = _EXCERPT.search(user) if "Answer Yes or No" in user else None
         if shown:  # monoscope's detection/fuzzing text, by the digest its records keep (scorers.binary.text_digest)
@@ -91,10 +93,12 @@ class _Handler(BaseHTTPRequestHandler):
 def start_hash_judge() -> tuple[ThreadingHTTPServer, str]:
     """Start the judge on 127.0.0.1 (a free port) in a daemon thread; return the server and its OpenAI base URL.
 
-    ``server.shown_texts`` collects {text digest: text} of every monoscope detection or fuzzing text it judged.
+    ``server.shown_texts`` collects {text digest: text} of every monoscope detection or fuzzing text it judged, and
+    ``server.calls`` the (prompt characters, reply characters) of every request.
     """
     server = ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
     server.daemon_threads = True
     server.shown_texts = {}  # type: ignore[attr-defined]  # digest → monoscope's shown text
+    server.calls = []  # type: ignore[attr-defined]  # (prompt characters, reply characters) of every request
     Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
     return server, f"http://127.0.0.1:{server.server_address[1]}/v1"

@@ -89,6 +89,27 @@ def run_monoscope(work: Path, base_url: str, tokens: int) -> tuple[Path, Path, f
     return saebench_run, detection_run, time.perf_counter() - started
 
 
+def call_cost(calls: list[tuple[int, int]], latents: int) -> dict[str, float]:
+    """Return LLM calls and prompt/completion tokens (characters / 4) per latent of the judge's requests ``calls``."""
+    return {
+        "calls_per_latent": len(calls) / max(latents, 1),
+        "prompt_tokens_per_latent": sum(p for p, _ in calls) / 4 / max(latents, 1),
+        "completion_tokens_per_latent": sum(c for _, c in calls) / 4 / max(latents, 1),
+    }
+
+
+def monoscope_cost(run_dir: Path, stage: str, latents: int) -> dict[str, float]:
+    """Return monoscope's calls and tokens per latent of one stage (every explanation source: the real explanation and
+    its controls), from the run manifest's usage ({role: {stage: counts}}, LLMClient's counts)."""
+    usage = json.loads((run_dir / "manifest.json").read_text()).get("usage", {})
+    rows = [counts for stages in usage.values() for name, counts in stages.items() if name == stage]
+    return {
+        "calls_per_latent": sum(row["calls"] for row in rows) / max(latents, 1),
+        "prompt_tokens_per_latent": sum(row["prompt_tokens"] for row in rows) / max(latents, 1),
+        "completion_tokens_per_latent": sum(row["completion_tokens"] for row in rows) / max(latents, 1),
+    }
+
+
 def saebench_request(run_dir: Path) -> dict[str, Any]:
     """Return saebench_scoring.py's input: each scored latent's windows (token ids, activations) in monoscope's order."""
     from harness.index.store import load_index, unit_samples
@@ -122,15 +143,15 @@ def saebench_request(run_dir: Path) -> dict[str, Any]:
     return {"vocab": {str(k): v for k, v in vocab.items()}, "latents": latents}
 
 
-def saebench_peer(saebench_run: Path, base_url: str, work: Path) -> dict[str, Any]:
+def saebench_peer(saebench_run: Path, base_url: str, work: Path, server: Any) -> dict[str, Any]:
     """SAEBench's scoring of monoscope's windows against the same judge, and SAEBench's reader on the autointerp files."""
     request = saebench_request(saebench_run)
     path = work / "saebench-request.json"
     path.write_text(json.dumps(request))
     os.environ["OPENAI_BASE_URL"], os.environ["OPENAI_API_KEY"] = base_url, "hash-judge"  # SAEBench's OpenAI() reads them
-    started = time.perf_counter()
+    started, before = time.perf_counter(), len(server.calls)
     theirs = {r["latent"]: r for r in run_in("sae-bench", HERE / "saebench_scoring.py", str(path))["latents"]}
-    seconds = time.perf_counter() - started
+    seconds, calls = time.perf_counter() - started, server.calls[before:]
     mismatches = []
     for latent in request["latents"]:
         mine, other = latent["monoscope"], theirs[latent["latent"]]
@@ -146,6 +167,8 @@ def saebench_peer(saebench_run: Path, base_url: str, work: Path) -> dict[str, An
         "same_judge_equal": len(request["latents"]) - len(mismatches),
         "same_judge_mismatches": mismatches,
         "same_judge_seconds": round(seconds, 2),
+        "scoring_cost_saebench": call_cost(calls, len(request["latents"])),
+        "scoring_cost_monoscope_saebench_setting": monoscope_cost(saebench_run, "saebench", len(request["latents"])),
         "reader_files": reader["files"],
         "reader_valid": reader["valid"],
         "reader_errors": reader["errors"],
@@ -171,14 +194,14 @@ def delphi_request(runs: dict[str, Path], texts: dict[str, str]) -> dict[str, An
     return {"latents": latents}
 
 
-def delphi_peer(runs: dict[str, Path], base_url: str, texts: dict[str, str], work: Path) -> dict[str, Any]:
+def delphi_peer(runs: dict[str, Path], base_url: str, texts: dict[str, str], work: Path, server: Any) -> dict[str, Any]:
     """delphi's detection and fuzzing classifiers on the texts monoscope showed, against the same judge."""
     request = delphi_request(runs, texts)
     path = work / "delphi-request.json"
     path.write_text(json.dumps(request))
-    started = time.perf_counter()
+    started, before = time.perf_counter(), len(server.calls)
     theirs = run_in("eai-delphi", HERE / "delphi_scoring.py", base_url, str(path))["latents"]
-    seconds = time.perf_counter() - started
+    seconds, calls = time.perf_counter() - started, server.calls[before:]
     mismatches = []
     for latent, other in zip(request["latents"], theirs, strict=True):
         mine = latent["monoscope"]
@@ -194,6 +217,8 @@ def delphi_peer(runs: dict[str, Path], base_url: str, texts: dict[str, str], wor
         "same_judge_equal": len(theirs) - len(mismatches),
         "same_judge_mismatches": mismatches,
         "same_judge_seconds": round(seconds, 2),
+        "scoring_cost_delphi_both_scorers": call_cost(calls, len({latent["unit"] for latent in request["latents"]})),
+        "scoring_cost_monoscope_detection": monoscope_cost(runs["detection"], "detection", len(request["latents"]) // 2 or 1),
         "ok": not mismatches and theirs != [],
     }
 
@@ -376,8 +401,8 @@ def main() -> None:
         results = [
             saelens_peer(args.work / "foundation", args.work),
             delphi_cache_peer(args.work / "foundation", args.work),
-            saebench_peer(saebench_run, base_url, args.work),
-            delphi_peer({"detection": detection_run, "fuzzing": saebench_run}, base_url, texts, args.work),
+            saebench_peer(saebench_run, base_url, args.work, server),
+            delphi_peer({"detection": detection_run, "fuzzing": saebench_run}, base_url, texts, args.work, server),
             dashboard_peer(saebench_run, args.work),
         ]
     finally:
