@@ -99,10 +99,10 @@ def call_cost(calls: list[tuple[int, int]], latents: int) -> dict[str, float]:
 
 
 def monoscope_cost(run_dir: Path, stage: str, latents: int) -> dict[str, float]:
-    """Return monoscope's calls and tokens per latent of one stage (every explanation source: the real explanation and
-    its controls), from the run manifest's usage ({role: {stage: counts}}, LLMClient's counts)."""
+    """Return the judge's calls and tokens per latent in one of monoscope's stages (every explanation source: the real
+    explanation and its controls), from the run manifest's usage ({role: {stage: counts}}, LLMClient's counts)."""
     usage = json.loads((run_dir / "manifest.json").read_text()).get("usage", {})
-    rows = [counts for stages in usage.values() for name, counts in stages.items() if name == stage]
+    rows = [counts for name, counts in usage.get("judge", {}).items() if name == stage]
     return {
         "calls_per_latent": sum(row["calls"] for row in rows) / max(latents, 1),
         "prompt_tokens_per_latent": sum(row["prompt_tokens"] for row in rows) / max(latents, 1),
@@ -218,7 +218,9 @@ def delphi_peer(runs: dict[str, Path], base_url: str, texts: dict[str, str], wor
         "same_judge_mismatches": mismatches,
         "same_judge_seconds": round(seconds, 2),
         "scoring_cost_delphi_both_scorers": call_cost(calls, len({latent["unit"] for latent in request["latents"]})),
-        "scoring_cost_monoscope_detection": monoscope_cost(runs["detection"], "detection", len(request["latents"]) // 2 or 1),
+        "scoring_cost_monoscope_detection": monoscope_cost(
+            runs["detection"], "detection", sum(latent["scorer"] == "detection" for latent in request["latents"])
+        ),
         "ok": not mismatches and theirs != [],
     }
 
