@@ -101,7 +101,8 @@ def call_cost(calls: list[tuple[int, int]], latents: int) -> dict[str, float]:
 def monoscope_cost(run_dir: Path, stage: str, latents: int) -> dict[str, float]:
     """Return the judge's calls and tokens per latent in one of monoscope's stages (every explanation source: the real
     explanation and its controls), from the run manifest's usage ({role: {stage: counts}}, LLMClient's counts)."""
-    usage = json.loads((run_dir / "manifest.json").read_text()).get("usage", {})
+    manifest = json.loads((run_dir / "manifest.json").read_text())
+    usage = manifest.get("usage_total") or manifest.get("usage", {})  # usage_total: every invocation of the run
     rows = [counts for name, counts in usage.get("judge", {}).items() if name == stage]
     return {
         "calls_per_latent": sum(row["calls"] for row in rows) / max(latents, 1),
