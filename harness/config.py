@@ -442,8 +442,9 @@ def check_config(config: RunConfig) -> None:
             )
         if steering.positions not in POSITIONS:
             raise MonoscopeError(f"steering.positions is {steering.positions!r}", f"choose one of {', '.join(POSITIONS)}")
-    for role_name in ("explainer", "judge", "simulator"):
-        role = getattr(config, role_name)
+    roles = [(name, getattr(config, name)) for name in ("explainer", "judge", "simulator")]
+    roles += [(f"evaluation.judges[{i}]", role) for i, role in enumerate(config.judges)]
+    for role_name, role in roles:
         if role.backend not in backend_names():
             raise MonoscopeError(f"{role_name}.backend {role.backend!r} is not known", f"choose one of {', '.join(backend_names())}")
 
@@ -514,6 +515,13 @@ def _judges(values: Any, judge_section: bool) -> tuple[Role, ...]:
     if judge_section:
         raise MonoscopeError("the config has both a judge section and evaluation.judges", "list every judge in evaluation.judges only")
     roles = tuple(_build(Role, item, f"evaluation.judges[{i}]") for i, item in enumerate(values))
+    for i, item in enumerate(values):
+        missing = [key for key in ("backend", "model") if not item.get(key)]
+        if missing:
+            raise MonoscopeError(
+                f"evaluation.judges[{i}] has no {' or '.join(missing)}",
+                "give every judge its backend and model, e.g. {backend: openai, model: gpt-4o-mini}",
+            )
     labels = [judge_label(role) for role in roles]
     repeated = sorted({label for label in labels if labels.count(label) > 1})
     if repeated:

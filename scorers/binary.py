@@ -188,7 +188,10 @@ def binary_summary(judgments: Iterable[BinaryJudgment]) -> dict[str, float | int
     if not judged:
         reason = "not scored"
     elif not positives or not negatives:
-        reason = "no " + ("right" if not positives else "wrong") + " text with a parsed answer"
+        side = "right" if not positives else "wrong"
+        shown = any(j.label == (side == "right") for j in judged)
+        where = "the unit fires in every window" if side == "wrong" else "the unit fires in no window"
+        reason = f"no {side} text with a parsed answer" if shown else f"no {side} text: {where}"
     balanced = f1 = None
     if reason is None:
         true_positives = sum(j.p_yes > 0.5 for j in positives)

@@ -273,6 +273,9 @@ def test_several_judges_on_ray_and_bad_judge_lists_are_refused_in_one_line(tmp_p
         ({"evaluation": {"judges": [judges[0], judges[0]]}}, "more than once"),
         ({"judge": judges[0], "evaluation": {"judges": judges}}, "both a judge section"),
         ({"evaluation": {"judges": [{"backend": "fake-test", "modle": "x"}]}}, "unknown key 'modle'"),
+        ({"evaluation": {"judges": [judges[0], {"model": "gpt-4.1-mini"}]}}, r"judges\[1\] has no backend"),
+        ({"evaluation": {"judges": [judges[0], {"backend": "openai"}]}}, r"judges\[1\] has no model"),
+        ({"evaluation": {"judges": [judges[0], {"backend": "opnai", "model": "x"}]}}, r"judges\[1\].backend 'opnai' is not known"),
     ):
         with pytest.raises(MonoscopeError, match=message):
             config_from_mapping(bad)

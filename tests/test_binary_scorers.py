@@ -214,6 +214,8 @@ def test_balanced_accuracy_and_auc_match_hand_computed_values_and_a_constant_ans
     constant = binary_summary([judgment(label, 0.5) for label in (True, True, False, False, False)])
     assert constant["auc"] == 0.5 and constant["balanced_accuracy"] == 0.5
     assert binary_summary([judgment(True, 0.9)])["balanced_accuracy"] is None and auc([0.9], [True]) is None
+    assert binary_summary([judgment(True, 0.9)])["reason"] == "no wrong text: the unit fires in every window"
+    assert binary_summary([judgment(True, 0.9), judgment(False, None)])["reason"] == "no wrong text with a parsed answer"
     assert level_accuracy([judgment(True, 0.9, 3), judgment(True, 0.2, 3), judgment(False, 0.1, -1)]) == {-1: (1, 1), 3: (1, 2)}
 
 
