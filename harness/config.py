@@ -40,6 +40,7 @@ from harness.errors import MonoscopeError
 from harness.index.sampling import SamplingConfig
 from harness.index.state import POSITION_BITS, IndexConfig
 from harness.llm.client import backend_names
+from harness.subject.activations import DEVICE_BATCH_TOKENS, default_forward_chunks
 from harness.subject.embedded import EMBEDDED_JUDGE_NAME
 from harness.subject.shape import ModelShape
 from scorers.fuzzing import VARIANTS as FUZZING_VARIANTS
@@ -78,20 +79,11 @@ class FoundationConfig:
     checkpoint_seconds: float = 60.0
 
 
-# Tokens per batch when the config gives none, by device type: (forward pass, index update).
-# The forward default on a GPU is the 256 × 128-token batch measured at 886k tokens/s on an H200
-# (../shared/research/gpu-throughput.md); the CPU's is today's 32 × 64 tokens. The training batch
-# is part of the recipe, so its default (256) does not depend on the device: the same config
-# trains the same dictionary on a CPU and a GPU.
-DEVICE_BATCH_TOKENS = {"cpu": (2048, 4096), "cuda": (32768, 65536), "mps": (8192, 16384)}
-
-
 def forward_batch_chunks(config: FoundationConfig) -> int:
     """Return the chunks per forward pass: ``model.batch_size``, or the device's default tokens ÷ context length."""
     if config.batch_size is not None:
         return config.batch_size
-    tokens = DEVICE_BATCH_TOKENS.get(config.device.split(":")[0], DEVICE_BATCH_TOKENS["cpu"])[0]
-    return max(1, tokens // config.context_length)
+    return default_forward_chunks(config.device, config.context_length)
 
 
 def index_batch_tokens(config: FoundationConfig) -> int:

@@ -48,10 +48,9 @@ def eval_config(manifest: dict[str, Any], latents: list[int]) -> dict[str, Any]:
     foundation = config.get("foundation") if isinstance(config.get("foundation"), dict) else {}
     batch = foundation.get("batch_size")
     if batch is None:
-        from harness.config import DEVICE_BATCH_TOKENS
+        from harness.subject.activations import default_forward_chunks
 
-        tokens = DEVICE_BATCH_TOKENS.get(str(foundation.get("device", "cpu")).split(":")[0], DEVICE_BATCH_TOKENS["cpu"])[0]
-        batch = max(1, tokens // int(foundation.get("context_length", saebench.CONTEXT_LENGTH)))
+        batch = default_forward_chunks(str(foundation.get("device", "cpu")), int(foundation.get("context_length", saebench.CONTEXT_LENGTH)))
     return {
         "model_name": str(foundation.get("model", "")),
         "n_latents": None,  # SAEBench takes exactly one of n_latents (drawn) and override_latents (chosen)

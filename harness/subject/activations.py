@@ -8,6 +8,19 @@ import torch
 
 from harness.subject.model import SubjectModel, collect_activations
 
+# Tokens per batch when the config gives none, by device type: (forward pass, index update).
+# The forward default on a GPU is the 256 × 128-token batch measured at 886k tokens/s on an H200
+# (../shared/research/gpu-throughput.md); the CPU's is today's 32 × 64 tokens. The training batch
+# is part of the recipe, so its default (256) does not depend on the device: the same config
+# trains the same dictionary on a CPU and a GPU.
+DEVICE_BATCH_TOKENS = {"cpu": (2048, 4096), "cuda": (32768, 65536), "mps": (8192, 16384)}
+
+
+def default_forward_chunks(device: str, context_length: int) -> int:
+    """Return the chunks per forward pass when the config gives none: the device type's default tokens ÷ context length."""
+    tokens = DEVICE_BATCH_TOKENS.get(device.split(":")[0], DEVICE_BATCH_TOKENS["cpu"])[0]
+    return max(1, tokens // context_length)
+
 
 @dataclass(frozen=True)
 class ActivationBatch:
