@@ -246,17 +246,13 @@ def explanation_records(source: Source, explanations: list[Explanation]) -> list
 
 
 def _units_table(run_dir: Path) -> dict[str, dict[str, Any]]:
-    """Return {unit: its row of results/tables/units.csv}, non-finite numbers as None ({} before the results stage)."""
-    path = run_dir / "results" / "tables" / "units.csv"
-    if not path.exists():
-        return {}
-    import pandas as pd
+    """Return {unit: its row of results/tables/units.csv}, empty and non-finite cells as None ({} before the results stage)."""
+    from results.tables import load_table, table_path
 
-    frame = pd.read_csv(path)
-    rows = {}
-    for row in frame.to_dict(orient="records"):
-        rows[str(row["unit"])] = {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in row.items()}
-    return rows
+    if not table_path(run_dir, "units").exists():
+        return {}
+    rows = load_table(run_dir, "units").to_dict(orient="records")
+    return {str(row["unit"]): {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in row.items()} for row in rows}
 
 
 def export_neuronpedia(run_dir: Path, out: Path, model_id: str | None = None, log: Progress = print) -> list[Path]:
