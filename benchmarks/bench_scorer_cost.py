@@ -13,9 +13,15 @@ their instruction text measured once (characters / 4) from the released wheels: 
 explanation call (40 windows of 32 tokens after 3 few-shot examples) and, per scorer, one call per example
 (``n_examples_shown`` 1) over 50 activating and 50 non-activating windows of 32 tokens. Ratio: monoscope's
 detection calls per unit (three sources) ÷ delphi's detection calls per latent (one explanation).
+
+Beside them, the peers' measured figures (``benchmarks/peers/measured.json``, written by
+``python benchmarks/peers/run.py --write-results``): the calls and tokens per latent that SAEBench's and delphi's own
+scoring code, and monoscope's, sent to one loopback judge on the same latents and windows, tokens again characters / 4.
 """
 
 import argparse
+import json
+from pathlib import Path
 
 from common import benchmark
 
@@ -82,6 +88,23 @@ def _monoscope() -> dict[str, dict[str, int]]:
     return costs
 
 
+PEERS_MEASURED = Path(__file__).resolve().parent / "peers" / "measured.json"
+
+
+def _peers_measured() -> dict:
+    """Return the calls and tokens per latent that ``benchmarks/peers/run.py --write-results`` counted at the loopback
+    judge (each tool at its own scoring settings, on the same latents and windows), or why there are none."""
+    if not PEERS_MEASURED.exists():
+        return {"missing": "not measured: run python benchmarks/peers/run.py --write-results"}
+    record = json.loads(PEERS_MEASURED.read_text(encoding="utf-8"))
+    costs = {"measured": record["measured"]}
+    for result in record["results"]:
+        for key, value in result.items():
+            if key.startswith("scoring_cost_"):
+                costs[f"{result['peer']}: {key.removeprefix('scoring_cost_')}"] = value
+    return costs
+
+
 @benchmark
 def scorer_cost(args: argparse.Namespace) -> dict:
     """LLM calls and tokens per scored unit: each monoscope scorer (three explanation sources) and the peers' defaults."""
@@ -89,6 +112,7 @@ def scorer_cost(args: argparse.Namespace) -> dict:
     return {
         "monoscope_per_unit": ours,
         "peers_per_latent": peers,
+        "peers_measured_per_latent": _peers_measured(),
         "ratio": round(ours["detection"]["calls"] / peers["delphi_detection"]["calls"], 3),
         "target": "report (monoscope scores three explanation sources; the peers one)",
     }

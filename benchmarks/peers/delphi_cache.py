@@ -10,7 +10,8 @@ with a hook on ``hookpoint``, the encoder applied to what the hook sees, every n
 memory by ``InMemoryCache``). The encoder is monoscope's for this dictionary, written out here because monoscope is
 not installed in delphi's environment: f = ReLU(x W_enc + b_enc) (the dictionaries monoscope trains subtract no
 b_dec first: ``apply_b_dec_to_input`` is false in their cfg.json, which this script checks). Peak memory is the
-process's maximum resident set size.
+process's maximum resident set size. Stubbed, because this path never uses them: delphi's imports of faiss,
+sentence_transformers, vllm and sparsify (``stubs.DELPHI_UNUSED``).
 """
 
 import json
@@ -21,9 +22,13 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from delphi.latents import LatentCache
-from safetensors.torch import load_file
-from transformers import AutoModelForCausalLM
+from stubs import DELPHI_UNUSED, stub_modules
+
+stub_modules(*DELPHI_UNUSED)
+
+from delphi.latents import LatentCache  # noqa: E402
+from safetensors.torch import load_file  # noqa: E402
+from transformers import AutoModelForCausalLM  # noqa: E402
 
 request = json.loads(Path(sys.argv[1]).read_text())
 config = json.loads((Path(request["dictionary"]) / "cfg.json").read_text())

@@ -18,21 +18,11 @@ sentence_transformers and faiss (embedding scorers) and sparsify (its SAE loader
 import asyncio
 import json
 import sys
-import types
 from pathlib import Path
 
-for name in (
-    "vllm",
-    "vllm.distributed",
-    "vllm.distributed.parallel_state",
-    "vllm.inputs",
-    "sentence_transformers",
-    "faiss",
-    "sparsify",
-):
-    module = types.ModuleType(name)
-    module.__getattr__ = lambda attribute: object  # any name the imports ask for
-    sys.modules[name] = module
+from stubs import DELPHI_UNUSED, stub_modules
+
+stub_modules(*DELPHI_UNUSED)
 
 import pandas as pd  # noqa: E402
 from delphi.clients import OpenRouter  # noqa: E402

@@ -16,10 +16,11 @@ window gets zero activations, as SAEBench's ``create_examples(rand_toks)`` gives
 
 import json
 import sys
-import types
 from pathlib import Path
 
-for name in (
+from stubs import stub_modules
+
+stub_modules(
     "sae_lens",
     "sae_lens.loading",
     "sae_lens.loading.pretrained_saes_directory",
@@ -31,13 +32,9 @@ for name in (
     "sae_bench.sae_bench_utils.general_utils",
     "sae_bench.sae_bench_utils.indexing_utils",
     "sae_bench.sae_bench_utils.sae_selection_utils",
-):
-    module = types.ModuleType(name)
-    module.SAE = module.HookedTransformer = module.SAEMetadata = object
-    module.get_pretrained_saes_directory = module.get_saes_from_regex = None
-    module.get_iw_sample_indices = module.get_k_largest_indices = module.index_with_buffer = None
-    sys.modules[name] = module
+)
 
+import sae_bench.sae_bench_utils  # noqa: E402,F401  (the real package: its __init__ imports nothing stubbed)
 import torch  # noqa: E402
 from sae_bench.evals.autointerp.eval_config import AutoInterpEvalConfig  # noqa: E402
 from sae_bench.evals.autointerp.main import AutoInterp, Example, Examples  # noqa: E402

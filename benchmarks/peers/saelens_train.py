@@ -3,7 +3,7 @@
     python saelens_train.py IN.json   # prints JSON
 
 IN.json: {"train": .npy of training rows [N, d_in] float32 in the order to read them, "held_out": .npy [M, d_in],
-"d_sae", "l1_coefficient", "lr", "batch", "epochs", "warmup_fraction", "decay_fraction", "seed", "out": folder}.
+"d_sae", "hook", "l1_coefficient", "lr", "batch", "epochs", "warmup_fraction", "decay_fraction", "seed", "out": folder}.
 
 SAELens 6.54.12's own trainer does the work (``sae_lens.training.sae_trainer.SAETrainer`` fed by an iterator over
 the rows, ``StandardTrainingSAE``: ReLU, L1 on decoder-norm-weighted activations), with the settings monoscope's
@@ -68,6 +68,7 @@ trainer = SAETrainer(
 started = time.perf_counter()
 trained = trainer.fit()
 train_seconds = time.perf_counter() - started
+trained.cfg.metadata.hook_name = request["hook"]  # SAELens' own field; its runner sets it from the LLM it reads
 trained.save_inference_model(request["out"])
 
 with torch.no_grad():
