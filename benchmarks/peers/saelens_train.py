@@ -10,9 +10,14 @@ the rows, ``StandardTrainingSAE``: ReLU, L1 on decoder-norm-weighted activations
 recipe also has set to monoscope's values: ``normalize_activations="expected_average_only_in"`` (one constant so
 that E‖x‖ = √d_in, folded into the weights at the end), the learning rate, the batch, linear L1 warm-up over the
 first ``warmup_fraction`` of steps, linear learning-rate decay to 0 over the last ``decay_fraction``, decoder rows
-initialised to norm 0.1 (``decoder_init_norm``). What differs stays SAELens': its initialisation of W_enc and
-b_dec, its MSE normalisation, no gradient clipping, Adam's defaults. The trained SAE is saved in SAELens' inference
-format (``save_inference_model``) for monoscope to load and measure with the same function as its own.
+initialised to norm 0.1 (``decoder_init_norm``), W_enc = W_dec transposed (SAELens' own), the input scale and b_dec
+as monoscope sets them (below: SAELens 6 has no option for either), squared error summed over d_in and averaged over
+the batch, gradient norm clipped to 1, Adam (0.9, 0.999) (both tools' defaults). What differs stays SAELens': the
+random draw of the decoder (kaiming-uniform rows rescaled, monoscope Gaussian rows rescaled), the encoder's input
+x − b_dec with b_enc from zero (equal at the start to monoscope's b_enc = −mean·W_enc, free to drift apart), and the
+order it reads rows (the given order; monoscope its shuffling buffer over the same rows). The trained SAE is saved
+in SAELens' inference format (``save_inference_model``) for monoscope to load and measure with the same function as
+its own.
 """
 
 import json
@@ -52,6 +57,14 @@ sae = StandardTrainingSAE(
         decoder_init_norm=0.1,
     )
 )
+# monoscope's initialisation where SAELens 6 has no setting for it: the input scale (SAELens' own
+# expected_average_only_in formula, √d_in / E‖x‖, over every training row as monoscope takes it) is given to the
+# trainer rather than estimated from its first batches, and b_dec starts at the scaled data mean (SAELens starts it
+# at zero). With apply_b_dec_to_input (SAELens' default) the encoder sees x − b_dec, which is monoscope's
+# b_enc = −mean·W_enc at the start.
+scale = rows.shape[1] ** 0.5 / rows.norm(dim=-1).mean().item()
+with torch.no_grad():
+    sae.b_dec.data = rows.mean(dim=0) * scale
 trainer = SAETrainer(
     SAETrainerConfig(
         total_training_samples=steps * batch,
@@ -65,6 +78,7 @@ trainer = SAETrainer(
     sae,
     batches(),
 )
+trainer.activation_scaler.scaling_factor = scale  # fit() estimates one only when none is set
 started = time.perf_counter()
 trained = trainer.fit()
 train_seconds = time.perf_counter() - started
