@@ -27,6 +27,7 @@ Unknown keys, wrong types and impossible values are reported with the section
 and key before any work starts.
 """
 
+import difflib
 import tomllib
 import types
 import typing
@@ -407,11 +408,19 @@ def check_config(config: RunConfig) -> None:
             raise MonoscopeError(f"correlation.{name} is {value}", "give a positive number, or null for all")
     unknown = [name for name in evaluation.scorers if name not in SCORERS]
     if unknown or not evaluation.scorers or len(set(evaluation.scorers)) != len(evaluation.scorers):
-        raise MonoscopeError(f"evaluation.scorers is {list(evaluation.scorers)}", f"list one or more of {', '.join(SCORERS)}, each once")
+        guesses = [f"{name!r} → {close[0]!r}" for name in unknown if (close := difflib.get_close_matches(str(name), SCORERS, n=1))]
+        hint = f" (did you mean {', '.join(guesses)}?)" if guesses else ""
+        choices = f"list one or more of {', '.join(SCORERS)}, each once{hint}"
+        raise MonoscopeError(f"evaluation.scorers is {list(evaluation.scorers)}", choices)
     if evaluation.fuzzing_variant not in FUZZING_VARIANTS:
         raise MonoscopeError(
             f"unknown evaluation.fuzzing_variant {evaluation.fuzzing_variant!r}",
             f"choose one of {', '.join(FUZZING_VARIANTS)} (delphi's fuzz_type)",
+        )
+    if evaluation.fuzzing_variant != "default" and "fuzzing" not in evaluation.scorers:
+        raise MonoscopeError(
+            f"evaluation.fuzzing_variant is {evaluation.fuzzing_variant!r} but fuzzing is not in evaluation.scorers",
+            "add fuzzing to evaluation.scorers, or drop fuzzing_variant",
         )
     if evaluation.detection_setting not in ("monoscope", "saebench"):
         raise MonoscopeError(f"unknown evaluation.detection_setting {evaluation.detection_setting!r}", "choose monoscope or saebench")
@@ -500,7 +509,9 @@ def _judges(values: Any, judge_section: bool) -> tuple[Role, ...]:
     """Return the roles of ``evaluation.judges`` (() when absent); MonoscopeError for a malformed or ambiguous list."""
     if values is None:
         return ()
-    if not isinstance(values, list) or not values or not all(isinstance(item, dict) for item in values):
+    if values == []:
+        raise MonoscopeError("evaluation.judges is an empty list", "list at least one judge, the primary first, or drop evaluation.judges")
+    if not isinstance(values, list) or not all(isinstance(item, dict) for item in values):
         raise MonoscopeError(
             "evaluation.judges is not a list of judges", "give a list of {backend, model, ...} mappings, the primary first"
         )

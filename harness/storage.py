@@ -2,15 +2,30 @@
 
 import json
 import os
-import tempfile
+import secrets
 from pathlib import Path
 from typing import Any
+
+
+def temporary_file(directory: Path, prefix: str, suffix: str = "") -> tuple[int, str]:
+    """Create a new, empty file in ``directory`` to be renamed over its target; return (open write descriptor, path).
+
+    Unlike ``tempfile.mkstemp``, whose files are 0600, the file gets the mode an ordinary ``open`` gives (0666 less
+    the process's umask), so that every file of a run has the same permissions whichever way it was written.
+    """
+    for _attempt in range(100):
+        name = os.path.join(directory, f"{prefix}{secrets.token_hex(6)}{suffix}")
+        try:
+            return os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666), name
+        except FileExistsError:
+            continue
+    raise FileExistsError(f"no free temporary name in {directory}")
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
     """Write ``data`` to ``path`` through a temporary file and an atomic rename."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    handle, temporary = temporary_file(path.parent, f".{path.name}.")
     try:
         with os.fdopen(handle, "wb") as file:
             file.write(data)

@@ -269,7 +269,8 @@ def test_several_judges_on_ray_and_bad_judge_lists_are_refused_in_one_line(tmp_p
     with pytest.raises(MonoscopeError, match="several judges"):
         preflight(config, None)
     for bad, message in (
-        ({"evaluation": {"judges": []}}, "not a list of judges"),
+        ({"evaluation": {"judges": []}}, "evaluation.judges is an empty list"),
+        ({"evaluation": {"judges": {"backend": "openai"}}}, "not a list of judges"),
         ({"evaluation": {"judges": [judges[0], judges[0]]}}, "more than once"),
         ({"judge": judges[0], "evaluation": {"judges": judges}}, "both a judge section"),
         ({"evaluation": {"judges": [{"backend": "fake-test", "modle": "x"}]}}, "unknown key 'modle'"),

@@ -44,6 +44,8 @@ def test_yaml_and_toml_give_the_same_config(tmp_path: Path) -> None:
         ("dictionaries: {train: []}\n", "names no dictionary"),
         ("model: [1, 2]\n", "section 'model' of the config is not a mapping"),
         ("corpus: {tokens: 10\n", "cannot be parsed"),
+        ("evaluation: {scorers: [detecton, rubric]}\n", "did you mean 'detecton' → 'detection'?"),
+        ("evaluation: {scorers: [rubric], fuzzing_variant: active}\n", "fuzzing_variant is 'active' but fuzzing is not in"),
     ],
 )
 def test_bad_config_is_a_one_line_error_before_any_work(tmp_path: Path, text: str, message: str) -> None:
@@ -76,3 +78,24 @@ def test_max_cost_with_an_unpriced_hosted_model_is_refused_before_work(tmp_path:
     result = CliRunner().invoke(main, ["run", str(path), "--max-cost", "1", "--run-dir", str(tmp_path / "r")])
     assert result.exit_code == 2 and "needs the price" in result.output
     assert "sk-test" not in result.output and not (tmp_path / "r").exists()
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("judge: {backend: anthropic, model: claude-x}\n", "the judge (anthropic backend) cannot serve evaluation.judge_format yes_no"),
+        (
+            "evaluation: {judges: [{backend: openai, model: a}, {backend: anthropic, model: b}]}\n",
+            "evaluation.judges[1] (anthropic backend) cannot serve evaluation.judge_format yes_no",
+        ),
+        ("simulator: {backend: openai, model: a}\n", "the simulator (openai backend) cannot serve evaluation.simulator_format yes_no_all"),
+    ],
+)
+def test_a_format_the_backend_cannot_serve_is_refused_before_the_plan(tmp_path: Path, text: str, message: str) -> None:
+    path = tmp_path / "formats.yaml"
+    path.write_text(text)
+    result = CliRunner().invoke(main, ["run", str(path), "--run-dir", str(tmp_path / "run"), "--dry-run"])
+    assert result.exit_code == 2 and result.output.startswith("error: ") and "Traceback" not in result.output
+    assert message in result.output and "choose evaluation." in result.output
+    assert "calls" not in result.output  # refused before any plan is printed
+    assert not (tmp_path / "run").exists()

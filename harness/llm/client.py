@@ -17,7 +17,6 @@ import json
 import logging
 import math
 import os
-import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
@@ -31,6 +30,7 @@ from tenacity import RetryCallState, Retrying, retry_if_exception_type, stop_aft
 from harness.errors import MonoscopeError
 from harness.llm.budget import Budget, estimated_tokens
 from harness.llm.interface import CHOICE_LOGPROBS, CONTINUATION_LOGPROB, GENERATE, SLOT_LOGPROBS, Backend, Completion, Message, Usage
+from harness.storage import temporary_file
 
 log = logging.getLogger(__name__)
 
@@ -600,7 +600,7 @@ class LLMClient:
         record = dict(key=key, kind=kind, backend=self.backend.name, model=self.backend.model, request=request, response=response)
         text = scrub(json.dumps(record, ensure_ascii=False, indent=1))
         path.parent.mkdir(parents=True, exist_ok=True)
-        handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=".json")
+        handle, temporary = temporary_file(path.parent, ".tmp-", ".json")
         try:
             with os.fdopen(handle, "w", encoding="utf-8") as file:
                 file.write(text)

@@ -38,6 +38,12 @@ _CAPABILITIES = {
 }
 
 
+def backend_capabilities(backend: str) -> frozenset[str]:
+    """Return what the backend named ``backend`` can serve (``harness.llm.interface``'s GENERATE, CHOICE_LOGPROBS …),
+    known without building it (no API key needed); a backend not listed here is taken to serve everything."""
+    return _CAPABILITIES.get(backend, _CAPABILITIES["local"])
+
+
 @dataclass
 class PlanningBackend:
     """Stands in for a backend: same name, model and capabilities; canned replies with estimated usage."""
@@ -104,7 +110,7 @@ def recorded_model(role: Role) -> str | None:
 def planning_client(role: Role, prices: dict[str, tuple[float, float]]) -> PlanningClient:
     """Return a PlanningClient standing in for ``role`` (named as its records are, where that can be told here)."""
     model = recorded_model(role) or role.model
-    backend = PlanningBackend(role.backend, model, _CAPABILITIES.get(role.backend, frozenset(_CAPABILITIES["local"])))
+    backend = PlanningBackend(role.backend, model, backend_capabilities(role.backend))
     return PlanningClient(backend, cache_dir=None, max_concurrency=1, max_parse_attempts=1, retry_attempts=1, prices=prices)
 
 

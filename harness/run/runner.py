@@ -35,7 +35,7 @@ from harness.run.foundation import build_foundation, corpus_settings, dictionary
 from harness.run.intervene import intervention_stage
 from harness.run.judges import judge_directory, judge_evaluation, judges_manifest, other_judges
 from harness.run.output_stage import output_stage
-from harness.run.planning import log_plan, placeholder_plan, plan_calls
+from harness.run.planning import backend_capabilities, log_plan, placeholder_plan, plan_calls
 from harness.run.reporting import results_stage
 from harness.run.saebench_stage import saebench_stage
 from harness.run.steering import steering_stage
@@ -292,6 +292,7 @@ def preflight(config: RunConfig, max_cost: float | None, dry_run: bool = False) 
                 f"--max-cost needs the price of the {name}'s model {role.model!r}",
                 "add it under llm.prices in the config: MODEL: [USD per 1M input tokens, USD per 1M output tokens]",
             )
+    check_formats_served(config)
     n_layers, d_model = _layer_shape(config, dry_run)
     check_context_fits(config.foundation.model, config.foundation.context_length)
     layer = config.foundation.layer if config.foundation.layer is not None else n_layers // 2
@@ -309,6 +310,27 @@ def preflight(config: RunConfig, max_cost: float | None, dry_run: bool = False) 
             raise MonoscopeError(f"two dictionaries are named {dictionary.name!r}", "rename the directory of the loaded one")
         names.add(dictionary.name)
     return notes
+
+
+def check_formats_served(config: RunConfig) -> None:
+    """Raise MonoscopeError when a judge or the simulator cannot serve its answer format (e.g. Anthropic's API, which
+    gives no log-probabilities, with judge_format yes_no), before any plan, model load or call."""
+    evaluation = config.evaluation
+    wanted = []
+    if "rubric" in evaluation.scorers:
+        names = ["judge"] if not config.judges else [f"evaluation.judges[{i}]" for i in range(len(config.judges))]
+        for name, role in zip(names, judge_roles(config), strict=True):
+            wanted.append((name, role, "judge_format", evaluation.judge_format, RUBRIC_FORMATS))
+    if "simulation" in evaluation.scorers:
+        wanted.append(("simulator", config.simulator, "simulator_format", evaluation.simulator_format, SIMULATION_FORMATS))
+    for name, role, setting, value, formats in wanted:
+        needed = formats[value][0]
+        if needed not in backend_capabilities(role.backend):
+            served = sorted(fmt for fmt, (capability, _template) in formats.items() if capability in backend_capabilities(role.backend))
+            raise MonoscopeError(
+                f"the {name} ({role.backend} backend) cannot serve evaluation.{setting} {value}: it gives no {needed}",
+                f"choose evaluation.{setting} {' or '.join(served)}, or a {name} on a backend that serves {value}",
+            )
 
 
 def _layer_shape(config: RunConfig, dry_run: bool) -> tuple[int, int]:

