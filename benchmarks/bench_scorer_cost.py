@@ -5,9 +5,9 @@ monoscope's figures come from the dry-run planner (``harness.run.planning``): th
 run against a backend that counts every request, on one placeholder unit with the default sampling (the most
 contexts the sampling config allows) and the default index window (16 tokens), one scorer at a time, for the
 three explanation sources (real, shuffled, token statistics) a run scores; tokens are characters / 4 of the
-rendered prompts, completions at the request's maximum. The intervention scorer is counted from its settings
-(20 neutral prompts × 2 strengths × 3 sources; the rendered prompt measured the same way on the bundled
-prompts with two 12-token continuations). The peers' figures follow from their stated default settings, with
+rendered prompts, completions at the request's maximum. The intervention scorer's row is the planner's too (20
+neutral prompts × 2 strengths × 3 sources, each prompt rendered with two 12-token placeholder continuations).
+The peers' figures follow from their stated default settings, with
 their instruction text measured once (characters / 4) from the released wheels: SAEBench, one explanation call
 (15 windows of 21 tokens) and one scoring call listing 14 windows, per latent, no controls; delphi, one
 explanation call (40 windows of 32 tokens after 3 few-shot examples) and, per scorer, one call per example
@@ -59,32 +59,19 @@ def _monoscope() -> dict[str, dict[str, int]]:
 
     from harness.config import EvaluationConfig, Role
     from harness.index.state import IndexConfig
-    from harness.llm.budget import estimated_tokens
-    from harness.llm.render import shown
-    from harness.llm.templates import load_template
     from harness.run.planning import placeholder_units, plan_calls
-    from scorers.intervention import TEMPLATE, neutral_prompts
 
     roles = {name: Role() for name in ("explainer", "judge", "simulator")}
     units = placeholder_units(["set/0", "set/1"], EvaluationConfig(), IndexConfig().window)  # two: the shuffled control needs another
     costs = {}
-    for scorer, stage in (("rubric", "judge"), ("simulation", "simulate"), ("detection", "detection"), ("fuzzing", "fuzzing")):
+    stages = {"rubric": "judge", "simulation": "simulate", "detection": "detection", "fuzzing": "fuzzing", "intervention": "intervene"}
+    for scorer, stage in stages.items():
         config = replace(EvaluationConfig(), scorers=(scorer,))
         with tempfile.TemporaryDirectory() as scratch:
             plan = plan_calls(Path(scratch), units, config, roles, {})
         costs[scorer] = {key: plan[stage][key] // len(units) for key in ("calls", "prompt_tokens", "completion_tokens")}
         if scorer == "rubric":
             costs["explain"] = {key: plan["explain"][key] // len(units) for key in ("calls", "prompt_tokens", "completion_tokens")}
-    template = load_template(TEMPLATE)
-    continuation = " token" * 12
-    prompts = neutral_prompts()
-    rendered = [
-        template.render(explanation="a short explanation of eight words here", prompt=shown(p), first=continuation, second=continuation)
-        for p in prompts
-    ]
-    per_pair = sum(estimated_tokens(text) for text in rendered) / len(rendered)
-    pairs = len(prompts) * 2 * 3  # prompts × strengths (5, 10) × sources
-    costs["intervention"] = {"calls": pairs, "prompt_tokens": round(per_pair * pairs), "completion_tokens": pairs}
     return costs
 
 

@@ -210,3 +210,29 @@ def test_intervention_prompts_limits_the_intervention_scorer_to_the_first_neutra
     run_evaluation(config, tmp_path, log=lambda _message: None)
     records = [json.loads(line) for line in (tmp_path / INTERVENTIONS).read_text().splitlines()]
     assert records and {r["prompt"] for r in records} == set(neutral_prompts()[:3])
+
+
+@pytest.mark.parametrize(
+    ("scorers", "setting", "rows"),
+    [
+        (["rubric"], "monoscope", ["explain", "judge"]),
+        (["simulation"], "monoscope", ["explain", "simulate"]),
+        (["rubric", "detection"], "saebench", ["explain", "judge", "saebench"]),
+        (["detection", "fuzzing", "intervention"], "monoscope", ["explain", "detection", "fuzzing", "intervene"]),
+    ],
+)
+def test_the_dry_run_plan_has_a_row_for_each_configured_scorer_only(
+    tmp_path: Path, tiny_subject: object, scorers: list[str], setting: str, rows: list[str]
+) -> None:
+    evaluation = {**TINY_CONFIG["evaluation"], "scorers": scorers, "detection_setting": setting, "intervention_prompts": 3}
+    sections = {"evaluation": evaluation}
+    if setting == "saebench":  # the setting's own input rules: 128-token sequences, 21-token windows
+        index = {**TINY_CONFIG["index"], "window_before": 10, "window_after": 10, "spaced_top": 12, "weighted": 19}
+        sections |= {"corpus": {"tokens": 8192, "context_length": 128}, "index": index}
+    config = tiny_config(**sections)
+    plan = run_evaluation(config, tmp_path / "run", dry_run=True, log=lambda _message: None)
+    assert list(plan["stages"]) == rows
+    if "intervention" in scorers:
+        units = (len(config.foundation.dictionary_sizes) + int(config.neurons.enabled)) * evaluation["units_per_dictionary"]
+        assert plan["stages"]["intervene"]["calls"] == units * 3 * len(config.evaluation.intervention_multiples) * 3
+        assert not any("intervention" in note and "leaves out" in note for note in plan["notes"])

@@ -476,3 +476,34 @@ def test_plots_draw_dollar_signs_as_written(tmp_path: Path) -> None:
         {"unit_set": ["$ae-16", "neur$ns"], "kind": ["feature", "neuron"], "d_sae": [16, None], **{c: [0.5, 0.4] for c in columns}}
     )
     assert plot_metrics_vs_size(sizes, tmp_path / "sizes.png").read_bytes().startswith(b"\x89PNG")
+
+
+def test_the_console_summary_shows_only_the_scores_the_run_has(tmp_path: Path) -> None:
+    from harness.run.reporting import log_results
+
+    tables = tmp_path / "results" / "tables"
+    tables.mkdir(parents=True)
+    sets = pd.DataFrame(
+        [
+            {"unit_set": "sae-2k", "d_sae": 2048, "l0": 161.6, "variance_explained": 0.687, "dead_fraction": 0.05, "n_units": 8,
+             "rubric_mean": None, "pearson_mean": None, "detection_mean": 0.59, "detection_ci_low": 0.44, "detection_ci_high": 0.76,
+             "fuzzing_mean": None, "saebench_mean": None, "intervention_mean": None},
+        ]
+    )  # fmt: skip
+    sets.to_csv(tables / "sets.csv", index=False)
+    compare = pd.DataFrame(
+        [
+            {"feature_set": "sae-2k", "metric": "rubric", "feature_mean": None, "neuron_mean": None, "n_features": 0, "n_neurons": 0,
+             "difference": None, "ci_low": None, "ci_high": None, "p_value": None},
+            {"feature_set": "sae-2k", "metric": "detection", "feature_mean": 0.59, "neuron_mean": None, "n_features": 6, "n_neurons": 0,
+             "difference": None, "ci_low": None, "ci_high": None, "p_value": None},
+        ]
+    )  # fmt: skip
+    compare.to_csv(tables / "compare.csv", index=False)
+    lines: list[str] = []
+    log_results(tmp_path, lines.append)
+    header, row = lines[1], lines[2]
+    assert "detection (95% CI)" in header and "0.590 [0.44, 0.76]" in row
+    assert not any(name in header for name in ("rubric", "simulation", "fuzzing", "SAEBench", "intervention"))
+    assert not any(line.startswith("features vs neurons") for line in lines)  # no neurons: no comparison to print
+    assert len(lines) == 3

@@ -23,6 +23,7 @@ from harness.llm.backends.local import planned_name
 from harness.llm.budget import estimated_tokens
 from harness.llm.client import LLMClient, report_usage
 from harness.llm.interface import CHOICE_LOGPROBS, CONTINUATION_LOGPROB, GENERATE, SLOT_LOGPROBS, Completion, Message, Usage
+from harness.llm.render import shown
 from harness.llm.templates import load_template
 from harness.progress import Progress
 from harness.records import Explanation, TokenContext, UnitContexts
@@ -121,10 +122,13 @@ def plan_calls(
     roles: dict[str, Role],
     prices: dict[str, tuple[float, float]],
     other_judges: list[tuple[str, Role]] = (),
+    steering_tokens: int = 12,
 ) -> dict[str, dict[str, Any]]:
     """Return {stage: {role, backend, model, calls, prompt_tokens, completion_tokens, cost_usd}} still needed.
 
-    Stages: explain, judge (the rubric), simulate, and detection and fuzzing when ``config.scorers`` names them;
+    Stages: explain, and judge (the rubric), simulate, detection, fuzzing, saebench (detection in the SAEBench
+    setting) and intervene (the intervention scorer's judge calls, its continuations ``steering_tokens`` long) when
+    ``config.scorers`` names their scorer;
     for each of ``other_judges`` (label, role: ``harness.run.judges``) its judge stages again, named "<stage>:<label>".
 
     The run directory's records written so far are copied to a scratch directory, never written.
@@ -149,16 +153,29 @@ def plan_calls(
             others[label] = (role, planning_client(role, prices))
             score_stage(records, units, others[label][1], others[label][1], judge_evaluation(config), explanations)
     plan = {}
-    binary = tuple((scorer, "judge") for scorer in BINARY_FILES if scorer in config.scorers)  # their stage is the scorer's name
-    for stage, role_name in (("explain", "explainer"), ("judge", "judge"), ("simulate", "simulator"), *binary):
+    judge_stages = _judge_stages(config)
+    stages = [("explain", "explainer"), *((stage, "judge") for stage in judge_stages)]
+    if "simulation" in config.scorers:
+        stages.insert(2 if "judge" in judge_stages else 1, ("simulate", "simulator"))
+    for stage, role_name in stages:
         client = simulator if role_name == "simulator" else clients[role_name]
         plan[stage] = _plan_row(client, stage, role_name, roles[role_name])
     if "detection" in config.scorers and config.detection_setting == "saebench":
         plan["saebench"] = _saebench_row(len(units), roles, prices)
+    if "intervention" in config.scorers:
+        plan["intervene"] = _intervention_row(len(units), config, roles["judge"], prices, steering_tokens)
     for label, (role, client) in others.items():
-        for stage in ("judge", *(scorer for scorer in BINARY_FILES if scorer in config.scorers)):
+        for stage in judge_stages:
             plan[f"{stage}:{label}"] = _plan_row(client, stage, "judge", role)
     return plan
+
+
+def _judge_stages(config: EvaluationConfig) -> list[str]:
+    """Return the judge's stages the run's scorers use: "judge" (the rubric), then detection and fuzzing, each under
+    its scorer's name (detection in the SAEBench setting is the "saebench" stage instead)."""
+    stages = ["judge"] if "rubric" in config.scorers else []
+    saebench = config.detection_setting == "saebench"
+    return stages + [scorer for scorer in BINARY_FILES if scorer in config.scorers and not (scorer == "detection" and saebench)]
 
 
 def _saebench_row(n_units: int, roles: dict[str, Role], prices: dict[str, tuple[float, float]]) -> dict[str, Any]:
@@ -180,6 +197,33 @@ def _saebench_row(n_units: int, roles: dict[str, Role], prices: dict[str, tuple[
         for _source in ("real", "shuffled"):
             client.generate([Message("user", score)], stage="saebench", max_tokens=2 * n_score + 5)
     return _plan_row(client, "saebench", "judge", roles["judge"])
+
+
+def _intervention_row(
+    n_units: int, config: EvaluationConfig, judge: Role, prices: dict[str, tuple[float, float]], tokens: int
+) -> dict[str, Any]:
+    """Return the plan of the intervention scorer's judge calls: per unit, neutral prompt, strength and explanation
+    source (real, shuffled, token statistics) one call, its prompt rendered with two placeholder continuations of
+    ``tokens`` tokens (upper bound: finished units are not recognised here). The steered generations themselves run on
+    the subject model and are not LLM calls."""
+    from scorers.intervention import LABELS, TEMPLATE, neutral_prompts
+
+    client = planning_client(judge, prices)
+    continuation = " token" * tokens
+    template = load_template(TEMPLATE)
+    explanation = "a short explanation of eight words here"
+    rendered = [
+        template.render(explanation=explanation, prompt=shown(prompt), first=continuation, second=continuation)
+        for prompt in neutral_prompts()[: config.intervention_prompts]
+    ]
+    choices = [prefix + label for label in LABELS for prefix in ("", " ")]
+    for _call in range(n_units * len(config.intervention_multiples) * 3):
+        for prompt in rendered:
+            if CHOICE_LOGPROBS in client.backend.capabilities:
+                client.choice_logprobs([Message("user", prompt)], choices, stage="intervene")
+            else:
+                client.generate([Message("user", prompt)], stage="intervene", max_tokens=4)
+    return _plan_row(client, "intervene", "judge", judge)
 
 
 def _plan_row(client: LLMClient, stage: str, role_name: str, role: Role) -> dict[str, Any]:
@@ -224,7 +268,7 @@ def placeholder_plan(run_dir: Path, config: RunConfig) -> dict[str, dict[str, An
     names = [f"{unit_set}/{i}" for unit_set in sets for i in range(config.evaluation.units_per_dictionary)]
     units = placeholder_units(names, config.evaluation, config.foundation.index.window)
     roles = {"explainer": config.explainer, "judge": config.judge, "simulator": config.simulator}
-    return plan_calls(run_dir, units, config.evaluation, roles, config.prices, other_judges(config))
+    return plan_calls(run_dir, units, config.evaluation, roles, config.prices, other_judges(config), config.steering.tokens)
 
 
 def log_plan(plan: dict[str, dict[str, Any]], log: Progress, upper_bound: bool) -> dict[str, Any]:

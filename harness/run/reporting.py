@@ -36,6 +36,11 @@ def results_stage(run_dir: Path, log: Progress) -> dict[str, Any]:
     return summary
 
 
+# The set means the console shows, in this order, each only when the run has it (results.tables' sets table).
+CONSOLE_METRICS = (("rubric", "rubric"), ("pearson", "simulation r"), ("detection", "detection"), ("fuzzing", "fuzzing"),
+                   ("saebench", "SAEBench"), ("intervention", "intervention"))  # fmt: skip
+
+
 def log_results(run_dir: Path, log: Progress) -> None:
     """Log the headline tables: one row per unit set, features vs neurons, feature–neuron correlation."""
     from results.tables import load_table
@@ -44,19 +49,25 @@ def log_results(run_dir: Path, log: Progress) -> None:
         return "—" if value is None or value != value else f"{value:.{digits}f}"
 
     def interval(row: dict[str, Any], metric: str) -> str:
-        low, high = row[f"{metric}_ci_low"], row[f"{metric}_ci_high"]
+        low, high = row.get(f"{metric}_ci_low"), row.get(f"{metric}_ci_high")
         return "" if low is None or low != low else f" [{low:.2f}, {high:.2f}]"
 
+    rows = load_table(run_dir, "sets").to_dict("records")
+    # only the scores this run has: a scorer that did not run gets no column
+    shown = [(metric, label) for metric, label in CONSOLE_METRICS if any(number(row.get(f"{metric}_mean")) != "—" for row in rows)]
     log("")
-    log(f"{'set':<10} {'size':>6} {'L0':>7} {'var.expl':>8} {'dead':>6} {'units':>5}  {'rubric (95% CI)':<22} simulation r (95% CI)")
-    for row in load_table(run_dir, "sets").to_dict("records"):
+    header = "".join(f"  {label + ' (95% CI)':<24}" for _metric, label in shown)
+    log(f"{'set':<10} {'size':>6} {'L0':>7} {'var.expl':>8} {'dead':>6} {'units':>5}{header}".rstrip())
+    for row in rows:
         size = "" if row["d_sae"] != row["d_sae"] or row["d_sae"] is None else str(int(row["d_sae"]))
+        scores = "".join(f"  {number(row[f'{metric}_mean']) + interval(row, metric):<24}" for metric, _label in shown)
         log(
             f"{row['unit_set']:<10} {size:>6} {number(row['l0'], 1):>7} {number(row['variance_explained']):>8}"
-            f" {number(row['dead_fraction']):>6} {row['n_units']:>5}  {number(row['rubric_mean']) + interval(row, 'rubric'):<22}"
-            f" {number(row['pearson_mean'])}{interval(row, 'pearson')}"
+            f" {number(row['dead_fraction']):>6} {row['n_units']:>5}{scores}".rstrip()
         )
     for row in load_table(run_dir, "compare").to_dict("records"):
+        if not row["n_features"] or not row["n_neurons"]:
+            continue  # a metric this run has on one side only (no neurons evaluated, or a scorer that did not run)
         low = "" if row["ci_low"] != row["ci_low"] else f" [{row['ci_low']:+.2f}, {row['ci_high']:+.2f}]"
         log(
             f"features vs neurons: {row['feature_set']}, {row['metric']}: {number(row['feature_mean'])} vs {number(row['neuron_mean'])}"

@@ -109,7 +109,7 @@ def run_evaluation(
         log(f"contexts: {repeats} held-out windows dropped: their text repeats one of the same unit's explanation windows")
     roles = {"explainer": config.explainer, "judge": config.judge, "simulator": config.simulator}
     if dry_run:
-        plan = plan_calls(run_dir, contexts, config.evaluation, roles, config.prices, other_judges(config))
+        plan = plan_calls(run_dir, contexts, config.evaluation, roles, config.prices, other_judges(config), config.steering.tokens)
         plan = log_plan(plan, log, upper_bound=False)
         for note in notes:
             log(f"note: {note}")
@@ -243,8 +243,8 @@ def preflight(config: RunConfig, max_cost: float | None, dry_run: bool = False) 
     if dry_run and "intervention" in config.evaluation.scorers:
         pairs = len(neutral_prompts()[: config.evaluation.intervention_prompts]) * len(config.evaluation.intervention_multiples)
         notes.append(
-            f"the plan leaves out the intervention scorer: per explained unit {pairs} steered generations on the subject model "
-            f"and {3 * pairs} judge calls (real, shuffled, token statistics), each reading about 100 prompt tokens plus the explanation"
+            f"the intervention scorer's judge calls are the 'intervene' row; it also runs {pairs} steered generations per explained"
+            " unit on the subject model, which are not LLM calls and not in the table"
         )
 
     def device_here(device: str, what: str) -> None:
